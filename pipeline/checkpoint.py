@@ -1,0 +1,43 @@
+"""Checkpoints: the weights plus the full model config, so a model is rebuilt without the
+CLI. Only tensors, numbers, strings, lists and dicts are stored, so they load with
+``torch.load(weights_only=True)``: loading one never executes code."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.models import CBAMResNet18, ModelConfig
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, model: CBAMResNet18, **extra: Any) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"format_version": FORMAT_VERSION, "model_config": model.config.to_dict(),
+                "state_dict": state, **extra}, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PipelineError(
+            f"checkpoint {str(path)!r} is corrupt or not a checkpoint ({type(exc).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "state_dict" not in ckpt:
+        raise PipelineError(f"checkpoint {str(path)!r} lacks model_config or state_dict")
+    return ckpt
+
+
+def load_model(path: str | Path) -> tuple[CBAMResNet18, dict[str, Any]]:
+    """Rebuild the model stored at ``path``; returns it (in eval mode, on CPU) and the checkpoint."""
+    ckpt = read_checkpoint(path)
+    try:
+        model = CBAMResNet18(ModelConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError) as exc:
+        raise PipelineError(f"checkpoint {str(path)!r} does not fit its model config ({type(exc).__name__})") from None
+    return model.eval(), ckpt

@@ -1,0 +1,115 @@
+"""Command-line interface: one click command per step, named as the MLproject entry points.
+
+Each option is the step's MLflow parameter name spelled with dashes (``--image-size``).
+Errors in the input print one line (``Error: ...``) and exit non-zero, with no traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from pipeline.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TrainConfig
+from pipeline.data import DATASETS
+from pipeline.errors import PipelineError
+from pipeline.gates import GATES
+from pipeline.models import POSITIONS
+
+class IntegralType(click.ParamType):
+    """An integer that also accepts integral floats ("64.0"), as MLflow's float parameters give."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a valid integer", param, ctx)
+        if not number.is_integer():
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        return int(number)
+
+
+INT = IntegralType()
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def train_options(func):
+    """The ``train`` parameters, shared with ``main`` and ``sweep``."""
+    d = TrainConfig()
+    options = [
+        click.option("--activation", default=d.activation, show_default=True,
+                     help=f"Channel gate: {', '.join(GATES)}."),
+        click.option("--position", default=d.position, show_default=True,
+                     help=f"Where CBAM sits: {', '.join(POSITIONS)}."),
+        click.option("--dataset", default=d.dataset, show_default=True,
+                     help=f"Dataset: {', '.join(DATASETS)}."),
+        click.option("--data-dir", default=d.data_dir, show_default=True,
+                     help="Folder holding (or receiving) downloaded datasets."),
+        click.option("--weights", default=d.weights, show_default=True,
+                     help="Backbone weights: imagenet, none, or a ResNet18 state-dict file."),
+        click.option("--image-size", type=INT, default=d.image_size, show_default=True,
+                     help=f"Input size in pixels, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}."),
+        click.option("--epochs", type=INT, default=d.epochs, show_default=True),
+        click.option("--batch-size", type=INT, default=d.batch_size, show_default=True),
+        click.option("--lr", type=float, default=d.lr, show_default=True, help="Adam learning rate."),
+        click.option("--seed", type=INT, default=d.seed, show_default=True),
+        click.option("--val-fraction", type=float, default=d.val_fraction, show_default=True,
+                     help="Share of the training set held out to pick the best epoch, in (0, 1)."),
+        click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--amp", type=click.BOOL, default=d.amp, show_default=True,
+                     help="bf16 autocast (gates stay float32)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """CBAM gate benchmark: steps of the pipeline, each also an MLflow Project entry point."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="[pipeline] %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pipeline").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@cli.command()
+@train_options
+def train(**options) -> None:
+    """Train a CBAM-ResNet18 with one channel gate and log it to MLflow."""
+    from pipeline.steps.train import run_train
+
+    config = TrainConfig(**options)
+    run_id = run_train(config)
+    click.echo(run_id)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning user errors into one line and a non-zero exit."""
+    try:
+        cli.main(args=argv, prog_name="python -m pipeline", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare group: show help
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(0)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Error: aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except PipelineError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(0)

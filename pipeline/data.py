@@ -1,0 +1,248 @@
+"""Datasets by name, held as uint8 image tensors at native size.
+
+Images stay ``uint8`` (N, 3, H, W) tensors, on the training device if it has room; resizing
+to ``image_size`` and normalising (mean = std = 0.5, as in the notebook) happen per batch in
+:func:`to_model_input`, so no resized float copy of a dataset ever exists (CIFAR-10 at
+224 px in float32 would be 30 GB).
+
+- ``cifar10``: torchvision's CIFAR-10 in the python format under ``data_dir``
+  (``cifar-10-batches-py/``), downloaded by torchvision when missing and online.
+- ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8x8 grey images,
+  10 classes, offline). Grey levels 0..16 are scaled to 0..255 and copied to 3 channels.
+  Fixed split: a stratified 80/20 split with ``random_state=0`` (1,437 train, 360 test).
+- ``fake``: seeded synthetic 32x32 images, for tests: 320 train and 80 test images in
+  10 classes, each class a distinct mean colour plus noise, so it is learnable.
+
+A seeded validation split (``val_fraction`` of the training set) picks the best epoch; the
+test set is used once, for the final evaluation.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from pipeline.errors import PipelineError
+
+NORMALISE_MEAN = 0.5
+NORMALISE_STD = 0.5
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch"
+CIFAR10_META_FILE = "batches.meta"
+DIGITS_TEST_SIZE = 360
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images (N, 3, H, W) uint8 and labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[indices], self.labels[indices])
+
+    def to(self, device: torch.device | str) -> "ImageSet":
+        return ImageSet(self.images.to(device), self.labels.to(device))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: ImageSet
+    test: ImageSet
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train / validation / test sets of one dataset; ``val_indices`` index the full training set."""
+
+    name: str
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    classes: tuple[str, ...]
+    val_indices: torch.Tensor
+
+
+def _images_from_numpy(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))
+
+
+def read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python-format batch file -> images (N, 3, 32, 32) uint8, labels (N,)."""
+    try:
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry["labels"], dtype=np.int64)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated or foreign file: pickle/KeyError/ValueError...
+        raise PipelineError(
+            f"CIFAR-10 file {str(path)!r} is corrupt or truncated ({type(exc).__name__}); "
+            "delete it so it is downloaded again, or restore it"
+        ) from None
+    if len(data) != len(labels):
+        raise PipelineError(f"CIFAR-10 file {str(path)!r} has {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+def load_cifar10(data_dir: str | Path, download: bool = True) -> Dataset:
+    root = Path(data_dir)
+    folder = root / CIFAR10_FOLDER
+    needed = [*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE, CIFAR10_META_FILE]
+    if download and not all((folder / f).is_file() for f in needed):
+        from torchvision.datasets import CIFAR10
+
+        try:
+            CIFAR10(root=str(root), train=True, download=True)
+        except (OSError, RuntimeError) as exc:
+            raise PipelineError(
+                f"CIFAR-10 is not in data_dir {str(root)!r} and cannot be downloaded "
+                f"({type(exc).__name__}); put cifar-10-batches-py there, or use an offline "
+                "dataset: digits or fake"
+            ) from None
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing:
+        raise PipelineError(
+            f"CIFAR-10 files missing in data_dir {str(root)!r}: {', '.join(missing)}; "
+            "offline datasets: digits, fake"
+        )
+    parts = [read_cifar10_batch(folder / f) for f in CIFAR10_TRAIN_FILES]
+    train_x = np.concatenate([p[0] for p in parts])
+    train_y = np.concatenate([p[1] for p in parts])
+    test_x, test_y = read_cifar10_batch(folder / CIFAR10_TEST_FILE)
+    try:
+        with open(folder / CIFAR10_META_FILE, "rb") as fh:
+            classes = tuple(pickle.load(fh, encoding="latin1")["label_names"])
+    except Exception as exc:
+        raise PipelineError(f"CIFAR-10 meta file is corrupt or truncated ({type(exc).__name__})") from None
+    return Dataset(
+        "cifar10",
+        ImageSet(_images_from_numpy(train_x), torch.from_numpy(train_y)),
+        ImageSet(_images_from_numpy(test_x), torch.from_numpy(test_y)),
+        classes,
+    )
+
+
+def load_digits(data_dir: str | Path | None = None, download: bool = True) -> Dataset:
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_load_digits()
+    grey = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (N, 8, 8)
+    images = np.repeat(grey[:, None], 3, axis=1)  # (N, 3, 8, 8)
+    labels = bunch.target.astype(np.int64)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)), test_size=DIGITS_TEST_SIZE, random_state=DIGITS_SPLIT_SEED, stratify=labels
+    )
+    return Dataset(
+        "digits",
+        ImageSet(_images_from_numpy(images[idx_train]), torch.from_numpy(labels[idx_train])),
+        ImageSet(_images_from_numpy(images[idx_test]), torch.from_numpy(labels[idx_test])),
+        tuple(str(c) for c in bunch.target_names),
+    )
+
+
+def load_fake(data_dir: str | Path | None = None, download: bool = True) -> Dataset:
+    gen = torch.Generator().manual_seed(1234)
+    num_classes, size = 10, 32
+    palette = torch.randint(40, 216, (num_classes, 3, 1, 1), generator=gen).float()
+
+    def make(n: int) -> ImageSet:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=gen)]
+        noise = torch.randn(n, 3, size, size, generator=gen) * 30.0
+        images = (palette[labels] + noise).clamp(0, 255).round().to(torch.uint8)
+        return ImageSet(images, labels.to(torch.int64))
+
+    return Dataset("fake", make(320), make(80), tuple(f"class_{i}" for i in range(num_classes)))
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "cifar10": load_cifar10,
+    "digits": load_digits,
+    "fake": load_fake,
+}
+OFFLINE_DATASETS = ("digits", "fake")
+
+
+def load_dataset(name: str, data_dir: str | Path = "data", download: bool = True) -> Dataset:
+    try:
+        loader = DATASETS[name]
+    except KeyError:
+        raise PipelineError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}") from None
+    return loader(data_dir, download=download)
+
+
+def split_validation(dataset: Dataset, val_fraction: float, seed: int) -> Splits:
+    """Hold out a seeded ``val_fraction`` of the training set for choosing the best epoch."""
+    n = len(dataset.train)
+    n_val = int(round(val_fraction * n))
+    if n_val < 1 or n_val >= n:
+        raise PipelineError(
+            f"val_fraction={val_fraction} leaves {n_val} validation and {n - n_val} training images "
+            f"of {n}; each needs at least one"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+    return Splits(
+        dataset.name,
+        dataset.train.subset(train_idx),
+        dataset.train.subset(val_idx),
+        dataset.test,
+        dataset.classes,
+        val_idx,
+    )
+
+
+def to_model_input(images: torch.Tensor, image_size: int, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, 3, h, w) -> float (B, 3, image_size, image_size), resized and normalised.
+
+    Bilinear resizing (antialiased when shrinking), like torchvision's Resize on tensors,
+    then (x / 255 - 0.5) / 0.5 as the notebook's ToTensor + Normalize.
+    """
+    x = images.float().div_(255.0)
+    if x.shape[-2:] != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    x = x.sub_(NORMALISE_MEAN).div_(NORMALISE_STD)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def iterate_batches(
+    data: ImageSet, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images uint8, labels) batches; a seeded permutation when ``shuffle``."""
+    n = len(data)
+    if shuffle:
+        order = torch.randperm(n, generator=generator).to(data.labels.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield data.images[idx], data.labels[idx]
+    else:
+        for start in range(0, n, batch_size):
+            yield data.images[start : start + batch_size], data.labels[start : start + batch_size]
+
+
+def content_digest(dataset: Dataset) -> str:
+    """SHA-256 over the images and labels of both splits: the dataset's identity."""
+    h = hashlib.sha256()
+    for part in (dataset.train, dataset.test):
+        h.update(part.images.contiguous().numpy().tobytes())
+        h.update(part.labels.contiguous().numpy().tobytes())
+    return h.hexdigest()

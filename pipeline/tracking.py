@@ -1,0 +1,109 @@
+"""The one module that talks to MLflow for the steps: runs that always end (FINISHED,
+FAILED or KILLED, never left RUNNING), parameters logged once, and checked look-ups of
+upstream runs and their artefacts."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+from mlflow.entities import RunStatus
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline")
+
+STEP_TAG = "pipeline.step"
+CODE_VERSION_TAG = "pipeline.code_version"
+
+
+def code_version() -> str:
+    """SHA-256 (first 12 hex digits) of the package's Python sources: the code identity."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def param_string(value: Any) -> str:
+    """How a parameter value is logged: bools and numbers in one canonical spelling."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def log_params_once(params: dict[str, Any]) -> None:
+    """Log the params the active run does not have yet.
+
+    ``mlflow run`` logs the entry point's parameters in the spelling of the command line
+    (``1e-3``); re-logging ``0.001`` under the same key would fail the run, so keys already
+    present are left as they are (the typed values are in the run's ``config.json``).
+    """
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params
+    new = {k: param_string(v) for k, v in params.items() if k not in existing}
+    if new:
+        mlflow.log_params(new)
+
+
+@contextmanager
+def step_run(
+    step: str,
+    params: dict[str, Any],
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, under ``mlflow run``, continue) the step's run and always end it.
+
+    Exceptions end it FAILED, Ctrl-C and SIGTERM (as KeyboardInterrupt) KILLED; both re-raise.
+    """
+    nested = mlflow.active_run() is not None
+    run = mlflow.start_run(run_name=run_name, nested=nested)
+    try:
+        mlflow.set_tags({STEP_TAG: step, CODE_VERSION_TAG: code_version(), **(tags or {})})
+        log_params_once(params)
+        mlflow.log_dict(params, "config.json")
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def get_step_run(run_id: str, step: str, artifact: str | None = None):
+    """The finished run ``run_id`` of ``step``; one-line errors when it does not exist, belongs
+    to another step, did not finish, or lacks ``artifact``."""
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise PipelineError(
+            f"run {run_id!r} does not exist in the tracking store {mlflow.get_tracking_uri()!r}"
+        ) from None
+    actual = run.data.tags.get(STEP_TAG)
+    if actual != step:
+        raise PipelineError(f"run {run_id!r} is a {actual or 'non-pipeline'} run, not a {step} run")
+    if run.info.status != "FINISHED":
+        raise PipelineError(f"{step} run {run_id!r} is {run.info.status}, not FINISHED")
+    if artifact is not None:
+        folder, _, name = artifact.rpartition("/")
+        names = {Path(f.path).name for f in client.list_artifacts(run_id, folder or None)}
+        if name not in names:
+            raise PipelineError(f"{step} run {run_id!r} has no artefact {artifact!r}")
+    return run
+
+
+def download_artifact(run_id: str, artifact: str, dst: str | os.PathLike) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))

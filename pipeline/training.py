@@ -1,0 +1,142 @@
+"""Training and evaluation loops over device-resident uint8 data. No MLflow here.
+
+Per-step losses and counts accumulate on the device; nothing calls ``.item()`` inside a
+loop, so the host never waits for the device between steps.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from pipeline.data import ImageSet, iterate_batches, to_model_input
+
+EVAL_BATCH_SIZE = 256
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+
+
+class GradientFlow:
+    """Mean absolute gradient of each weight tensor (biases left out), averaged over steps."""
+
+    def __init__(self, model: nn.Module):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.reset()
+
+    def reset(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.steps = 0
+
+    def accumulate(self) -> None:
+        grads = [p.grad.abs().mean() if p.grad is not None else p.new_zeros(()) for p in self.params]
+        step = torch.stack(grads).float()
+        self.total = step if self.total is None else self.total + step
+        self.steps += 1
+
+    def epoch_means(self) -> list[float]:
+        return (self.total / max(self.steps, 1)).tolist() if self.total is not None else []
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    acc: float  # percent
+
+
+def train_one_epoch(
+    model: nn.Module,
+    data: ImageSet,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    image_size: int,
+    generator: torch.Generator,
+    amp: bool = False,
+    channels_last: bool = False,
+    grad_flow: GradientFlow | None = None,
+    desc: str = "train",
+) -> EpochResult:
+    model.train()
+    device = data.labels.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    steps = (len(data) + batch_size - 1) // batch_size
+    batches = iterate_batches(data, batch_size, shuffle=True, generator=generator)
+    for images, labels in tqdm(batches, total=steps, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        inputs = to_model_input(images, image_size, channels_last)
+        with autocast(device, amp):
+            logits = model(inputs)
+            loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_flow is not None:
+            grad_flow.accumulate()
+        optimizer.step()
+        loss_sum += loss.detach() * labels.shape[0]
+        correct += (logits.argmax(dim=1) == labels).sum()
+    n = len(data)
+    return EpochResult(loss=float(loss_sum) / n, acc=100.0 * float(correct) / n)
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    data: ImageSet,
+    *,
+    image_size: int,
+    batch_size: int = EVAL_BATCH_SIZE,
+    amp: bool = False,
+    channels_last: bool = False,
+    desc: str | None = None,
+) -> torch.Tensor:
+    """Logits (N, num_classes) in float32, in the order of ``data``."""
+    model.eval()
+    device = data.labels.device
+    outputs = []
+    batches = iterate_batches(data, batch_size)
+    if desc:
+        batches = tqdm(batches, total=(len(data) + batch_size - 1) // batch_size, desc=desc, leave=False)
+    for images, _ in batches:
+        with autocast(device, amp):
+            outputs.append(model(to_model_input(images, image_size, channels_last)).float())
+    return torch.cat(outputs)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    acc: float  # top-1, percent
+    top5: float  # percent (top-k with k = min(5, num_classes))
+
+
+def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+    k = min(5, logits.shape[1])
+    loss = F.cross_entropy(logits, labels).item()
+    acc = 100.0 * (logits.argmax(dim=1) == labels).sum().item() / labels.shape[0]
+    top5 = 100.0 * (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item() / labels.shape[0]
+    return Evaluation(loss=loss, acc=acc, top5=top5)
+
+
+def evaluate(model: nn.Module, data: ImageSet, *, image_size: int, **kwargs) -> Evaluation:
+    return score_logits(predict(model, data, image_size=image_size, **kwargs), data.labels)
