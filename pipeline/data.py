@@ -19,6 +19,7 @@ test set is used once, for the final evaluation.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 
 NORMALISE_MEAN = 0.5
 NORMALISE_STD = 0.5
@@ -77,6 +78,11 @@ class Splits:
     val_indices: torch.Tensor
 
 
+def offline() -> bool:
+    """True when ``PIPELINE_OFFLINE`` is set (1/true/yes): nothing is downloaded, ever."""
+    return os.environ.get("PIPELINE_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
 def _images_from_numpy(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))
 
@@ -104,7 +110,7 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> Dataset:
     root = Path(data_dir)
     folder = root / CIFAR10_FOLDER
     needed = [*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE, CIFAR10_META_FILE]
-    if download and not all((folder / f).is_file() for f in needed):
+    if download and not offline() and not all((folder / f).is_file() for f in needed):
         from torchvision.datasets import CIFAR10
 
         try:
@@ -112,7 +118,7 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> Dataset:
         except (OSError, RuntimeError) as exc:
             raise PipelineError(
                 f"CIFAR-10 is not in data_dir {str(root)!r} and cannot be downloaded "
-                f"({type(exc).__name__}); put cifar-10-batches-py there, or use an offline "
+                f"({type(exc).__name__}: {one_line(exc)}); put cifar-10-batches-py there, or use an offline "
                 "dataset: digits or fake"
             ) from None
     missing = [f for f in needed if not (folder / f).is_file()]

@@ -6,3 +6,9 @@ class PipelineError(Exception):
 
     The CLI prints ``Error: <message>`` on one line and exits non-zero, without a traceback.
     """
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message folded onto one line and cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 from pipeline.gates import GATES, create_gate
 
 #: position name -> (ResNet18 stage after which CBAM sits, its channel count)
@@ -128,12 +128,17 @@ def load_backbone(weights: str) -> nn.Module:
     if weights == "none":
         return resnet18(weights=None)
     if weights == "imagenet":
+        from pipeline.data import offline
+
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(ResNet18_Weights.IMAGENET1K_V1.url).name
         try:
+            if offline() and not cached.is_file():
+                raise OSError("PIPELINE_OFFLINE is set")
             return resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
         except (OSError, RuntimeError) as exc:  # URLError is an OSError
             raise PipelineError(
                 "cannot get torchvision's ImageNet ResNet18 weights (offline and not in the torch "
-                f"cache {torch.hub.get_dir()}): {type(exc).__name__}; use weights=none or the "
+                f"cache {torch.hub.get_dir()}): {type(exc).__name__}: {one_line(exc)}; use weights=none or the "
                 "path of a local state-dict file"
             ) from None
     path = Path(weights)
@@ -147,7 +152,7 @@ def load_backbone(weights: str) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise PipelineError(f"cannot read weights file {weights!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        raise PipelineError(f"cannot read weights file {weights!r}: {type(exc).__name__}: {one_line(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     model = resnet18(weights=None)

@@ -1,0 +1,67 @@
+import mlflow
+import pytest
+
+from pipeline.cli import main
+from conftest import all_runs, run_cli
+
+FAST = ["--dataset", "fake", "--weights", "none", "--image-size", "32", "--epochs", "1", "--device", "cpu"]
+
+BAD_INPUTS = [
+    (["--activation", "relu"], "valid: sigmoid, softmax, sparsemax"),
+    (["--position", "top"], "valid: early, middle, late, none"),
+    (["--dataset", "mnist"], "valid: cifar10, digits, fake"),
+    (["--weights", "resnet50"], "valid: imagenet, none"),
+    (["--epochs", "0"], "epochs must be positive"),
+    (["--batch-size", "-1"], "batch_size must be positive"),
+    (["--lr", "0"], "lr must be positive"),
+    (["--val-fraction", "0"], "val_fraction must be in (0, 1)"),
+    (["--val-fraction", "1"], "val_fraction must be in (0, 1)"),
+    (["--image-size", "16"], "image_size must be in [32, 1024]"),
+    (["--epochs", "two"], "'two' is not a valid integer"),
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD_INPUTS, ids=[a[0] + "=" + a[1] for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_nonzero_and_leaves_no_run(args, expected, tracking_uri, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *FAST, *args])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("Error: ") and expected in lines[0], err
+    assert all_runs(tracking_uri) == []
+
+
+def test_bad_input_from_a_real_process(tracking_uri):
+    result = run_cli("train", *FAST, "--activation", "gelu")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "Error: unknown activation 'gelu'; valid: sigmoid, softmax, sparsemax, scaled_tanh, "
+        "parametric_sigmoid, swish, entmax15, alpha_entmax"
+    ]
+    assert all_runs(tracking_uri) == []
+
+
+def test_offline_imagenet_weights_from_a_real_process(tracking_uri):
+    result = run_cli("train", "--dataset", "fake", "--image-size", "32", "--epochs", "1")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and "weights=none" in error_lines[0]
+    assert all(r.info.status != "RUNNING" for r in all_runs(tracking_uri))
+
+
+def test_help_lists_the_steps_and_mlflow_parameter_names():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "train" in result.stdout
+    result = run_cli("train", "--help")
+    for option in ("--activation", "--image-size", "--batch-size", "--val-fraction", "--data-dir", "--amp"):
+        assert option in result.stdout
+
+
+def test_cli_train_prints_the_run_id(tracking_uri):
+    result = run_cli("train", *FAST, "--activation", "softmax")
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip().splitlines()[-1]
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["activation"] == "softmax"

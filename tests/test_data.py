@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data import (
+    DIGITS_TEST_SIZE,
+    ImageSet,
+    content_digest,
+    iterate_batches,
+    load_dataset,
+    split_validation,
+    to_model_input,
+)
+from pipeline.errors import PipelineError
+
+from cifar_files import CLASSES, write_cifar10
+
+
+def test_cifar10_reads_the_python_format(tmp_path):
+    written = write_cifar10(tmp_path, per_batch=6, n_test=10)
+    ds = load_dataset("cifar10", tmp_path)
+    assert ds.classes == tuple(CLASSES)
+    assert ds.train.images.dtype == torch.uint8 and ds.train.images.shape == (30, 3, 32, 32)
+    assert ds.test.images.shape == (10, 3, 32, 32)
+    np.testing.assert_array_equal(ds.train.images.numpy(), written["train_x"])
+    np.testing.assert_array_equal(ds.train.labels.numpy(), written["train_y"])
+    np.testing.assert_array_equal(ds.test.images.numpy(), written["test_x"])
+    # the first 1024 bytes of a row are the red plane, row-major
+    row = written["test_x"].reshape(10, -1)[3]
+    assert ds.test.images[3, 0, 0, 5].item() == row[5]
+    assert ds.test.images[3, 2, 1, 0].item() == row[2048 + 32]
+
+
+def test_cifar10_missing_offline_names_data_dir_and_offline_datasets(tmp_path):
+    with pytest.raises(PipelineError) as err:
+        load_dataset("cifar10", tmp_path / "nowhere")
+    message = str(err.value)
+    assert str(tmp_path / "nowhere") in message and "digits" in message and "fake" in message
+    assert "\n" not in message
+
+
+def test_cifar10_truncated_file_is_a_one_line_error(tmp_path):
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:500])
+    with pytest.raises(PipelineError, match="data_batch_3.*corrupt or truncated"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_digits_is_real_offline_and_split_as_documented():
+    ds = load_dataset("digits")
+    assert len(ds.train) == 1797 - DIGITS_TEST_SIZE == 1437 and len(ds.test) == 360
+    assert ds.train.images.shape[1:] == (3, 8, 8) and ds.train.images.dtype == torch.uint8
+    assert ds.train.images.max().item() == 255 and ds.train.images.min().item() == 0
+    assert torch.equal(ds.train.images[:, 0], ds.train.images[:, 2])  # grey copied to 3 channels
+    # stratified: every class has 36 (+-1) test images; fixed: a second load is identical
+    counts = torch.bincount(ds.test.labels, minlength=10)
+    assert counts.min().item() >= 35 and counts.max().item() <= 37
+    assert content_digest(ds) == content_digest(load_dataset("digits"))
+
+
+def test_fake_is_seeded():
+    a, b = load_dataset("fake"), load_dataset("fake")
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
+    assert (len(a.train), len(a.test)) == (320, 80)
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(PipelineError, match="valid: cifar10, digits, fake"):
+        load_dataset("mnist")
+
+
+def test_validation_split_is_seeded_and_disjoint():
+    ds = load_dataset("digits")
+    s1, s2, s3 = (split_validation(ds, 0.1, seed) for seed in (0, 0, 1))
+    assert len(s1.val) == 144 and len(s1.train) == 1437 - 144
+    assert torch.equal(s1.val_indices, s2.val_indices)
+    assert not torch.equal(s1.val_indices, s3.val_indices)
+    # the validation images are exactly the held-out training images, and the test set is untouched
+    assert torch.equal(s1.val.images, ds.train.images[s1.val_indices])
+    assert torch.equal(s1.test.images, ds.test.images)
+
+
+def test_model_input_resizes_and_normalises_per_batch():
+    images = torch.tensor([0, 255], dtype=torch.uint8).repeat(3, 8, 4).view(1, 3, 8, 8).repeat(2, 1, 1, 1)
+    x = to_model_input(images, 64)
+    assert x.shape == (2, 3, 64, 64) and x.dtype == torch.float32
+    assert x.min().item() == pytest.approx(-1.0) and x.max().item() == pytest.approx(1.0)
+    same = to_model_input(images, 8)
+    assert torch.equal(same[0, 0, 0, :2], torch.tensor([-1.0, 1.0]))
+
+
+def test_batches_cover_the_data_once_per_epoch():
+    data = ImageSet(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10))
+    seen = torch.cat([y for _, y in iterate_batches(data, 3, shuffle=True, generator=torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(10))
+    assert [len(y) for _, y in iterate_batches(data, 4)] == [4, 4, 2]
