@@ -93,6 +93,30 @@ def train(**options) -> None:
     click.echo(run_id)
 
 
+@cli.command("probe-attention")
+@click.option("--train-run-id", required=True, help="Run id of a finished train run.")
+@click.option("--num-images", type=INT, default=-1, show_default=True,
+              help="How many test images to probe (the first ones, in order); -1: all. "
+                   "More than the test set is clamped to it, with a warning.")
+@click.option("--batch-size", type=INT, default=256, show_default=True)
+@click.option("--data-dir", default="", help="Dataset folder; default: the train run's data_dir.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def probe_attention(**options) -> None:
+    """Record the channel weights and spatial maps of a trained model on test images."""
+    from pipeline.steps.probe import ProbeConfig, run_probe
+
+    click.echo(run_probe(ProbeConfig(**options)))
+
+
+@cli.command("compute-metrics")
+@click.option("--probe-run-id", required=True, help="Run id of a finished probe-attention run.")
+def compute_metrics(**options) -> None:
+    """Compute Gini, entropy, focus, sparsity... of a probe-attention run's attention."""
+    from pipeline.steps.compute_metrics import MetricsConfig, run_compute_metrics
+
+    click.echo(run_compute_metrics(MetricsConfig(**options)))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and a non-zero exit."""
     try:

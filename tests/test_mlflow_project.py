@@ -1,26 +1,40 @@
-"""The MLproject entry points run with `mlflow run`, as a user runs them."""
+"""The MLproject entry points run with `mlflow run`, as a user runs them, on digits at 64 px."""
 import os
 import subprocess
-from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from conftest import REPO, all_runs
 
-
-def mlflow_run(*args, cwd, timeout=900):
-    return subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=timeout, env=dict(os.environ))
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.slow
-def test_mlflow_run_train_on_digits(tracking_uri, tmp_path):
-    result = mlflow_run("-e", "train", "-P", "activation=swish", "-P", "dataset=digits",
-                        "-P", "weights=none", "-P", "image_size=64", "-P", "epochs=2", cwd=tmp_path)
+def mlflow_cli(*args, cwd, env, timeout=900):
+    return subprocess.run(["mlflow", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+
+
+def mlflow_run(*args, cwd, env):
+    return mlflow_cli("run", str(REPO), "--env-manager", "local", *args, cwd=cwd, env=env)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("project")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PIPELINE_OFFLINE": "1"}
+    mlflow.set_tracking_uri(uri)
+    result = mlflow_run("-e", "train", "-P", "activation=swish", "-P", "dataset=digits", "-P", "weights=none",
+                        "-P", "image_size=64", "-P", "epochs=2", cwd=tmp, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    [run] = all_runs(tracking_uri)
-    client = mlflow.MlflowClient()
+    [run] = all_runs(uri)
+    yield {"uri": uri, "env": env, "tmp": tmp, "train": run}
+    mlflow.set_tracking_uri(None)
+
+
+def test_mlflow_run_train_on_digits(project):
+    run, client = project["train"], mlflow.MlflowClient(project["uri"])
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert (params["activation"], params["dataset"], params["image_size"], params["epochs"]) == \
@@ -32,10 +46,40 @@ def test_mlflow_run_train_on_digits(tracking_uri, tmp_path):
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
 
 
-@pytest.mark.slow
-def test_mlflow_run_bad_parameter_fails_the_run(tracking_uri, tmp_path):
-    result = mlflow_run("-e", "train", "-P", "activation=nope", "-P", "dataset=digits", cwd=tmp_path)
+def test_mlflow_run_probe_then_metrics_then_download(project):
+    tmp, env, uri = project["tmp"], project["env"], project["uri"]
+    train_id = project["train"].info.run_id
+    result = mlflow_run("-e", "probe-attention", "-P", f"train_run_id={train_id}", cwd=tmp, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [probe] = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "probe-attention"]
+    result = mlflow_run("-e", "compute-metrics", "-P", f"probe_run_id={probe.info.run_id}", cwd=tmp, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [metrics_run] = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "compute-metrics"]
+    assert metrics_run.info.status == "FINISHED"
+    assert {"gini", "gini_std", "entropy", "focus_area_ratio", "negative_pct", "first_image/gini",
+            "test_map"} <= set(metrics_run.data.metrics)
+    assert metrics_run.data.metrics["negative_pct"] > 0  # swish
+
+    dst = tmp / "download"
+    result = mlflow_cli("artifacts", "download", "--run-id", probe.info.run_id, "--artifact-path", "attention",
+                        "--dst-path", str(dst), cwd=tmp, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    w = np.load(dst / "attention" / "channel_weights.npy")
+    maps = np.load(dst / "attention" / "spatial_maps.npy")
+    labels = np.load(dst / "attention" / "labels.npy")
+    logits = np.load(dst / "attention" / "logits.npy")
+    assert (w.dtype, w.shape) == (np.float32, (360, 512))
+    assert (maps.dtype, maps.shape) == (np.float16, (360, 2, 2))  # 64 px / 32 after layer4
+    assert (labels.dtype, labels.shape) == (np.int64, (360,))
+    assert (logits.dtype, logits.shape) == (np.float32, (360, 10))
+    assert probe.data.metrics["test_acc"] == pytest.approx(project["train"].data.metrics["test_acc"])
+
+
+def test_mlflow_run_bad_parameter_fails_the_run(project):
+    before = {r.info.run_id for r in all_runs(project["uri"])}
+    result = mlflow_run("-e", "train", "-P", "activation=nope", "-P", "dataset=digits",
+                        cwd=project["tmp"], env=project["env"])
     assert result.returncode != 0
     assert "Error: unknown activation 'nope'" in result.stderr and "Traceback (most recent" not in result.stderr
-    [run] = all_runs(tracking_uri)
+    [run] = [r for r in all_runs(project["uri"]) if r.info.run_id not in before]
     assert run.info.status == "FAILED"

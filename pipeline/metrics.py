@@ -1,0 +1,179 @@
+"""Attention metrics: pure, vectorised numpy over a batch of images.
+
+Channel metrics take ``weights`` of shape (N, C) (one row of channel weights per image) and
+return shape (N,). Spatial metrics take ``maps`` of shape (N, H, W). Full definitions and
+conventions: ``docs/metrics.md``.
+
+Conventions shared by all:
+
+- Gates like swish give negative weights. Gini and entropy are defined for non-negative
+  mass, so they use magnitudes |w|; the share of negative weights is reported on its own
+  (:func:`negative_pct`). For non-negative weights this changes nothing.
+- A row whose magnitudes are all zero has no distribution: Gini, entropy and
+  ``near_zero_pct`` are NaN for it, never a number.
+- Aggregates over images (:func:`summarise`) ignore NaN rows and count them.
+
+References: Hurley & Rickard (2009), "Comparing Measures of Sparsity", IEEE Trans. Inf.
+Theory 55(10) for the Gini index; Shannon entropy with 0 log 0 = 0 (``scipy.special.xlogy``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import xlogy
+
+NEAR_ZERO_RELATIVE = 1e-3
+FOCUS_AREA_FRACTION = 0.5
+
+
+def _as_2d(weights) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim == 1:
+        w = w[None, :]
+    if w.ndim != 2 or w.shape[1] == 0:
+        raise ValueError(f"expected channel weights of shape (N, C) with C >= 1, got {w.shape}")
+    return w
+
+
+def gini(weights) -> np.ndarray:
+    """Gini index of each row's magnitudes (Hurley & Rickard 2009).
+
+    With c_(1) <= ... <= c_(n) the sorted magnitudes |w| of a row:
+    ``G = 1 - 2 * sum_k (c_(k) / ||c||_1) * (n - k + 1/2) / n``.
+    0 for a uniform row, (n - 1)/n for a one-hot row (the maximum), 1 - k/n for k equal
+    non-zeros among n, (n - 1)/(3n) for 1..n; unchanged by scaling. All-zero row -> NaN.
+    Equals the notebook's ``(n + 1 - 2 * sum(cumsum(c)) / sum(c)) / n`` for non-negative rows.
+
+    Shape: (N, C) or (C,) -> (N,).
+    """
+    c = np.sort(np.abs(_as_2d(weights)), axis=1)
+    n = c.shape[1]
+    total = c.sum(axis=1)
+    k = np.arange(1, n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        g = 1.0 - 2.0 * (c * (n - k + 0.5)).sum(axis=1) / (total * n)
+    return np.where(total > 0, g, np.nan)
+
+
+def entropy(weights) -> np.ndarray:
+    """Normalised Shannon entropy of each row's magnitudes.
+
+    ``p = |w| / sum|w|``; ``H = -sum_c p_c log p_c / log C`` with 0 log 0 = 0. 0 when all mass
+    is on one channel, 1 for a uniform row. All-zero row -> NaN. C = 1 -> 0 (one channel
+    holds all the mass). Equals ``scipy.stats.entropy(p) / log C``.
+
+    Shape: (N, C) or (C,) -> (N,).
+    """
+    a = np.abs(_as_2d(weights))
+    n = a.shape[1]
+    total = a.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = a / total
+        h = -xlogy(p, p).sum(axis=1)
+    h = h / np.log(n) if n > 1 else np.zeros_like(h)
+    return np.where(total[:, 0] > 0, h, np.nan)
+
+
+def avg_score(weights) -> np.ndarray:
+    """Mean channel weight of each row (signed). Shape (N, C) -> (N,)."""
+    return _as_2d(weights).mean(axis=1)
+
+
+def focus_pct(weights) -> np.ndarray:
+    """Percent of channels whose weight is strictly above the row's mean weight (the
+    notebook's ``focus_%``). One-hot of length n -> 100/n; constant row -> 0.
+    Shape (N, C) -> (N,)."""
+    w = _as_2d(weights)
+    return 100.0 * (w > w.mean(axis=1, keepdims=True)).mean(axis=1)
+
+
+def sparsity(weights) -> np.ndarray:
+    """Fraction (0..1) of channel weights exactly equal to zero (the notebook's ``sparsity``).
+    Shape (N, C) -> (N,)."""
+    return (_as_2d(weights) == 0).mean(axis=1)
+
+
+def near_zero_pct(weights, relative: float = NEAR_ZERO_RELATIVE) -> np.ndarray:
+    """Percent of channels with |w| < ``relative`` * max|w| of the row (default 1e-3).
+    Catches the almost-zero weights of softmax that ``sparsity`` misses. All-zero row -> NaN.
+    Shape (N, C) -> (N,)."""
+    a = np.abs(_as_2d(weights))
+    peak = a.max(axis=1, keepdims=True)
+    pct = 100.0 * (a < relative * peak).mean(axis=1)
+    return np.where(peak[:, 0] > 0, pct, np.nan)
+
+
+def negative_pct(weights) -> np.ndarray:
+    """Percent of negative channel weights (swish can be negative). Shape (N, C) -> (N,)."""
+    return 100.0 * (_as_2d(weights) < 0).mean(axis=1)
+
+
+def focus_area_ratio(maps, fraction: float = FOCUS_AREA_FRACTION) -> np.ndarray:
+    """Fraction (0..1) of each spatial map's pixels strictly above ``fraction`` (default 50 %)
+    of that map's maximum: the notebook's text definition of the focus area. A constant
+    positive map -> 1; a map whose maximum is not positive -> NaN.
+    Shape (N, H, W) -> (N,)."""
+    m = np.asarray(maps, dtype=np.float64)
+    if m.ndim == 2:
+        m = m[None]
+    flat = m.reshape(m.shape[0], -1)
+    peak = flat.max(axis=1, keepdims=True)
+    ratio = (flat > fraction * peak).mean(axis=1)
+    return np.where(peak[:, 0] > 0, ratio, np.nan)
+
+
+def notebook_gini(vector) -> float:
+    """The notebook's ``gini_coefficient``, verbatim in effect: raw (signed) weights, no NaN
+    guard. Kept only to reproduce the notebook's table (``first_image/notebook_gini``)."""
+    x = np.sort(np.asarray(vector, dtype=np.float64))
+    n = len(x)
+    cumx = np.cumsum(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float((n + 1 - 2 * np.sum(cumx) / cumx[-1]) / n)
+
+
+CHANNEL_METRICS = {
+    "gini": gini,
+    "entropy": entropy,
+    "avg_score": avg_score,
+    "focus_pct": focus_pct,
+    "sparsity": sparsity,
+    "near_zero_pct": near_zero_pct,
+    "negative_pct": negative_pct,
+}
+SPATIAL_METRICS = {"focus_area_ratio": focus_area_ratio}
+METRIC_NAMES = (*CHANNEL_METRICS, *SPATIAL_METRICS)
+
+
+def per_image_metrics(weights, maps=None) -> dict[str, np.ndarray]:
+    """Every metric per image: name -> (N,). ``maps`` may be None (no spatial metrics)."""
+    out = {name: fn(weights) for name, fn in CHANNEL_METRICS.items()}
+    if maps is not None:
+        out.update({name: fn(maps) for name, fn in SPATIAL_METRICS.items()})
+    return out
+
+
+def summarise(values: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Mean and (population) standard deviation over images of each metric, ignoring NaN rows:
+    name -> {"mean", "std", "n_defined"}. All rows NaN -> mean and std NaN."""
+    summary = {}
+    for name, v in values.items():
+        v = np.asarray(v, dtype=np.float64)
+        defined = v[~np.isnan(v)]
+        mean = float(defined.mean()) if defined.size else float("nan")
+        std = float(defined.std()) if defined.size else float("nan")
+        summary[name] = {"mean": mean, "std": std, "n_defined": int(defined.size)}
+    return summary
+
+
+def mean_average_precision(labels, scores, num_classes: int | None = None) -> float:
+    """Macro-averaged one-vs-rest average precision (scikit-learn's ``average_precision_score``)
+    over the classes present in ``labels``; classes with no positive image have no AP and
+    are left out. labels (N,) int, scores (N, K) (logits or probabilities)."""
+    from sklearn.metrics import average_precision_score
+
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    k = num_classes or scores.shape[1]
+    present = np.unique(labels)
+    onehot = (labels[:, None] == np.arange(k)[None, :]).astype(int)
+    return float(average_precision_score(onehot[:, present], scores[:, present], average="macro"))

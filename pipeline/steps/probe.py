@@ -1,0 +1,129 @@
+"""The ``probe-attention`` step: rebuild a finished ``train`` run's best model and record the
+attention of test images.
+
+Artefacts (of its own run): ``attention/channel_weights.npy`` (float32, [N, C]),
+``attention/spatial_maps.npy`` (float16, [N, H, W]), ``attention/labels.npy`` (int64, [N]),
+``attention/logits.npy`` (float32, [N, K]), ``attention/meta.json`` and
+``tables/per_class_accuracy.csv``. Metrics: ``test_acc``, ``test_top5`` (percent) and
+``test_map`` (macro one-vs-rest average precision, scikit-learn) of the probed images.
+The probed images are the first ``num_images`` of the test set, in order, so row 0 is the
+notebook's single image.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.checkpoint import load_model
+from pipeline.config import StepConfig, check_device
+from pipeline.data import load_dataset
+from pipeline.errors import PipelineError
+from pipeline.metrics import mean_average_precision
+from pipeline.probing import probe_attention
+from pipeline.steps.train import BEST_CHECKPOINT
+from pipeline.steps.train import STEP as TRAIN_STEP
+from pipeline.tracking import download_artifact, get_step_run, step_run
+from pipeline.training import resolve_device, score_logits
+
+log = logging.getLogger("pipeline")
+
+STEP = "probe-attention"
+ATTENTION_DIR = "attention"
+CHANNEL_WEIGHTS = "attention/channel_weights.npy"
+SPATIAL_MAPS = "attention/spatial_maps.npy"
+META = "attention/meta.json"
+LABELS = "attention/labels.npy"
+
+
+@dataclass(frozen=True)
+class ProbeConfig(StepConfig):
+    train_run_id: str = ""
+    num_images: int = -1  # -1: the whole test set
+    batch_size: int = 256
+    data_dir: str = ""  # "": the train run's data_dir
+    device: str = "auto"
+
+    def __post_init__(self):
+        if not self.train_run_id.strip():
+            raise PipelineError("train_run_id is required: the id of a finished train run")
+        if self.num_images == 0 or self.num_images < -1:
+            raise PipelineError(f"num_images must be positive, or -1 for the whole test set, got {self.num_images}")
+        if self.batch_size <= 0:
+            raise PipelineError(f"batch_size must be positive, got {self.batch_size}")
+        check_device(self.device)
+
+
+def per_class_accuracy(labels: np.ndarray, logits: np.ndarray, classes) -> pd.DataFrame:
+    predicted = logits.argmax(axis=1)
+    rows = []
+    for k, name in enumerate(classes):
+        mask = labels == k
+        n = int(mask.sum())
+        rows.append({"class_index": k, "class": name, "images": n,
+                     "accuracy_pct": 100.0 * float((predicted[mask] == k).mean()) if n else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def run_probe(config: ProbeConfig) -> str:
+    train_run = get_step_run(config.train_run_id, TRAIN_STEP, BEST_CHECKPOINT)
+    device = resolve_device(config.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, ckpt = load_model(download_artifact(config.train_run_id, BEST_CHECKPOINT, tmp))
+    if model.cbam is None:
+        raise PipelineError(f"train run {config.train_run_id!r} has position none: there is no attention to probe")
+    train_params = train_run.data.params
+    dataset_name = ckpt.get("dataset", train_params.get("dataset"))
+    data_dir = config.data_dir or train_params.get("data_dir", "data")
+    image_size = int(ckpt.get("image_size", train_params.get("image_size", 224)))
+    test = load_dataset(dataset_name, data_dir).test
+    n_total = len(test)
+    n = n_total if config.num_images == -1 else config.num_images
+    if n > n_total:
+        log.warning("num_images=%d is more than the %d test images: probing all %d", n, n_total, n_total)
+        n = n_total
+    indices = np.arange(n)
+    probed = test.subset(torch.from_numpy(indices)).to(device)
+
+    params = {**config.to_dict(), "num_images_probed": n, "activation": model.config.activation,
+              "position": model.config.position, "dataset": dataset_name, "image_size": image_size,
+              "seed": train_params.get("seed", "")}
+    with step_run(STEP, params, tags={"pipeline.train_run_id": config.train_run_id}) as run, \
+            tempfile.TemporaryDirectory() as tmp:
+        attention = probe_attention(model.to(device), probed, image_size, config.batch_size)
+        labels = probed.labels.cpu().numpy()
+        scores = score_logits(torch.from_numpy(attention.logits), torch.from_numpy(labels))
+        test_map = mean_average_precision(labels, attention.logits, num_classes=model.config.num_classes)
+        mlflow.log_metrics({"test_acc": scores.acc, "test_top5": scores.top5, "test_map": test_map})
+
+        out = Path(tmp) / ATTENTION_DIR
+        out.mkdir()
+        np.save(out / "channel_weights.npy", attention.channel_weights.astype(np.float32))
+        np.save(out / "spatial_maps.npy", attention.spatial_maps.astype(np.float16))
+        np.save(out / "labels.npy", labels.astype(np.int64))
+        np.save(out / "logits.npy", attention.logits.astype(np.float32))
+        meta = {
+            "activation": model.config.activation, "position": model.config.position,
+            "image_size": image_size, "dataset": dataset_name, "source_run_id": config.train_run_id,
+            "checkpoint_epoch": ckpt.get("epoch"), "classes": list(ckpt.get("classes", [])),
+            "num_images": n, "indices": indices.tolist(), "split": "test",
+            "channel_weights_shape": list(attention.channel_weights.shape),
+            "spatial_maps_shape": list(attention.spatial_maps.shape),
+        }
+        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        mlflow.log_artifacts(str(out), ATTENTION_DIR)
+        table = per_class_accuracy(labels, attention.logits, meta["classes"] or range(model.config.num_classes))
+        table_path = Path(tmp) / "per_class_accuracy.csv"
+        table.to_csv(table_path, index=False)
+        mlflow.log_artifact(str(table_path), "tables")
+        log.info("probe %s: %d images, channel weights %s, spatial maps %s; test_acc %.2f%% test_map %.4f",
+                 run.info.run_id, n, attention.channel_weights.shape, attention.spatial_maps.shape,
+                 scores.acc, test_map)
+        return run.info.run_id

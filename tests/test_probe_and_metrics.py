@@ -1,0 +1,129 @@
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import metrics as M
+from pipeline.checkpoint import load_model
+from pipeline.cli import main
+from pipeline.data import load_dataset, to_model_input
+from pipeline.steps.compute_metrics import MetricsConfig, run_compute_metrics
+from pipeline.steps.probe import ProbeConfig, run_probe
+from conftest import all_runs
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store with a finished train run (fake data, CBAM after layer2, 32 px)."""
+    from pipeline.config import TrainConfig
+    from pipeline.steps.train import run_train
+
+    tmp = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("PIPELINE_OFFLINE", "1")
+        mp.chdir(tmp)
+        mlflow.set_tracking_uri(uri)
+        train_id = run_train(TrainConfig(activation="sparsemax", position="middle", dataset="fake",
+                                         weights="none", image_size=32, epochs=1, batch_size=32, device="cpu"))
+        yield {"uri": uri, "train_id": train_id, "tmp": tmp}
+        mlflow.set_tracking_uri(None)
+
+
+def load_arrays(run_id, dst):
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="attention", dst_path=str(dst))
+    return {name: np.load(f"{path}/{name}.npy") for name in ("channel_weights", "spatial_maps", "labels", "logits")}, \
+        json.loads(open(f"{path}/meta.json").read())
+
+
+def test_probe_logs_documented_arrays_and_scores(store, tmp_path):
+    probe_id = run_probe(ProbeConfig(train_run_id=store["train_id"], device="cpu", batch_size=32))
+    client = mlflow.MlflowClient()
+    run = client.get_run(probe_id)
+    assert run.info.status == "FINISHED" and run.data.tags["pipeline.step"] == "probe-attention"
+    arrays, meta = load_arrays(probe_id, tmp_path)
+    w, maps = arrays["channel_weights"], arrays["spatial_maps"]
+    assert w.dtype == np.float32 and w.shape == (80, 128)  # whole fake test set, CBAM after layer2
+    assert maps.dtype == np.float16 and maps.shape == (80, 4, 4)  # 32 px / 8
+    assert arrays["labels"].dtype == np.int64 and arrays["logits"].shape == (80, 10)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-5)  # sparsemax rows sum to one
+    assert meta["activation"] == "sparsemax" and meta["position"] == "middle" and meta["image_size"] == 32
+    assert meta["source_run_id"] == store["train_id"] and meta["indices"] == list(range(80))
+    np.testing.assert_array_equal(arrays["labels"], load_dataset("fake").test.labels.numpy())
+
+    # scores: the same best checkpoint on the same test images as train's final evaluation
+    train_metrics = client.get_run(store["train_id"]).data.metrics
+    assert run.data.metrics["test_acc"] == pytest.approx(train_metrics["test_acc"])
+    assert run.data.metrics["test_top5"] == pytest.approx(train_metrics["test_top5"])
+    assert run.data.metrics["test_map"] == pytest.approx(M.mean_average_precision(arrays["labels"], arrays["logits"]))
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=probe_id, artifact_path="tables/per_class_accuracy.csv", dst_path=str(tmp_path)))
+    assert table["images"].sum() == 80
+    weighted = (table["accuracy_pct"] * table["images"]).sum() / 80
+    assert weighted == pytest.approx(run.data.metrics["test_acc"])
+
+    # row 0 is the notebook's vector: one test image through a forward hook
+    model, _ = load_model(mlflow.artifacts.download_artifacts(
+        run_id=store["train_id"], artifact_path="checkpoints/best.pt", dst_path=str(tmp_path)))
+    seen = []
+    model.cbam.channel.gate.register_forward_hook(lambda m, i, o: seen.append(o.flatten()))
+    with torch.no_grad():
+        model(to_model_input(load_dataset("fake").test.images[:1], 32))
+    np.testing.assert_allclose(w[0], seen[0].numpy(), atol=1e-6)
+
+    # compute-metrics on top of it
+    metrics_id = run_compute_metrics(MetricsConfig(probe_run_id=probe_id))
+    logged = client.get_run(metrics_id).data.metrics
+    for name, fn in M.CHANNEL_METRICS.items():
+        values = fn(w)
+        assert logged[name] == pytest.approx(np.nanmean(values)), name
+        assert logged[f"{name}_std"] == pytest.approx(np.nanstd(values)), name
+        assert logged[f"first_image/{name}"] == pytest.approx(values[0]), name
+    assert logged["focus_area_ratio"] == pytest.approx(M.focus_area_ratio(maps.astype(np.float32)).mean())
+    assert logged["first_image/notebook_gini"] == pytest.approx(M.notebook_gini(w[0]))
+    assert logged["sparsity"] > 0  # sparsemax zeroes channels
+    assert logged["test_map"] == run.data.metrics["test_map"]
+    per_image = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=metrics_id, artifact_path="metrics/per_image.csv", dst_path=str(tmp_path)))
+    assert len(per_image) == 80 and per_image["gini"].tolist() == pytest.approx(M.gini(w).tolist())
+    summary = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=metrics_id, artifact_path="metrics/summary.csv", dst_path=str(tmp_path)))
+    assert set(summary["metric"]) == set(M.METRIC_NAMES)
+
+
+def test_probe_num_images_and_clamp(store, tmp_path, caplog):
+    five = run_probe(ProbeConfig(train_run_id=store["train_id"], num_images=5, device="cpu"))
+    arrays, meta = load_arrays(five, tmp_path / "a")
+    assert arrays["channel_weights"].shape == (5, 128) and meta["indices"] == [0, 1, 2, 3, 4]
+    with caplog.at_level("WARNING", logger="pipeline"):
+        clamped = run_probe(ProbeConfig(train_run_id=store["train_id"], num_images=10_000, device="cpu"))
+    assert "probing all 80" in caplog.text
+    arrays, _ = load_arrays(clamped, tmp_path / "b")
+    assert arrays["channel_weights"].shape[0] == 80
+
+
+@pytest.mark.parametrize("step,option", [("probe-attention", "--train-run-id"), ("compute-metrics", "--probe-run-id")])
+def test_missing_or_wrong_upstream_runs(store, step, option, capsys):
+    before = {r.info.run_id for r in all_runs(store["uri"])}
+    client = mlflow.MlflowClient()
+    # a finished run of the right step but without its artefacts
+    empty = client.create_run(client.get_run(store["train_id"]).info.experiment_id,
+                              tags={"pipeline.step": "train" if step == "probe-attention" else "probe-attention"})
+    client.set_terminated(empty.info.run_id)
+    wrong = store["train_id"] if step == "compute-metrics" else None
+    cases = [("0123456789abcdef0123456789abcdef", "does not exist"), (empty.info.run_id, "has no artefact")]
+    if wrong:
+        cases.append((wrong, "is a train run, not a probe-attention run"))
+    for run_id, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main([step, option, run_id])
+        assert exit_info.value.code != 0
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("Error: ") and expected in err[0], err
+    after = {r.info.run_id for r in all_runs(store["uri"])}
+    assert after - before == {empty.info.run_id}  # the failed steps started no run
+    assert all(r.info.status != "RUNNING" for r in all_runs(store["uri"]))
