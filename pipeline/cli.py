@@ -39,8 +39,10 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
-def train_options(func):
-    """The ``train`` parameters, shared with ``main`` and ``sweep``."""
+def train_options(func=None, *, skip=()):
+    """The ``train`` parameters, shared with ``main`` and ``sweep`` (less the names in ``skip``)."""
+    if func is None:
+        return lambda f: train_options(f, skip=skip)
     d = TrainConfig()
     options = [
         click.option("--activation", default=d.activation, show_default=True,
@@ -64,9 +66,13 @@ def train_options(func):
         click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--amp", type=click.BOOL, default=d.amp, show_default=True,
                      help="bf16 autocast (gates stay float32)."),
+        click.option("--prepare-run-id", default=d.prepare_run_id,
+                     help="Use the split of this finished prepare-data run (default: split here)."),
     ]
     for option in reversed(options):
-        func = option(func)
+        name = option(lambda: None).__click_params__[0].name
+        if name not in skip:
+            func = option(func)
     return func
 
 
@@ -93,6 +99,18 @@ def train(**options) -> None:
     click.echo(run_id)
 
 
+@cli.command("prepare-data")
+@click.option("--dataset", default="cifar10", show_default=True, help=f"Dataset: {', '.join(DATASETS)}.")
+@click.option("--data-dir", default="data", show_default=True, help="Folder holding (or receiving) the data.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True)
+@click.option("--seed", type=INT, default=0, show_default=True, help="Seed of the validation split.")
+def prepare_data(**options) -> None:
+    """Fetch or verify a dataset, log its identity and fix the validation split."""
+    from pipeline.steps.prepare import PrepareConfig, run_prepare
+
+    click.echo(run_prepare(PrepareConfig(**options)))
+
+
 @cli.command("probe-attention")
 @click.option("--train-run-id", required=True, help="Run id of a finished train run.")
 @click.option("--num-images", type=INT, default=-1, show_default=True,
@@ -115,6 +133,56 @@ def compute_metrics(**options) -> None:
     from pipeline.steps.compute_metrics import MetricsConfig, run_compute_metrics
 
     click.echo(run_compute_metrics(MetricsConfig(**options)))
+
+
+MAIN_OPTIONS = [
+    click.option("--num-images", type=INT, default=-1, show_default=True,
+                 help="Test images to probe; -1: all."),
+    click.option("--out", default="out", show_default=True, help="Local folder for the report files."),
+]
+
+
+def main_options(func):
+    for option in reversed(MAIN_OPTIONS):
+        func = option(func)
+    return func
+
+
+@cli.command("main")
+@train_options(skip=("prepare_run_id",))
+@main_options
+def main_command(**options) -> None:
+    """Chain prepare-data, train, probe-attention, compute-metrics (reusing finished steps), then report."""
+    from pipeline.steps.orchestrate import MainConfig, run_main
+
+    click.echo(run_main(MainConfig(**options)))
+
+
+@cli.command()
+@click.option("--activations", default=",".join(GATES), show_default=True, help="Comma list of gates.")
+@click.option("--positions", default="late", show_default=True, help="Comma list of positions.")
+@click.option("--seeds", default="0", show_default=True, help="Comma list of seeds.")
+@click.option("--jobs", type=INT, default=1, show_default=True,
+              help="Configurations run at once (in separate processes; spread over the visible GPUs).")
+@train_options(skip=("prepare_run_id", "activation", "position", "seed"))
+@main_options
+def sweep(**options) -> None:
+    """Run main for every (position, activation, seed) under one sweep run, then report."""
+    from pipeline.steps.orchestrate import SweepConfig, run_sweep
+
+    click.echo(run_sweep(SweepConfig(**options)))
+
+
+@cli.command()
+@click.option("--experiment-name", default="", help="Report every finished compute-metrics run of this experiment.")
+@click.option("--sweep-run-id", default="", help="Report the finished configurations of this sweep run.")
+@click.option("--main-run-id", default="", help="Report this main run.")
+@click.option("--out", default="out", show_default=True, help="Local folder for the report files.")
+def report(**options) -> None:
+    """Summary tables (Markdown, CSV, LaTeX) and figures (PDF, PNG) of finished runs."""
+    from pipeline.steps.report import ReportConfig, run_report
+
+    click.echo(run_report(ReportConfig(**options)))
 
 
 def main(argv: list[str] | None = None) -> None:

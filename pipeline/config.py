@@ -77,6 +77,7 @@ class TrainConfig(StepConfig):
     val_fraction: float = 0.1
     device: str = "auto"
     amp: bool = False
+    prepare_run_id: str = ""  # a finished prepare-data run whose split to use ("" : split here)
 
     def __post_init__(self):
         check_choice("activation", self.activation, GATES)

@@ -204,7 +204,20 @@ def split_validation(dataset: Dataset, val_fraction: float, seed: int) -> Splits
             f"of {n}; each needs at least one"
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+    return splits_from_val_indices(dataset, order[:n_val])
+
+
+def splits_from_val_indices(dataset: Dataset, val_indices) -> Splits:
+    """Splits whose validation set is ``val_indices`` of the training set (as recorded by
+    ``prepare-data``); the rest of the training set trains."""
+    n = len(dataset.train)
+    val_idx = torch.as_tensor(val_indices, dtype=torch.int64).sort().values
+    if val_idx.numel() < 1 or val_idx.numel() >= n or val_idx.min() < 0 or val_idx.max() >= n \
+            or val_idx.unique().numel() != val_idx.numel():
+        raise PipelineError(f"validation indices do not fit the training set of {n} images")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val_idx] = False
+    train_idx = keep.nonzero().flatten()
     return Splits(
         dataset.name,
         dataset.train.subset(train_idx),

@@ -8,19 +8,29 @@ and ``test_acc``, ``test_top5`` (percent) and ``test_loss`` of that checkpoint.
 """
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
 from pipeline.checkpoint import load_model, save_checkpoint
 from pipeline.config import TrainConfig
-from pipeline.data import load_dataset, split_validation
+from pipeline.data import (
+    Dataset,
+    Splits,
+    content_digest,
+    load_dataset,
+    split_validation,
+    splits_from_val_indices,
+)
+from pipeline.errors import PipelineError
 from pipeline.models import ModelConfig, build_model
-from pipeline.tracking import step_run
+from pipeline.tracking import download_artifact, get_step_run, step_run
 from pipeline.training import (
     GradientFlow,
     evaluate,
@@ -36,11 +46,36 @@ BEST_CHECKPOINT = "checkpoints/best.pt"
 GRAD_FLOW = "gradients/grad_flow.json"
 
 
+def splits_from_prepare_run(config: TrainConfig, dataset: Dataset) -> Splits:
+    """The split recorded by a finished prepare-data run, after checking it is this dataset."""
+    from pipeline.steps.prepare import DATASET_JSON, VAL_INDICES
+    from pipeline.steps.prepare import STEP as PREPARE_STEP
+
+    get_step_run(config.prepare_run_id, PREPARE_STEP, VAL_INDICES)
+    with tempfile.TemporaryDirectory() as tmp:
+        identity = json.loads(download_artifact(config.prepare_run_id, DATASET_JSON, tmp).read_text())
+        val_indices = np.load(download_artifact(config.prepare_run_id, VAL_INDICES, tmp))
+    if identity["dataset"] != config.dataset or float(identity["val_fraction"]) != config.val_fraction:
+        raise PipelineError(
+            f"prepare-data run {config.prepare_run_id!r} prepared {identity['dataset']} with val_fraction "
+            f"{identity['val_fraction']}, not {config.dataset} with {config.val_fraction}"
+        )
+    if identity["content_sha256"] != content_digest(dataset):
+        raise PipelineError(
+            f"the {config.dataset} data in {config.data_dir!r} differs from what prepare-data run "
+            f"{config.prepare_run_id!r} recorded (content digest mismatch)"
+        )
+    return splits_from_val_indices(dataset, val_indices)
+
+
 def run_train(config: TrainConfig) -> str:
     """Run the step with a validated config; returns the MLflow run id."""
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir)
-    splits = split_validation(dataset, config.val_fraction, config.seed)
+    if config.prepare_run_id:
+        splits = splits_from_prepare_run(config, dataset)
+    else:
+        splits = split_validation(dataset, config.val_fraction, config.seed)
     seed_everything(config.seed)
     model_config = ModelConfig(config.activation, config.position, num_classes=len(splits.classes))
     model = build_model(model_config, config.weights)
