@@ -33,7 +33,10 @@ def _colours(names):
 
 def kde_curve(values: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
     """Gaussian KDE of ``values`` on ``grid``, or None where it is undefined (fewer than two
-    distinct values: scipy's gaussian_kde raises on a singular covariance)."""
+    distinct values: scipy's gaussian_kde raises on a singular covariance).
+
+    The bandwidth is at least two grid steps: softmax weights cluster within 1e-4 of 1/C,
+    and a narrower kernel would fall between grid points and vanish from the plot."""
     from scipy.stats import gaussian_kde
 
     values = np.asarray(values, dtype=np.float64).ravel()
@@ -41,7 +44,11 @@ def kde_curve(values: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
     if values.size < 2 or np.ptp(values) == 0:
         return None
     try:
-        return gaussian_kde(values)(grid)
+        kde = gaussian_kde(values)
+        min_bandwidth = 2.0 * (grid[1] - grid[0])
+        if np.sqrt(kde.covariance[0, 0]) < min_bandwidth:
+            kde.set_bandwidth(min_bandwidth / values.std(ddof=1))
+        return kde(grid)
     except (np.linalg.LinAlgError, ValueError):
         return None
 
@@ -59,7 +66,8 @@ def plot_kde(weights_by_label: dict[str, np.ndarray], title: str = "Channel atte
             w = rng.choice(w, KDE_MAX_SAMPLES, replace=False)
         samples[label] = w
     everything = np.concatenate([w for w in samples.values() if w.size]) if samples else np.zeros(1)
-    lo, hi = float(everything.min()), float(everything.max())
+    # 0.1..99.9 percentiles: a few huge swish weights would otherwise squeeze every other gate
+    lo, hi = (float(v) for v in np.percentile(everything, [0.1, 99.9]))
     pad = 0.05 * (hi - lo) if hi > lo else 0.05
     grid = np.linspace(lo - pad, hi + pad, KDE_POINTS)
     colours = _colours(samples)
@@ -71,18 +79,34 @@ def plot_kde(weights_by_label: dict[str, np.ndarray], title: str = "Channel atte
         else:
             ax.plot(grid, density, color=colours[label], label=label)
             ax.fill_between(grid, density, color=colours[label], alpha=0.1)
+    ax.set_yscale("log")
+    top = max([ln.get_ydata().max() for ln in ax.get_lines() if len(ln.get_ydata()) > 2] or [1.0])
+    ax.set_ylim(top * 1e-4, top * 2)  # log density: sum-to-one gates spike near 1/C, sigmoid ones spread
+    ax.set_xlim(grid[0], grid[-1])
     ax.set_title(title)
     ax.set_xlabel("channel attention weight (gate output, dimensionless)")
-    ax.set_ylabel("density (1 / weight unit)")
+    ax.set_ylabel("density (1 / weight unit, log scale)")
     ax.grid(True, linestyle="--", alpha=0.3)
     ax.legend(fontsize=8)
     return fig
 
 
-def radar_values(row: dict[str, float]) -> np.ndarray:
-    """The row's radar values, mapped to [0, 1] with :data:`RADAR_AXES` (NaN -> 0)."""
+def radar_axes(rows: dict[str, dict[str, float]]) -> dict[str, tuple[str, float, float]]:
+    """:data:`RADAR_AXES`, with the avg_score range widened to the largest mean weight (swish
+    weights are unbounded), so no value is clipped; every range is stated in its label."""
+    axes = dict(RADAR_AXES)
+    peak = max([r.get("avg_score", 0.0) for r in rows.values() if np.isfinite(r.get("avg_score", np.nan))] or [0.0])
+    if peak > 1.0:
+        upper = float(np.ceil(peak * 10) / 10)
+        axes["avg_score"] = (f"avg_score [0, {upper:g}]", 0.0, upper)
+    return axes
+
+
+def radar_values(row: dict[str, float], axes: dict[str, tuple[str, float, float]] | None = None) -> np.ndarray:
+    """The row's radar values, mapped to [0, 1] with ``axes`` (default :data:`RADAR_AXES`),
+    clipped to [0, 1]; NaN -> 0."""
     vals = []
-    for key, (_, lower, upper) in RADAR_AXES.items():
+    for key, (_, lower, upper) in (axes or RADAR_AXES).items():
         v = row.get(key, np.nan)
         v = 0.0 if v is None or not np.isfinite(v) else (v - lower) / (upper - lower)
         vals.append(min(max(v, 0.0), 1.0))
@@ -90,20 +114,23 @@ def radar_values(row: dict[str, float]) -> np.ndarray:
 
 
 def plot_radar(rows: dict[str, dict[str, float]], title: str = "Gate comparison (axes normalised to stated ranges)") -> Figure:
-    fig, ax = plt.subplots(figsize=(7, 7), subplot_kw={"polar": True}, constrained_layout=True)
-    n = len(RADAR_AXES)
+    fig, ax = plt.subplots(figsize=(7.5, 7), subplot_kw={"polar": True}, constrained_layout=True)
+    axes = radar_axes(rows)
+    n = len(axes)
     angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
     closed = np.concatenate([angles, angles[:1]])
     colours = _colours(rows)
     for label, row in rows.items():
-        values = radar_values(row)
+        values = radar_values(row, axes)
         ax.plot(closed, np.concatenate([values, values[:1]]), color=colours[label], label=label)
         ax.fill(closed, np.concatenate([values, values[:1]]), color=colours[label], alpha=0.08)
     ax.set_xticks(angles)
-    ax.set_xticklabels([label for label, _, _ in RADAR_AXES.values()], fontsize=8)
+    ax.set_xticklabels([label for label, _, _ in axes.values()], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_yticks([0.25, 0.5, 0.75, 1.0])
-    ax.set_title(title)
+    ax.set_yticklabels(["0.25", "0.5", "0.75", "1"], fontsize=7, color="grey")
+    ax.set_rlabel_position(90 + 180 / n)
+    ax.set_title(title, pad=24)
     ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
     return fig
 
@@ -209,7 +236,8 @@ def plot_spatial_grid(images: np.ndarray, maps_by_label: dict[str, np.ndarray],
                 ax.set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=8)
     if mappable is not None:
-        fig.colorbar(mappable, ax=axes, shrink=0.6, label="spatial attention (sigmoid output, 0..1)")
+        fig.colorbar(mappable, ax=axes, shrink=0.6, fraction=0.02, pad=0.01,
+                     label="spatial attention (sigmoid output, 0..1)")
     fig.suptitle(title)
     return fig
 

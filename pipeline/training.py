@@ -35,11 +35,26 @@ def autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
 
 
+STAGE_ORDER = ("stem", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
+
+
+def forward_rank(model: nn.Module, name: str) -> float:
+    """Where the parameter ``name`` sits on the forward path (CBAM right after its stage);
+    a stable sort keeps the order within a module."""
+    top = name.split(".")[0]
+    if top == "cbam":
+        top, offset = getattr(model, "cbam_after", None) or "layer4", 0.5
+    else:
+        offset = 0.0
+    return (STAGE_ORDER.index(top) if top in STAGE_ORDER else len(STAGE_ORDER)) + offset
+
+
 class GradientFlow:
     """Mean absolute gradient of each weight tensor (biases left out), averaged over steps."""
 
     def __init__(self, model: nn.Module):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
+        named.sort(key=lambda item: forward_rank(model, item[0]))  # input to output
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.reset()

@@ -216,9 +216,13 @@ def run_sweep(config: SweepConfig) -> str:
     from pipeline.steps.report import write_report
 
     env_manager = current_env_manager()
-    main_fields = [f.name for f in fields(MainConfig)]
+    main_fields = [f.name for f in fields(MainConfig) if f.name != "prepare_run_id"]  # main makes its own
     base = {k: v for k, v in config.to_dict().items() if k in main_fields}
     gpus = visible_gpus()
+    if config.jobs > 1 and gpus == 0 and "OMP_NUM_THREADS" not in os.environ:
+        # parallel CPU jobs share the cores: without this, each takes all of them and
+        # oversubscription makes a training step 20x slower
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.jobs))
     with step_run("sweep", config.to_dict()) as run:
         experiment_id = run.info.experiment_id
         pending = list(enumerate(config.configurations()))

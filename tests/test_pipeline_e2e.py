@@ -1,0 +1,103 @@
+"""`mlflow run .` of the main and sweep entry points, end to end, as a user runs them."""
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import REPO, all_runs
+
+pytestmark = pytest.mark.slow
+STEPS = ["prepare-data", "train", "probe-attention", "compute-metrics"]
+
+
+def mlflow_run(*args, cwd, env, timeout=1200):
+    return subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def project_env(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    yield {"uri": uri, "env": {**os.environ, "MLFLOW_TRACKING_URI": uri, "PIPELINE_OFFLINE": "1"}, "tmp": tmp_path}
+    mlflow.set_tracking_uri(None)
+
+
+def children(uri, parent_id):
+    return [r for r in all_runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_env):
+    uri, env, tmp = project_env["uri"], project_env["env"], project_env["tmp"]
+    out = tmp / "out"
+    args = ["-P", "activation=swish", "-P", "dataset=digits", "-P", "weights=none", "-P", "image_size=64",
+            "-P", "epochs=2", "-P", f"out={out}"]
+    first = mlflow_run(*args, cwd=tmp, env=env)
+    assert first.returncode == 0, first.stderr[-4000:]
+    [parent] = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "main"]
+    assert parent.info.status == "FINISHED"
+    kids = children(uri, parent.info.run_id)
+    assert sorted(k.data.tags["pipeline.step"] for k in kids) == sorted(STEPS)
+    assert all(k.info.status == "FINISHED" for k in kids)
+    assert parent.data.tags["pipeline.reused_steps"] == "none"
+    # the chain is wired: each step names the run before it
+    by_step = {k.data.tags["pipeline.step"]: k for k in kids}
+    assert by_step["train"].data.params["prepare_run_id"] == by_step["prepare-data"].info.run_id
+    assert by_step["probe-attention"].data.params["train_run_id"] == by_step["train"].info.run_id
+    assert by_step["compute-metrics"].data.params["probe_run_id"] == by_step["probe-attention"].info.run_id
+    # the dataset identity is logged as MLflow dataset inputs
+    inputs = by_step["prepare-data"].inputs.dataset_inputs
+    assert {i.dataset.name for i in inputs} == {"digits-train", "digits-validation", "digits-test"}
+    # the report: local files and artefacts of the parent run
+    report_dir = out / f"main-{parent.info.run_id}"
+    for name in ("summary.md", "summary.csv", "summary.tex", "kde_late.pdf", "kde_late.png", "radar_late.png",
+                 "curves_late.pdf", "gradient_flow_late.png", "gate_parameters_late.pdf", "spatial_maps_late.png"):
+        assert (report_dir / name).stat().st_size > 0, name
+    artefacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "report")}
+    assert "report/summary.md" in artefacts and "report/kde_late.pdf" in artefacts
+    assert parent.data.metrics["gini"] == by_step["compute-metrics"].data.metrics["gini"]
+
+    # again, with the same parameters spelled differently: every step is reused, none rerun
+    again = mlflow_run(*[a.replace("epochs=2", "epochs=2.0") for a in args], cwd=tmp, env=env)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stderr.count("reusing finished run") == 4
+    mains = sorted((r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "main"),
+                   key=lambda r: r.info.start_time)
+    assert len(mains) == 2 and mains[1].info.status == "FINISHED"
+    assert children(uri, mains[1].info.run_id) == []
+    assert mains[1].data.tags["pipeline.reused_steps"] == ",".join(STEPS)
+    assert mains[1].data.tags["pipeline.metrics_run_id"] == by_step["compute-metrics"].info.run_id
+    assert len([r for r in all_runs(uri) if r.data.tags.get("pipeline.step") in STEPS]) == 4
+
+
+def test_sweep_goes_on_past_failures_and_reports_the_rest(project_env):
+    uri, env, tmp = project_env["uri"], project_env["env"], project_env["tmp"]
+    out = tmp / "out"
+    result = mlflow_run("-e", "sweep", "-P", "activations=sigmoid,swish", "-P", "positions=late,none",
+                        "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=32", "-P", "epochs=1",
+                        "-P", "jobs=2", "-P", f"out={out}", cwd=tmp, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    [sweep] = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "sweep"]
+    mains = children(uri, sweep.info.run_id)
+    status = {m.data.tags["mlflow.runName"]: m.info.status for m in mains}
+    # position none has no attention to probe: those configurations fail, the others finish
+    assert status == {"late/sigmoid/seed0": "FINISHED", "late/swish/seed0": "FINISHED",
+                      "none/sigmoid/seed0": "FAILED", "none/swish/seed0": "FAILED"}
+    assert sweep.data.metrics["failed_configurations"] == 2
+    assert "none/sigmoid/seed0" in result.stderr and "2 of 4 configurations failed" in result.stderr
+    table = (out / f"sweep-{sweep.info.run_id}" / "summary.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| late")]
+    assert [row.split("|")[2].strip() for row in rows] == ["sigmoid", "swish"]
+    metrics_runs = {r.data.params["activation"]: r for r in all_runs(uri)
+                    if r.data.tags.get("pipeline.step") == "compute-metrics"}
+    header = [c.strip() for c in table.splitlines()[2].split("|")[1:-1]]
+    for row in rows:
+        cells = dict(zip(header, [c.strip() for c in row.split("|")[1:-1]]))
+        logged = metrics_runs[cells["activation"]].data.metrics
+        for col in ("gini", "entropy", "avg_score", "test_acc", "test_map", "focus_area_ratio"):
+            assert cells[col] == f"{logged[col]:.4g}", (cells["activation"], col)
+    csv = pd.read_csv(out / f"sweep-{sweep.info.run_id}" / "summary.csv")
+    assert csv.set_index("activation")["gini"]["swish"] == pytest.approx(metrics_runs["swish"].data.metrics["gini"])
