@@ -76,9 +76,13 @@ def train_options(func=None, *, skip=()):
     return func
 
 
+NO_TRACKING_COMMANDS = {"server", "benchmark"}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def cli(verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """CBAM gate benchmark: steps of the pipeline, each also an MLflow Project entry point."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -86,6 +90,12 @@ def cli(verbose: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("pipeline").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if ctx.invoked_subcommand not in NO_TRACKING_COMMANDS and "--help" not in sys.argv and "-h" not in sys.argv:
+        import mlflow
+
+        from pipeline.server import check_reachable
+
+        check_reachable(mlflow.get_tracking_uri())
 
 
 @cli.command()
@@ -183,6 +193,44 @@ def report(**options) -> None:
     from pipeline.steps.report import ReportConfig, run_report
 
     click.echo(run_report(ReportConfig(**options)))
+
+
+@cli.command()
+@click.option("--port", type=INT, default=5000, show_default=True)
+@click.option("--store", default="mlflow-server", show_default=True,
+              help="Folder for the SQLite backend store (mlflow.db) and the served artefacts (artifacts/).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind. Anything but loopback exposes the server: put auth and TLS in front.")
+@click.option("--backend-store-uri", default="",
+              help="Backend store instead of SQLite, e.g. postgresql://user:pass@127.0.0.1:5432/mlflow.")
+def server(port: int, store: str, host: str, backend_store_uri: str) -> None:
+    """Start a real MLflow tracking server and keep it running until Ctrl-C."""
+    import signal
+    import time
+
+    from pipeline.server import start_server
+
+    if not 1 <= port <= 65535:
+        raise PipelineError(f"port must be in [1, 65535], got {port}")
+    running = start_server(store, port, host, backend_store_uri or None)
+    # SIGTERM ends us like Ctrl-C: the server and all its workers are stopped below
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    click.echo(f"MLflow tracking server running (pid {running.process.pid}), log: {running.log_path}", err=True)
+    click.echo(f"export MLFLOW_TRACKING_URI={running.uri}")
+    try:
+        while running.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        click.echo("stopping the tracking server ...", err=True)
+        code = running.stop()
+        click.echo(f"tracking server stopped (exit code {code})", err=True)
+        return
+    raise PipelineError(f"the tracking server exited by itself with code {running.process.returncode} "
+                        f"(log: {running.log_path})")
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,6 +69,8 @@ def step_run(
     run = mlflow.start_run(run_name=run_name, nested=nested)
     try:
         mlflow.set_tags({STEP_TAG: step, CODE_VERSION_TAG: code_version(), **(tags or {})})
+        if run_name:  # also when continuing the run that `mlflow run` created
+            mlflow.set_tag("mlflow.runName", run_name)
         log_params_once(params)
         mlflow.log_dict(params, "config.json")
         yield run

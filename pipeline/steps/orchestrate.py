@@ -108,7 +108,7 @@ def launch(entry_point: str, params: dict[str, Any], env_manager: str, experimen
 
 
 def run_or_reuse(step: str, config_cls, params: dict[str, Any], env_manager: str, experiment_id: str,
-                 reused: list[str]) -> str:
+                 reused: list[str], label: str = "") -> str:
     previous = find_reusable_run(step, config_cls, params, experiment_id)
     if previous is not None:
         log.info("%s: reusing finished run %s (same parameters and code version %s)",
@@ -117,7 +117,7 @@ def run_or_reuse(step: str, config_cls, params: dict[str, Any], env_manager: str
         return previous.info.run_id
     log.info("%s: starting a new run", step)
     try:
-        submitted = launch(step, params, env_manager, experiment_id)
+        submitted = launch(step, params, env_manager, experiment_id, run_name=f"{step} {label}".strip())
     except mlflow.exceptions.ExecutionException as exc:
         raise PipelineError(f"step {step} failed: {exc}") from None
     return submitted.run_id
@@ -140,21 +140,23 @@ def run_main(config: MainConfig) -> str:
 
     env_manager = current_env_manager()
     train_fields = {f.name for f in fields(TrainConfig)}
-    with step_run("main", config.to_dict()) as run:
+    with step_run("main", config.to_dict(),
+                  run_name=f"{config.position}/{config.activation}/seed{config.seed}") as run:
         experiment_id = run.info.experiment_id
         reused: list[str] = []
         c = config.to_dict()
+        label = f"{config.position}/{config.activation}/seed{config.seed}"
         prepare_id = run_or_reuse("prepare-data", PrepareConfig,
                                   {k: c[k] for k in ("dataset", "data_dir", "val_fraction", "seed")},
-                                  env_manager, experiment_id, reused)
+                                  env_manager, experiment_id, reused, label)
         train_params = {k: v for k, v in c.items() if k in train_fields}
         train_params["prepare_run_id"] = prepare_id
-        train_id = run_or_reuse("train", TrainConfig, train_params, env_manager, experiment_id, reused)
+        train_id = run_or_reuse("train", TrainConfig, train_params, env_manager, experiment_id, reused, label)
         probe_id = run_or_reuse("probe-attention", ProbeConfig,
                                 {"train_run_id": train_id, "num_images": config.num_images, "device": config.device},
-                                env_manager, experiment_id, reused)
+                                env_manager, experiment_id, reused, label)
         metrics_id = run_or_reuse("compute-metrics", MetricsConfig, {"probe_run_id": probe_id},
-                                  env_manager, experiment_id, reused)
+                                  env_manager, experiment_id, reused, label)
         mlflow.set_tags({"pipeline.prepare_run_id": prepare_id, "pipeline.train_run_id": train_id,
                          "pipeline.probe_run_id": probe_id, "pipeline.metrics_run_id": metrics_id,
                          "pipeline.reused_steps": ",".join(reused) or "none"})
@@ -223,7 +225,9 @@ def run_sweep(config: SweepConfig) -> str:
         # parallel CPU jobs share the cores: without this, each takes all of them and
         # oversubscription makes a training step 20x slower
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.jobs))
-    with step_run("sweep", config.to_dict()) as run:
+    n = len(config.configurations())
+    with step_run("sweep", config.to_dict(), run_name=f"sweep {config.positions} x {config.activations} "
+                  f"x seeds {config.seeds} ({n} runs)"[:250]) as run:
         experiment_id = run.info.experiment_id
         pending = list(enumerate(config.configurations()))
         running: list[tuple[str, Any, dict]] = []
