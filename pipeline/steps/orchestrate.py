@@ -100,6 +100,11 @@ def finish_if_running(run_id: str, ok: bool) -> None:
 
 def launch(entry_point: str, params: dict[str, Any], env_manager: str, experiment_id: str,
            run_name: str | None = None, synchronous: bool = True):
+    # The child gets --experiment-id; an MLFLOW_EXPERIMENT_NAME inherited beside it makes the
+    # `mlflow run` CLI refuse to start ("Specify only one of ..."). Our own run already has its
+    # experiment, so the variables are no longer needed here.
+    os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     return mlflow.run(
         str(project_dir()), entry_point=entry_point,
         parameters={k: param_string(v) for k, v in params.items()},
@@ -270,6 +275,9 @@ def run_sweep(config: SweepConfig) -> str:
             out = Path(config.out) / f"sweep-{run.info.run_id}"
             write_report(metrics_ids, out, title=f"sweep run {run.info.run_id}")
             mlflow.log_artifacts(str(out), "report")
+        if failed and not finished:
+            raise PipelineError(f"all {len(failed)} configurations of sweep {run.info.run_id} failed, e.g. "
+                                f"{failed[0][0]} (run {failed[0][1]})")
         if failed:
             log.warning("sweep %s: %d of %d configurations failed:\n%s", run.info.run_id, len(failed),
                         len(finished) + len(failed), "\n".join(f"  {n} (run {rid})" for n, rid in failed))

@@ -1,0 +1,265 @@
+"""A real `mlflow server` on 127.0.0.1: the `server` command, complete logging of `main`
+(SQLite and PostgreSQL backends), 8 concurrent `train` runs, a fast failure when the server
+is unreachable, and the MLflow UI in a real headless Chromium."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline.server import free_port, health, start_server
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+STEPS = ["prepare-data", "train", "probe-attention", "compute-metrics"]
+POSTGRES_ENV = "PIPELINE_TEST_POSTGRES_URI"
+
+
+def require(condition: bool, what: str):
+    """Skip locally when a system service is missing; in CI (CI=true) that is a failure."""
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} is missing in CI (.ci/run installs it)")
+        pytest.skip(f"{what} is not available")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with start_server(tmp_path_factory.mktemp("server"), free_port()) as running:
+        yield running
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_server(request, tmp_path_factory):
+    if request.param == "sqlite":
+        with start_server(tmp_path_factory.mktemp("server-sqlite"), free_port()) as running:
+            yield running
+        return
+    admin_uri = os.environ.get(POSTGRES_ENV)
+    require(bool(admin_uri), f"PostgreSQL ({POSTGRES_ENV})")
+    import psycopg
+
+    name = f"pipeline_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.connect(admin_uri, autocommit=True)
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    backend = admin_uri.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        with start_server(tmp_path_factory.mktemp("server-pg"), free_port(), backend_store_uri=backend) as running:
+            yield running
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def client_env(uri: str, experiment: str) -> dict:
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": experiment, "PIPELINE_OFFLINE": "1"}
+
+
+def runs_of(uri: str, experiment: str):
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_server_command_prints_the_uri_and_stops_on_ctrl_c(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "server", "--port", str(port), "--store",
+                             str(tmp_path / "store")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()  # printed once /health answers
+        assert line == f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}"
+        assert health(f"http://127.0.0.1:{port}")
+        assert (tmp_path / "store" / "mlflow.db").is_file() and (tmp_path / "store" / "artifacts").is_dir()
+        with socket.socket() as s:  # bound to loopback only
+            s.settimeout(1)
+            assert s.connect_ex(("127.0.0.1", port)) == 0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "tracking server stopped" in proc.stderr.read()
+    time.sleep(1)
+    assert not health(f"http://127.0.0.1:{port}", timeout=2)  # its workers are gone too
+
+
+def test_main_logs_everything_to_the_server(any_server, tmp_path):
+    uri, experiment = any_server.uri, "main-on-server"
+    env = client_env(uri, experiment)
+    result = subprocess.run(
+        ["mlflow", "run", str(REPO), "--env-manager", "local", "-P", "activation=scaled_tanh", "-P", "dataset=digits",
+         "-P", "weights=none", "-P", "image_size=64", "-P", "epochs=2", "-P", f"out={tmp_path / 'out'}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = mlflow.MlflowClient(uri)
+        runs = runs_of(uri, experiment)
+        by_step = {r.data.tags.get("pipeline.step"): r for r in runs}
+        assert set(by_step) == {"main", *STEPS} and all(r.info.status == "FINISHED" for r in runs)
+        main_id = by_step["main"].info.run_id
+        assert {r.data.tags.get("mlflow.parentRunId") for r in runs if r.data.tags["pipeline.step"] in STEPS} == {main_id}
+        train = by_step["train"]
+        expected = {"activation": "scaled_tanh", "position": "late", "dataset": "digits", "weights": "none",
+                    "image_size": "64", "epochs": "2", "batch_size": "64", "lr": "0.001", "seed": "0",
+                    "val_fraction": "0.1", "device": "auto", "amp": "false", "data_dir": "data",
+                    "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "1293", "val_size": "144",
+                    "test_size": "360", "num_classes": "10"}
+        assert train.data.params == expected
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "gate_scale"):
+            assert [m.step for m in client.get_metric_history(train.info.run_id, key)] == [0, 1], key
+        assert {"test_acc", "test_top5", "test_loss"} <= set(train.data.metrics)
+        probe_id = by_step["probe-attention"].info.run_id
+        names = {a.path for a in client.list_artifacts(probe_id, "attention")}
+        assert names == {f"attention/{n}" for n in ("channel_weights.npy", "spatial_maps.npy", "labels.npy",
+                                                    "logits.npy", "meta.json")}
+        report = {a.path for a in client.list_artifacts(main_id, "report")}
+        assert {"report/summary.md", "report/kde_late.pdf", "report/spatial_maps_late.png"} <= report
+        assert {"gini", "entropy", "test_map"} <= set(by_step["compute-metrics"].data.metrics)
+        # and `mlflow artifacts download` brings them back through the server
+        dst = tmp_path / "download"
+        for run_id, path in ((probe_id, "attention"), (main_id, "report")):
+            done = subprocess.run(["mlflow", "artifacts", "download", "--run-id", run_id, "--artifact-path", path,
+                                   "--dst-path", str(dst)], capture_output=True, text=True, env=env, timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
+        weights = np.load(dst / "attention" / "channel_weights.npy")
+        assert weights.shape == (360, 512) and weights.dtype == np.float32
+        assert (dst / "report" / "summary.md").read_text().count("| late | scaled_tanh |") == 1
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_eight_train_runs_log_at_once(server, tmp_path):
+    experiment, n = "load", 8
+    env = {**client_env(server.uri, experiment), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--dataset", "fake", "--weights", "none",
+                               "--image-size", "32", "--epochs", "3", "--batch-size", "32", "--device", "cpu",
+                               "--seed", str(seed), "--activation", ["sigmoid", "swish"][seed % 2]],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in range(n)]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [o[1][-1500:] for o in outputs]
+    runs = runs_of(server.uri, experiment)
+    assert len(runs) == n and all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.params["seed"] for r in runs) == [str(s) for s in range(n)]
+    client = mlflow.MlflowClient(server.uri)
+    for run in runs:
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2]
+        assert {"test_acc", "test_top5"} <= set(run.data.metrics)
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+
+
+def test_unreachable_server_fails_fast_with_one_line(tmp_path):
+    refused = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        mute = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        for uri in (refused, mute):
+            start = time.monotonic()
+            result = run_cli("train", "--dataset", "fake", "--weights", "none", "--image-size", "32",
+                             env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, timeout=60)
+            elapsed = time.monotonic() - start
+            assert result.returncode != 0 and elapsed < 15, (uri, elapsed)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith("Error:") and uri in lines[0], result.stderr
+
+
+def chromium_driver(width=1800, height=1100):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    require(bool(browser and driver), "Debian's chromium and chromium-driver")
+    options = Options()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def wait_for_text(driver, text: str, timeout: float = 60.0) -> str:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        try:
+            body = driver.find_element(By.TAG_NAME, "body").text
+        except StaleElementReferenceException:  # the single-page app re-rendered under us
+            continue
+        if text in body:
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} not on the page after {timeout} s; page text ends: {body[-1500:]}")
+
+
+def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    experiment = "ui-sweep"
+    env = client_env(server.uri, experiment)
+    result = subprocess.run(
+        ["mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local", "-P", "activations=sigmoid,swish",
+         "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=64", "-P", "epochs=1",
+         "-P", f"out={tmp_path / 'out'}"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = runs_of(server.uri, experiment)
+    mains = {r.info.run_name: r for r in runs if r.data.tags.get("pipeline.step") == "main"}
+    assert set(mains) == {"late/sigmoid/seed0", "late/swish/seed0"}
+    experiment_id = runs[0].info.experiment_id
+    shots = Path(os.environ.get("PIPELINE_SCREENSHOTS", tmp_path / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+
+    driver = chromium_driver()
+    try:
+        # the sweep's runs in the experiment's run table
+        driver.get(f"{server.uri}/#/experiments/{experiment_id}/runs")
+        wait_for_text(driver, "Run Name")
+        wait_for_text(driver, "sweep late x sigmoid,swish")
+        # the sweep's configurations are child runs, folded under it: unfold them
+        expanders = driver.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
+        assert expanders, "no expander next to the sweep run"
+        expanders[0].click()
+        body = wait_for_text(driver, "late/swish/seed0")
+        assert "late/sigmoid/seed0" in body
+        driver.save_screenshot(str(shots / "runs.png"))
+
+        # the comparison of the two configurations
+        ids = [mains["late/sigmoid/seed0"].info.run_id, mains["late/swish/seed0"].info.run_id]
+        driver.get(f"{server.uri}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment_id])}")
+        body = wait_for_text(driver, "Comparing 2 Runs")
+        body = wait_for_text(driver, "gini")
+        driver.save_screenshot(str(shots / "compare.png"))
+        (shots / "compare.txt").write_text(body)
+        # run names, parameters, and the project's metrics with their logged values (the UI's
+        # metric table is virtualised: the first rows are rendered, alphabetically)
+        for name in ("late/sigmoid/seed0", "late/swish/seed0", "activation", "Metrics", "avg_score", "entropy",
+                     "entropy_std", "first_image/entropy", "gini"):
+            assert name in body, name
+        for run in mains.values():
+            assert f"{run.data.metrics['entropy']:.3f}" in body
+            assert f"{run.data.metrics['avg_score']:.3f}" in body
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight / 2)")
+        for element in driver.find_elements(By.XPATH, "//*[normalize-space(text())='Metrics']"):
+            driver.execute_script("arguments[0].scrollIntoView()", element)
+            break
+        driver.save_screenshot(str(shots / "compare_metrics.png"))
+    finally:
+        driver.quit()
+    for name in ("runs.png", "compare.png", "compare_metrics.png"):
+        assert (shots / name).read_bytes()[:4] == b"\x89PNG"
