@@ -233,6 +233,37 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+@cli.command()
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--image-size", type=INT, default=64, show_default=True)
+@click.option("--batch-size", type=INT, default=64, show_default=True)
+@click.option("--train-steps", type=INT, default=8, show_default=True, help="Training steps per repeat.")
+@click.option("--eval-images", type=INT, default=512, show_default=True)
+@click.option("--repeats", type=INT, default=3, show_default=True)
+@click.option("--amp", type=click.BOOL, default=False, show_default=True, help="bf16 autocast on our path.")
+@click.option("--data-memory/--no-data-memory", default=True, show_default=True,
+              help="Also measure holding 50,000 CIFAR-sized images for 224-px training.")
+@click.option("--out", default="benchmark.json", show_default=True, help="JSON file for the results.")
+def benchmark(data_memory: bool, out: str, **options) -> None:
+    """Images/s of the notebook's data path and ours, training and evaluation, same model."""
+    import json
+
+    from pipeline.benchmark import BenchmarkConfig, data_preparation_memory, run_benchmark, write_json
+    from pipeline.config import check_device
+
+    check_device(options["device"])
+    for name in ("image_size", "batch_size", "train_steps", "eval_images", "repeats"):
+        if options[name] <= 0:
+            raise PipelineError(f"{name} must be positive, got {options[name]}")
+    result = run_benchmark(BenchmarkConfig(**options))
+    if data_memory:
+        result["data_preparation"] = data_preparation_memory()
+    write_json(result, out)
+    keys = ("device", "notebook_train_ips", "ours_train_ips", "train_ratio", "notebook_eval_ips",
+            "ours_eval_ips", "eval_ratio", "peak_rss_mb")
+    click.echo(json.dumps({k: result[k] for k in keys}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and a non-zero exit."""
     try:

@@ -54,6 +54,28 @@ def log_params_once(params: dict[str, Any]) -> None:
         mlflow.log_params(new)
 
 
+def ensure_experiment() -> str | None:
+    """The id of the experiment named by ``MLFLOW_EXPERIMENT_NAME``, created if missing.
+
+    MLflow's own get-or-create races when several processes start at once against a new
+    experiment name (all but one fail with RESOURCE_ALREADY_EXISTS); here the losers of
+    that race simply look the experiment up again. None: no name given (MLflow's default)."""
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if not name or os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return None
+    client = mlflow.MlflowClient()
+    for _ in range(5):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name)
+        except mlflow.exceptions.MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+                raise
+    raise PipelineError(f"cannot create or find the experiment {name!r}")
+
+
 @contextmanager
 def step_run(
     step: str,
@@ -66,7 +88,8 @@ def step_run(
     Exceptions end it FAILED, Ctrl-C and SIGTERM (as KeyboardInterrupt) KILLED; both re-raise.
     """
     nested = mlflow.active_run() is not None
-    run = mlflow.start_run(run_name=run_name, nested=nested)
+    experiment_id = None if nested else ensure_experiment()
+    run = mlflow.start_run(run_name=run_name, nested=nested, experiment_id=experiment_id)
     try:
         mlflow.set_tags({STEP_TAG: step, CODE_VERSION_TAG: code_version(), **(tags or {})})
         if run_name:  # also when continuing the run that `mlflow run` created
