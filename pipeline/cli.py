@@ -100,13 +100,17 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 @cli.command()
 @train_options
-def train(**options) -> None:
+@click.option("--resume-run-id", default="",
+              help="Continue this interrupted train run, in the same MLflow run, from its last checkpoint "
+                   "(its own parameters are used; the others given here are ignored).")
+def train(resume_run_id: str, **options) -> None:
     """Train a CBAM-ResNet18 with one channel gate and log it to MLflow."""
     from pipeline.steps.train import run_train
 
-    config = TrainConfig(**options)
-    run_id = run_train(config)
-    click.echo(run_id)
+    if resume_run_id:
+        click.echo(run_train(resume_run_id=resume_run_id.strip()))
+        return
+    click.echo(run_train(TrainConfig(**options)))
 
 
 @cli.command("prepare-data")
@@ -266,6 +270,10 @@ def benchmark(data_memory: bool, out: str, **options) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and a non-zero exit."""
+    import signal
+
+    # SIGTERM (a scheduler, `kill`) ends a step like Ctrl-C: its run is marked KILLED, not left RUNNING
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         cli.main(args=argv, prog_name="python -m pipeline", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare group: show help
@@ -275,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"Error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        click.echo("Error: aborted", err=True)
+        click.echo("Error: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except PipelineError as exc:
         click.echo(f"Error: {exc}", err=True)

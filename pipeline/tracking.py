@@ -82,14 +82,15 @@ def step_run(
     params: dict[str, Any],
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, under ``mlflow run``, continue) the step's run and always end it.
+    """Start (or, under ``mlflow run`` or with ``run_id``, continue) the step's run and always end it.
 
     Exceptions end it FAILED, Ctrl-C and SIGTERM (as KeyboardInterrupt) KILLED; both re-raise.
     """
     nested = mlflow.active_run() is not None
-    experiment_id = None if nested else ensure_experiment()
-    run = mlflow.start_run(run_name=run_name, nested=nested, experiment_id=experiment_id)
+    experiment_id = None if nested or run_id else ensure_experiment()
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, experiment_id=experiment_id)
     try:
         mlflow.set_tags({STEP_TAG: step, CODE_VERSION_TAG: code_version(), **(tags or {})})
         if run_name:  # also when continuing the run that `mlflow run` created
@@ -107,9 +108,9 @@ def step_run(
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
-def get_step_run(run_id: str, step: str, artifact: str | None = None):
+def get_step_run(run_id: str, step: str, artifact: str | None = None, finished: bool = True):
     """The finished run ``run_id`` of ``step``; one-line errors when it does not exist, belongs
-    to another step, did not finish, or lacks ``artifact``."""
+    to another step, did not finish (unless ``finished`` is False), or lacks ``artifact``."""
     client = mlflow.MlflowClient()
     try:
         run = client.get_run(run_id)
@@ -120,7 +121,7 @@ def get_step_run(run_id: str, step: str, artifact: str | None = None):
     actual = run.data.tags.get(STEP_TAG)
     if actual != step:
         raise PipelineError(f"run {run_id!r} is a {actual or 'non-pipeline'} run, not a {step} run")
-    if run.info.status != "FINISHED":
+    if finished and run.info.status != "FINISHED":
         raise PipelineError(f"{step} run {run_id!r} is {run.info.status}, not FINISHED")
     if artifact is not None:
         folder, _, name = artifact.rpartition("/")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ import mlflow
 import numpy as np
 import torch
 
-from pipeline.checkpoint import load_model, save_checkpoint
+from pipeline.checkpoint import load_model, read_checkpoint, save_checkpoint
 from pipeline.config import TrainConfig
 from pipeline.data import (
     Dataset,
@@ -43,6 +45,7 @@ log = logging.getLogger("pipeline")
 
 STEP = "train"
 BEST_CHECKPOINT = "checkpoints/best.pt"
+LAST_CHECKPOINT = "checkpoints/last.pt"
 GRAD_FLOW = "gradients/grad_flow.json"
 
 
@@ -68,8 +71,55 @@ def splits_from_prepare_run(config: TrainConfig, dataset: Dataset) -> Splits:
     return splits_from_val_indices(dataset, val_indices)
 
 
-def run_train(config: TrainConfig) -> str:
-    """Run the step with a validated config; returns the MLflow run id."""
+def rng_state(generator: torch.Generator) -> dict:
+    """Every random state training consumes, as plain data (loads with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "python": list(random.getstate()[1]) + [random.getstate()[0]],
+        "batch_order": generator.get_state(),
+    }
+
+
+def restore_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    *internal, version = state["python"]
+    random.setstate((version, tuple(internal), None))
+    generator.set_state(state["batch_order"])
+
+
+def resume_point(run_id: str) -> tuple[TrainConfig, dict]:
+    """The config and last checkpoint of an interrupted train run."""
+    run = get_step_run(run_id, STEP, None, finished=False)
+    if run.info.status == "FINISHED":
+        raise PipelineError(f"train run {run_id!r} is FINISHED: there is nothing to resume")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            typed = json.loads(download_artifact(run_id, "config.json", tmp).read_text())
+            path = download_artifact(run_id, LAST_CHECKPOINT, tmp)
+        except Exception:
+            raise PipelineError(f"train run {run_id!r} has no {LAST_CHECKPOINT} to resume from "
+                                "(it stopped before its first epoch ended)") from None
+        ckpt = read_checkpoint(path)
+    missing = [k for k in ("optimizer", "rng", "epoch", "best_val_acc", "best_epoch") if k not in ckpt]
+    if missing:
+        raise PipelineError(f"{LAST_CHECKPOINT} of run {run_id!r} lacks {', '.join(missing)}: cannot resume")
+    return TrainConfig(**{k: typed[k] for k in TrainConfig.field_names() if k in typed}), ckpt
+
+
+def run_train(config: TrainConfig | None = None, resume_run_id: str = "") -> str:
+    """Run the step with a validated config, or continue the interrupted run ``resume_run_id``
+    (in the same MLflow run, from its ``checkpoints/last.pt``); returns the MLflow run id."""
+    ckpt = None
+    if resume_run_id:
+        config, ckpt = resume_point(resume_run_id)
+    assert config is not None
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir)
     if config.prepare_run_id:
@@ -78,7 +128,7 @@ def run_train(config: TrainConfig) -> str:
         splits = split_validation(dataset, config.val_fraction, config.seed)
     seed_everything(config.seed)
     model_config = ModelConfig(config.activation, config.position, num_classes=len(splits.classes))
-    model = build_model(model_config, config.weights)
+    model = build_model(model_config, "none" if ckpt else config.weights)
 
     params = {
         **config.to_dict(),
@@ -87,57 +137,86 @@ def run_train(config: TrainConfig) -> str:
         "val_size": len(splits.val),
         "test_size": len(splits.test),
     }
-    with step_run(STEP, params) as run, tempfile.TemporaryDirectory() as tmp:
+    with step_run(STEP, params, run_id=resume_run_id or None) as run, tempfile.TemporaryDirectory() as tmp:
         run_id = run.info.run_id
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         channels_last = device.type == "cuda"
-        model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        train, val, test = splits.train.to(device), splits.val.to(device), splits.test.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
         generator = torch.Generator().manual_seed(config.seed)
-        grad_flow = GradientFlow(model)
         grad_history: list[list[float]] = []
-        best_acc, best_epoch = -1.0, -1
-        best_path = Path(tmp) / "best.pt"
+        best_acc, best_epoch, first_epoch = -1.0, -1, 0
+        if ckpt is not None:
+            model.load_state_dict(ckpt["state_dict"])
+        model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
+        if ckpt is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            restore_rng_state(ckpt["rng"], generator)
+            best_acc, best_epoch = float(ckpt["best_val_acc"]), int(ckpt["best_epoch"])
+            grad_history = [list(g) for g in ckpt.get("grad_history", [])]
+            first_epoch = int(ckpt["epoch"]) + 1
+            log.info("resuming train run %s after epoch %d of %d", run_id, first_epoch, config.epochs)
+        train, val, test = splits.train.to(device), splits.val.to(device), splits.test.to(device)
+        grad_flow = GradientFlow(model)
+        best_path, last_path = Path(tmp) / "best.pt", Path(tmp) / "last.pt"
         common = dict(image_size=config.image_size, amp=config.amp, channels_last=channels_last)
+        extra = dict(classes=list(splits.classes), image_size=config.image_size, dataset=config.dataset,
+                     source_run_id=run_id)
         log.info(
             "train %s: %s at %s on %s (%d train / %d val / %d test), %d epochs on %s",
             run_id, config.activation, config.position, config.dataset,
             len(train), len(val), len(test), config.epochs, device,
         )
-        for epoch in range(config.epochs):
-            start = time.perf_counter()
-            grad_flow.reset()
-            result = train_one_epoch(
-                model, train, optimizer, batch_size=config.batch_size, generator=generator,
-                grad_flow=grad_flow, desc=f"epoch {epoch + 1}/{config.epochs}", **common,
-            )
-            val_eval = evaluate(model, val, **common)
-            grad_history.append(grad_flow.epoch_means())
-            metrics = {
-                "train_loss": result.loss,
-                "train_acc": result.acc,
-                "val_loss": val_eval.loss,
-                "val_acc": val_eval.acc,
-                **(model.gate.learnable_values() if model.gate is not None else {}),
-            }
-            mlflow.log_metrics(metrics, step=epoch)
-            if val_eval.acc > best_acc:
-                best_acc, best_epoch = val_eval.acc, epoch
-                save_checkpoint(best_path, model, epoch=epoch, val_acc=val_eval.acc,
-                                classes=list(splits.classes), image_size=config.image_size,
-                                dataset=config.dataset, source_run_id=run_id)
-                mlflow.log_artifact(str(best_path), "checkpoints")
-            log.info(
-                "epoch %d/%d: train_loss %.4f train_acc %.2f%% | val_loss %.4f val_acc %.2f%% (%.1f s)",
-                epoch + 1, config.epochs, result.loss, result.acc, val_eval.loss, val_eval.acc,
-                time.perf_counter() - start,
-            )
+        epoch = first_epoch
+        try:
+            for epoch in range(first_epoch, config.epochs):
+                start = time.perf_counter()
+                grad_flow.reset()
+                result = train_one_epoch(
+                    model, train, optimizer, batch_size=config.batch_size, generator=generator,
+                    grad_flow=grad_flow, desc=f"epoch {epoch + 1}/{config.epochs}", **common,
+                )
+                val_eval = evaluate(model, val, **common)
+                if not all(math.isfinite(v) for v in (result.loss, val_eval.loss)):
+                    kept = (f"{LAST_CHECKPOINT} of run {run_id}, after epoch {epoch}" if epoch > 0
+                            else "none (it diverged in the first epoch)")
+                    raise PipelineError(
+                        f"training diverged: non-finite loss (train {result.loss}, val {val_eval.loss}) with "
+                        f"activation {config.activation} in epoch {epoch + 1}; last good checkpoint: {kept}"
+                    )
+                grad_history.append(grad_flow.epoch_means())
+                metrics = {
+                    "train_loss": result.loss,
+                    "train_acc": result.acc,
+                    "val_loss": val_eval.loss,
+                    "val_acc": val_eval.acc,
+                    **(model.gate.learnable_values() if model.gate is not None else {}),
+                }
+                mlflow.log_metrics(metrics, step=epoch)
+                if val_eval.acc > best_acc:
+                    best_acc, best_epoch = val_eval.acc, epoch
+                    save_checkpoint(best_path, model, epoch=epoch, val_acc=val_eval.acc, **extra)
+                    mlflow.log_artifact(str(best_path), "checkpoints")
+                # everything needed to continue exactly here (resume_run_id)
+                save_checkpoint(last_path, model, epoch=epoch, val_acc=val_eval.acc, optimizer=optimizer.state_dict(),
+                                rng=rng_state(generator), best_val_acc=best_acc, best_epoch=best_epoch,
+                                grad_history=grad_history, **extra)
+                mlflow.log_artifact(str(last_path), "checkpoints")
+                log.info(
+                    "epoch %d/%d: train_loss %.4f train_acc %.2f%% | val_loss %.4f val_acc %.2f%% (%.1f s)",
+                    epoch + 1, config.epochs, result.loss, result.acc, val_eval.loss, val_eval.acc,
+                    time.perf_counter() - start,
+                )
+        except KeyboardInterrupt:
+            log.error("interrupted in epoch %d: run %s ends KILLED, its last checkpoint kept; resume with:\n"
+                      "  python -m pipeline train --resume-run-id %s", epoch + 1, run_id, run_id)
+            raise
         mlflow.log_dict(
             {"layers": grad_flow.names, "epochs": list(range(config.epochs)), "mean_abs_grad": grad_history},
             GRAD_FLOW,
         )
+        if not best_path.exists():  # resumed after the best epoch: it is among the run's artefacts
+            best_path = download_artifact(run_id, BEST_CHECKPOINT, Path(tmp) / "download")
         best_model, _ = load_model(best_path)
         best_model = best_model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         test_eval = evaluate(best_model, test, **common)

@@ -1,0 +1,194 @@
+"""Nothing lost: interruption and resume, divergence, determinism, hostile input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import pytest
+import torch
+
+from pipeline.config import TrainConfig
+from pipeline.steps.train import run_train
+from cifar_files import write_cifar10
+from conftest import REPO, all_runs, run_cli
+
+FAKE = ["--dataset", "fake", "--weights", "none", "--device", "cpu", "--batch-size", "32"]
+
+
+def histories(run_id):
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    out = {}
+    for key in run.data.metrics:
+        values = {}
+        for m in client.get_metric_history(run_id, key):
+            values[m.step] = m.value  # a resumed epoch logged twice keeps its (identical) last value
+        out[key] = values
+    return out
+
+
+def artifact_file(run_id, path) -> Path:
+    """The file behind an artefact of a run in the local store (for corrupting it)."""
+    root = mlflow.MlflowClient().get_run(run_id).info.artifact_uri
+    return Path(urlparse(root).path if root.startswith("file:") else root) / path
+
+
+def start_training(args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(n_epochs: int, timeout: float = 120.0) -> str:
+    """Wait until a running train run has logged ``n_epochs`` epochs and its last checkpoint."""
+    uri = mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in all_runs(uri) if r.info.status == "RUNNING"]
+        if runs:
+            run_id = runs[0].info.run_id
+            steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]
+            names = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
+            if len(steps) >= n_epochs and "checkpoints/last.pt" in names:
+                return run_id
+        time.sleep(0.2)
+    raise AssertionError(f"no run reached {n_epochs} epochs in {timeout} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_ends_killed_and_resume_equals_an_uninterrupted_run(sig, tracking_uri, tmp_path):
+    args = [*FAKE, "--image-size", "64", "--epochs", "8", "--activation", "scaled_tanh", "--seed", "3"]
+    proc = start_training(args, tmp_path)
+    run_id = wait_for_epochs(2)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert f"python -m pipeline train --resume-run-id {run_id}" in err
+    assert err.strip().splitlines()[-1] == "Error: interrupted"
+    done_before = len(client.get_metric_history(run_id, "val_acc"))
+    assert 2 <= done_before < 8
+
+    resumed = run_cli("train", "--resume-run-id", run_id, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.strip().splitlines()[-1] == run_id  # the same MLflow run
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert "resuming train run" in resumed.stderr
+
+    reference = run_train(TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=64,
+                                      epochs=8, activation="scaled_tanh", seed=3))
+    got, want = histories(run_id), histories(reference)
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key] == want[key], key  # to the last digit
+
+
+def test_same_seed_same_device_gives_identical_metrics(tracking_uri):
+    config = TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32, epochs=2,
+                         activation="alpha_entmax", seed=5)
+    a, b = run_train(config), run_train(config)
+    assert histories(a) == histories(b)
+    other = histories(run_train(TrainConfig(**{**config.to_dict(), "seed": 6})))
+    assert other["train_loss"] != histories(a)["train_loss"]
+
+
+def test_divergence_fails_the_run_with_one_line_and_keeps_the_last_good_checkpoint(tracking_uri, tmp_path):
+    # Adam at lr 2e8: finite first epoch, NaN in the second (deterministic on a CPU)
+    result = run_cli("train", *FAKE, "--image-size", "32", "--epochs", "3", "--lr", "2e8", cwd=tmp_path)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.replace("\r", "\n").splitlines() if "Error:" in line]
+    assert len(error) == 1 and "Traceback" not in result.stderr
+    message = error[0][error[0].index("Error:"):]
+    assert "non-finite loss" in message and "activation sigmoid in epoch 2" in message
+    [run] = all_runs(tracking_uri)
+    assert run.info.status == "FAILED" and run.info.run_id in message
+    last = torch.load(artifact_file(run.info.run_id, "checkpoints/last.pt"), weights_only=True)
+    assert last["epoch"] == 0 and last["best_epoch"] == 0  # the epoch whose loss was finite
+    assert "optimizer" in last and "rng" in last
+
+
+@pytest.fixture
+def finished_train_run(tracking_uri):
+    return run_train(TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32, epochs=1))
+
+
+def assert_one_line_error(result, expected):
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: ") and expected in lines[-1], result.stderr[-2000:]
+    assert sum(line.startswith("Error: ") for line in lines) == 1
+
+
+def test_truncated_checkpoint_is_a_one_line_error(finished_train_run, tracking_uri, tmp_path):
+    best = artifact_file(finished_train_run, "checkpoints/best.pt")
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 3])
+    result = run_cli("probe-attention", "--train-run-id", finished_train_run, cwd=tmp_path)
+    assert_one_line_error(result, "corrupt or not a checkpoint")
+    assert all(r.info.status != "RUNNING" for r in all_runs(tracking_uri))
+    assert len(all_runs(tracking_uri)) == 1  # the probe started no run
+
+
+def test_corrupt_last_checkpoint_cannot_be_resumed(finished_train_run, tracking_uri, tmp_path):
+    client = mlflow.MlflowClient()
+    client.set_terminated(finished_train_run, "KILLED")  # pretend it was interrupted
+    last = artifact_file(finished_train_run, "checkpoints/last.pt")
+    last.write_bytes(b"\x80\x02garbage" * 10)
+    result = run_cli("train", "--resume-run-id", finished_train_run, cwd=tmp_path)
+    assert_one_line_error(result, "corrupt or not a checkpoint")
+    assert client.get_run(finished_train_run).info.status == "KILLED"  # left as it was
+
+
+def test_resuming_a_finished_or_missing_run_is_refused(finished_train_run, tmp_path):
+    assert_one_line_error(run_cli("train", "--resume-run-id", finished_train_run, cwd=tmp_path), "nothing to resume")
+    assert_one_line_error(run_cli("train", "--resume-run-id", "$(touch pwned)", cwd=tmp_path), "does not exist")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_dataset_files(tracking_uri, tmp_path):
+    write_cifar10(tmp_path / "data")
+    batch = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    result = run_cli("train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--weights", "none",
+                     "--image-size", "32", "--epochs", "1", cwd=tmp_path)
+    assert_one_line_error(result, "data_batch_2")
+    assert all_runs(tracking_uri) == []
+
+
+def test_weights_directory_and_huge_image_size(tracking_uri, tmp_path):
+    assert_one_line_error(run_cli("train", *FAKE, "--weights", str(tmp_path), cwd=tmp_path), "is a directory")
+    assert_one_line_error(run_cli("train", *FAKE[2:], "--image-size", "10000", cwd=tmp_path),
+                          "image_size must be in [32, 1024] pixels, got 10000")
+    assert all_runs(tracking_uri) == []
+
+
+def test_num_images_beyond_the_test_set_is_clamped_with_a_warning(finished_train_run, tmp_path):
+    result = run_cli("probe-attention", "--train-run-id", finished_train_run, "--num-images", "1000000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "num_images=1000000 is more than the 80 test images: probing all 80" in result.stderr
+    probe = mlflow.MlflowClient().get_run(result.stdout.strip().splitlines()[-1])
+    assert probe.data.params["num_images_probed"] == "80"
+
+
+@pytest.mark.slow
+def test_shell_syntax_in_parameters_is_never_executed(tracking_uri, tmp_path):
+    marker = tmp_path / "pwned"
+    for name, value in (("activation", f"sigmoid; touch {marker}"), ("data_dir", f"$(touch {marker})"),
+                        ("weights", f"`touch {marker}`"), ("dataset", f"digits && touch {marker}")):
+        result = subprocess.run(["mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
+                                 "-P", f"{name}={value}", "-P", "epochs=1", "-P", "image_size=32",
+                                 *([] if name == "weights" else ["-P", "weights=none"]),
+                                 *([] if name == "dataset" else ["-P", "dataset=fake"])],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert not marker.exists(), name
+        if name == "data_dir":  # a strange folder name is just a folder name: fake data needs none
+            assert result.returncode == 0, result.stderr[-2000:]
+        else:
+            assert result.returncode != 0 and "Error: unknown" in result.stderr, name
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in all_runs(tracking_uri))
