@@ -4,13 +4,12 @@ MLflow run is started."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from pipeline.data import DATASETS
 from pipeline.errors import PipelineError
 from pipeline.gates import GATES
-from pipeline.models import POSITIONS, WEIGHTS
+from pipeline.models import POSITIONS, check_weights
 
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
@@ -24,19 +23,6 @@ def check_choice(name: str, value: str, valid) -> None:
 def check_positive(name: str, value) -> None:
     if not value > 0:
         raise PipelineError(f"{name} must be positive, got {value}")
-
-
-def check_weights(weights: str) -> None:
-    if weights in WEIGHTS:
-        return
-    path = Path(weights)
-    if not path.exists():
-        raise PipelineError(
-            f"unknown weights {weights!r}; valid: {', '.join(WEIGHTS)}, or the path of a local "
-            "ResNet18 state-dict file"
-        )
-    if not path.is_file():
-        raise PipelineError(f"weights path {weights!r} is a directory, not a state-dict file")
 
 
 def check_device(device: str) -> None:

@@ -121,6 +121,20 @@ class CBAMResNet18(nn.Module):
         return self.cbam.channel.gate if self.cbam is not None else None
 
 
+def check_weights(weights: str) -> None:
+    """A weights name from :data:`WEIGHTS` or the path of an existing file; one-line error else."""
+    if weights in WEIGHTS:
+        return
+    path = Path(weights)
+    if not path.exists():
+        raise PipelineError(
+            f"unknown weights {weights!r}; valid: {', '.join(WEIGHTS)}, or the path of a local "
+            "ResNet18 state-dict file"
+        )
+    if not path.is_file():
+        raise PipelineError(f"weights path {weights!r} is a directory, not a state-dict file")
+
+
 def load_backbone(weights: str) -> nn.Module:
     """A torchvision ResNet18 with ``weights``: 'imagenet', 'none' or a state-dict file path."""
     from torchvision.models import ResNet18_Weights, resnet18
@@ -141,14 +155,8 @@ def load_backbone(weights: str) -> nn.Module:
                 f"cache {torch.hub.get_dir()}): {type(exc).__name__}: {one_line(exc)}; use weights=none or the "
                 "path of a local state-dict file"
             ) from None
+    check_weights(weights)
     path = Path(weights)
-    if not path.exists():
-        raise PipelineError(
-            f"unknown weights {weights!r}; valid: {', '.join(WEIGHTS)}, or the path of a local "
-            "ResNet18 state-dict file"
-        )
-    if not path.is_file():
-        raise PipelineError(f"weights path {weights!r} is not a file (a ResNet18 state-dict file is needed)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -95,7 +95,7 @@ def test_local_state_dict_weights(tmp_path):
 
 
 def test_bad_weights(tmp_path):
-    with pytest.raises(PipelineError, match="is not a file"):
+    with pytest.raises(PipelineError, match="is a directory"):
         load_backbone(str(tmp_path))
     with pytest.raises(PipelineError, match="valid: imagenet, none"):
         load_backbone("resnet50")
