@@ -43,7 +43,7 @@ def test_mlflow_run_train_on_digits(project):
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1]
     assert run.data.metrics["test_acc"] > 20 and run.data.metrics["test_top5"] >= run.data.metrics["test_acc"]
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt", "checkpoints/last.pt"]
 
 
 def test_mlflow_run_probe_then_metrics_then_download(project):

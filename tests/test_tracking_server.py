@@ -157,7 +157,7 @@ def test_eight_train_runs_log_at_once(server, tmp_path):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2]
         assert {"test_acc", "test_top5"} <= set(run.data.metrics)
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt", "checkpoints/last.pt"]
 
 
 def test_unreachable_server_fails_fast_with_one_line(tmp_path):
