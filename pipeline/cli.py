@@ -35,7 +35,6 @@ class IntegralType(click.ParamType):
 
 INT = IntegralType()
 EXIT_USAGE = 2
-EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
@@ -44,33 +43,32 @@ def train_options(func=None, *, skip=()):
     if func is None:
         return lambda f: train_options(f, skip=skip)
     d = TrainConfig()
-    options = [
-        click.option("--activation", default=d.activation, show_default=True,
-                     help=f"Channel gate: {', '.join(GATES)}."),
-        click.option("--position", default=d.position, show_default=True,
-                     help=f"Where CBAM sits: {', '.join(POSITIONS)}."),
-        click.option("--dataset", default=d.dataset, show_default=True,
-                     help=f"Dataset: {', '.join(DATASETS)}."),
-        click.option("--data-dir", default=d.data_dir, show_default=True,
-                     help="Folder holding (or receiving) downloaded datasets."),
-        click.option("--weights", default=d.weights, show_default=True,
-                     help="Backbone weights: imagenet, none, or a ResNet18 state-dict file."),
-        click.option("--image-size", type=INT, default=d.image_size, show_default=True,
-                     help=f"Input size in pixels, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}."),
-        click.option("--epochs", type=INT, default=d.epochs, show_default=True),
-        click.option("--batch-size", type=INT, default=d.batch_size, show_default=True),
-        click.option("--lr", type=float, default=d.lr, show_default=True, help="Adam learning rate."),
-        click.option("--seed", type=INT, default=d.seed, show_default=True),
-        click.option("--val-fraction", type=float, default=d.val_fraction, show_default=True,
-                     help="Share of the training set held out to pick the best epoch, in (0, 1)."),
-        click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--amp", type=click.BOOL, default=d.amp, show_default=True,
-                     help="bf16 autocast (gates stay float32)."),
-        click.option("--prepare-run-id", default=d.prepare_run_id,
-                     help="Use the split of this finished prepare-data run (default: split here)."),
-    ]
-    for option in reversed(options):
-        name = option(lambda: None).__click_params__[0].name
+    options = {
+        "activation": click.option("--activation", default=d.activation, show_default=True,
+            help=f"Channel gate: {', '.join(GATES)}."),
+        "position": click.option("--position", default=d.position, show_default=True,
+            help=f"Where CBAM sits: {', '.join(POSITIONS)}."),
+        "dataset": click.option("--dataset", default=d.dataset, show_default=True,
+            help=f"Dataset: {', '.join(DATASETS)}."),
+        "data_dir": click.option("--data-dir", default=d.data_dir, show_default=True,
+            help="Folder holding (or receiving) downloaded datasets."),
+        "weights": click.option("--weights", default=d.weights, show_default=True,
+            help="Backbone weights: imagenet, none, or a ResNet18 state-dict file."),
+        "image_size": click.option("--image-size", type=INT, default=d.image_size, show_default=True,
+            help=f"Input size in pixels, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}."),
+        "epochs": click.option("--epochs", type=INT, default=d.epochs, show_default=True),
+        "batch_size": click.option("--batch-size", type=INT, default=d.batch_size, show_default=True),
+        "lr": click.option("--lr", type=float, default=d.lr, show_default=True, help="Adam learning rate."),
+        "seed": click.option("--seed", type=INT, default=d.seed, show_default=True),
+        "val_fraction": click.option("--val-fraction", type=float, default=d.val_fraction, show_default=True,
+            help="Share of the training set held out to pick the best epoch, in (0, 1)."),
+        "device": click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
+        "amp": click.option("--amp", type=click.BOOL, default=d.amp, show_default=True,
+            help="bf16 autocast (gates stay float32)."),
+        "prepare_run_id": click.option("--prepare-run-id", default=d.prepare_run_id,
+            help="Use the split of this finished prepare-data run (default: split here)."),
+    }
+    for name, option in reversed(options.items()):
         if name not in skip:
             func = option(func)
     return func
@@ -209,7 +207,6 @@ def report(**options) -> None:
               help="Backend store instead of SQLite, e.g. postgresql://user:pass@127.0.0.1:5432/mlflow.")
 def server(port: int, store: str, host: str, backend_store_uri: str) -> None:
     """Start a real MLflow tracking server and keep it running until Ctrl-C."""
-    import signal
     import time
 
     from pipeline.server import start_server
@@ -217,8 +214,6 @@ def server(port: int, store: str, host: str, backend_store_uri: str) -> None:
     if not 1 <= port <= 65535:
         raise PipelineError(f"port must be in [1, 65535], got {port}")
     running = start_server(store, port, host, backend_store_uri or None)
-    # SIGTERM ends us like Ctrl-C: the server and all its workers are stopped below
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     click.echo(f"MLflow tracking server running (pid {running.process.pid}), log: {running.log_path}", err=True)
     click.echo(f"export MLFLOW_TRACKING_URI={running.uri}")
     try:

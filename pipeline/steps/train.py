@@ -74,11 +74,12 @@ def splits_from_prepare_run(config: TrainConfig, dataset: Dataset) -> Splits:
 def rng_state(generator: torch.Generator) -> dict:
     """Every random state training consumes, as plain data (loads with weights_only=True)."""
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, _ = random.getstate()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-        "python": list(random.getstate()[1]) + [random.getstate()[0]],
+        "python": list(internal) + [version],
         "batch_order": generator.get_state(),
     }
 
