@@ -14,10 +14,12 @@ from pipeline.models import CBAMResNet18, ModelConfig
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, model: CBAMResNet18, **extra: Any) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def save_checkpoint(path: str | Path, model: CBAMResNet18, **extra: Any) -> dict[str, torch.Tensor]:
+    """Write the checkpoint; returns the weights it holds (a CPU copy), for use in memory."""
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     torch.save({"format_version": FORMAT_VERSION, "model_config": model.config.to_dict(),
                 "state_dict": state, **extra}, path)
+    return state
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,20 +1,25 @@
 """Command-line interface: one click command per step, named as the MLproject entry points.
 
-Each option is the step's MLflow parameter name spelled with dashes (``--image-size``).
+Each step's options are derived from its config's fields (:mod:`pipeline.config`): the MLflow
+parameter name spelled with dashes (``--image-size``), its default and its help text.
 Errors in the input print one line (``Error: ...``) and exit non-zero, with no traceback.
 """
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 
 import click
 
-from pipeline.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TrainConfig
-from pipeline.data import DATASETS
+from pipeline import config as cfg
+from pipeline.contracts import COMPUTE_METRICS, MAIN, PREPARE_DATA, PROBE_ATTENTION, REPORT, SWEEP, TRAIN
 from pipeline.errors import PipelineError
-from pipeline.gates import GATES
-from pipeline.models import POSITIONS
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
 
 class IntegralType(click.ParamType):
     """An integer that also accepts integral floats ("64.0"), as MLflow's float parameters give."""
@@ -22,7 +27,7 @@ class IntegralType(click.ParamType):
     name = "integer"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
             return value
         try:
             number = float(value)
@@ -33,45 +38,35 @@ class IntegralType(click.ParamType):
         return int(number)
 
 
+class CommaList(click.ParamType):
+    """A comma-separated list ("sigmoid,swish"); empty items are dropped."""
+
+    def __init__(self, item: click.ParamType):
+        self.item = item
+        self.name = f"list of {item.name}"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        return tuple(self.item.convert(v.strip(), param, ctx) for v in str(value).split(",") if v.strip())
+
+
 INT = IntegralType()
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+CLICK_TYPES = {bool: click.BOOL, int: INT, float: click.FLOAT, str: click.STRING,
+               tuple[str, ...]: CommaList(click.STRING), tuple[int, ...]: CommaList(INT)}
 
 
-def train_options(func=None, *, skip=()):
-    """The ``train`` parameters, shared with ``main`` and ``sweep`` (less the names in ``skip``)."""
-    if func is None:
-        return lambda f: train_options(f, skip=skip)
-    d = TrainConfig()
-    options = {
-        "activation": click.option("--activation", default=d.activation, show_default=True,
-            help=f"Channel gate: {', '.join(GATES)}."),
-        "position": click.option("--position", default=d.position, show_default=True,
-            help=f"Where CBAM sits: {', '.join(POSITIONS)}."),
-        "dataset": click.option("--dataset", default=d.dataset, show_default=True,
-            help=f"Dataset: {', '.join(DATASETS)}."),
-        "data_dir": click.option("--data-dir", default=d.data_dir, show_default=True,
-            help="Folder holding (or receiving) downloaded datasets."),
-        "weights": click.option("--weights", default=d.weights, show_default=True,
-            help="Backbone weights: imagenet, none, or a ResNet18 state-dict file."),
-        "image_size": click.option("--image-size", type=INT, default=d.image_size, show_default=True,
-            help=f"Input size in pixels, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}."),
-        "epochs": click.option("--epochs", type=INT, default=d.epochs, show_default=True),
-        "batch_size": click.option("--batch-size", type=INT, default=d.batch_size, show_default=True),
-        "lr": click.option("--lr", type=float, default=d.lr, show_default=True, help="Adam learning rate."),
-        "seed": click.option("--seed", type=INT, default=d.seed, show_default=True),
-        "val_fraction": click.option("--val-fraction", type=float, default=d.val_fraction, show_default=True,
-            help="Share of the training set held out to pick the best epoch, in (0, 1)."),
-        "device": click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
-        "amp": click.option("--amp", type=click.BOOL, default=d.amp, show_default=True,
-            help="bf16 autocast (gates stay float32)."),
-        "prepare_run_id": click.option("--prepare-run-id", default=d.prepare_run_id,
-            help="Use the split of this finished prepare-data run (default: split here)."),
-    }
-    for name, option in reversed(options.items()):
-        if name not in skip:
-            func = option(func)
-    return func
+def config_options(config_cls):
+    """Click options for every flat field of ``config_cls``, with the field's default and help."""
+
+    def decorate(func):
+        for f in reversed(cfg.flat_fields(config_cls)):
+            default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+            func = click.option(f"--{f.name.replace('_', '-')}", f.name, type=CLICK_TYPES[f.type], default=default,
+                                show_default=default != "", help=f.help)(func)
+        return func
+
+    return decorate
 
 
 NO_TRACKING_COMMANDS = {"server", "benchmark"}
@@ -96,8 +91,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         check_reachable(mlflow.get_tracking_uri())
 
 
-@cli.command()
-@train_options
+@cli.command(TRAIN)
+@config_options(cfg.TrainConfig)
 @click.option("--resume-run-id", default="",
               help="Continue this interrupted train run, in the same MLflow run, from its last checkpoint "
                    "(its own parameters are used; the others given here are ignored).")
@@ -106,95 +101,66 @@ def train(resume_run_id: str, **options) -> None:
     from pipeline.steps.train import run_train
 
     if resume_run_id:
-        click.echo(run_train(resume_run_id=resume_run_id.strip()))
+        click.echo(run_train(resume_run_id=resume_run_id.strip()).run_id)
         return
-    click.echo(run_train(TrainConfig(**options)))
+    click.echo(run_train(cfg.TrainConfig.from_options(**options)).run_id)
 
 
-@cli.command("prepare-data")
-@click.option("--dataset", default="cifar10", show_default=True, help=f"Dataset: {', '.join(DATASETS)}.")
-@click.option("--data-dir", default="data", show_default=True, help="Folder holding (or receiving) the data.")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True)
-@click.option("--seed", type=INT, default=0, show_default=True, help="Seed of the validation split.")
+@cli.command(PREPARE_DATA)
+@config_options(cfg.PrepareConfig)
 def prepare_data(**options) -> None:
     """Fetch or verify a dataset, log its identity and fix the validation split."""
-    from pipeline.steps.prepare import PrepareConfig, run_prepare
+    from pipeline.steps.prepare_data import run_prepare
 
-    click.echo(run_prepare(PrepareConfig(**options)))
+    click.echo(run_prepare(cfg.PrepareConfig.from_options(**options)).run_id)
 
 
-@cli.command("probe-attention")
-@click.option("--train-run-id", required=True, help="Run id of a finished train run.")
-@click.option("--num-images", type=INT, default=-1, show_default=True,
-              help="How many test images to probe (the first ones, in order); -1: all. "
-                   "More than the test set is clamped to it, with a warning.")
-@click.option("--batch-size", type=INT, default=256, show_default=True)
-@click.option("--data-dir", default="", help="Dataset folder; default: the train run's data_dir.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@cli.command(PROBE_ATTENTION)
+@config_options(cfg.ProbeConfig)
 def probe_attention(**options) -> None:
     """Record the channel weights and spatial maps of a trained model on test images."""
-    from pipeline.steps.probe import ProbeConfig, run_probe
+    from pipeline.steps.probe_attention import run_probe
 
-    click.echo(run_probe(ProbeConfig(**options)))
+    click.echo(run_probe(cfg.ProbeConfig.from_options(**options)).run_id)
 
 
-@cli.command("compute-metrics")
-@click.option("--probe-run-id", required=True, help="Run id of a finished probe-attention run.")
+@cli.command(COMPUTE_METRICS)
+@config_options(cfg.MetricsConfig)
 def compute_metrics(**options) -> None:
     """Compute Gini, entropy, focus, sparsity... of a probe-attention run's attention."""
-    from pipeline.steps.compute_metrics import MetricsConfig, run_compute_metrics
+    from pipeline.steps.compute_metrics import run_compute_metrics
 
-    click.echo(run_compute_metrics(MetricsConfig(**options)))
-
-
-MAIN_OPTIONS = [
-    click.option("--num-images", type=INT, default=-1, show_default=True,
-                 help="Test images to probe; -1: all."),
-    click.option("--out", default="out", show_default=True, help="Local folder for the report files."),
-]
+    click.echo(run_compute_metrics(cfg.MetricsConfig.from_options(**options)))
 
 
-def main_options(func):
-    for option in reversed(MAIN_OPTIONS):
-        func = option(func)
-    return func
+@cli.command(MAIN)
+@config_options(cfg.MainConfig)
+@click.option("--parent-run-id", default="", hidden=True, help="Nest the main run under this run (a sweep's).")
+@click.option("--report/--no-report", default=True, hidden=True, help="Write this run's report.")
+def main_command(parent_run_id: str, report: bool, **options) -> None:
+    """Chain prepare-data, train, probe-attention, compute-metrics in this process (reusing finished
+    steps), then report."""
+    from pipeline.steps.main import run_main
+
+    click.echo(run_main(cfg.MainConfig.from_options(**options), parent_run_id=parent_run_id or None, report=report))
 
 
-@cli.command("main")
-@train_options(skip=("prepare_run_id",))
-@main_options
-def main_command(**options) -> None:
-    """Chain prepare-data, train, probe-attention, compute-metrics (reusing finished steps), then report."""
-    from pipeline.steps.orchestrate import MainConfig, run_main
-
-    click.echo(run_main(MainConfig(**options)))
-
-
-@cli.command()
-@click.option("--activations", default=",".join(GATES), show_default=True, help="Comma list of gates.")
-@click.option("--positions", default="late", show_default=True, help="Comma list of positions.")
-@click.option("--seeds", default="0", show_default=True, help="Comma list of seeds.")
-@click.option("--jobs", type=INT, default=1, show_default=True,
-              help="Configurations run at once (in separate processes; spread over the visible GPUs).")
-@train_options(skip=("prepare_run_id", "activation", "position", "seed"))
-@main_options
+@cli.command(SWEEP)
+@config_options(cfg.SweepConfig)
 def sweep(**options) -> None:
     """Run main for every (position, activation, seed) under one sweep run, then report."""
-    from pipeline.steps.orchestrate import SweepConfig, run_sweep
+    from pipeline.steps.sweep import run_sweep
 
-    click.echo(run_sweep(SweepConfig(**options)))
+    click.echo(run_sweep(cfg.SweepConfig.from_options(**options)))
 
 
-@cli.command()
-@click.option("--experiment-name", default="", help="Report every finished compute-metrics run of this experiment.")
-@click.option("--sweep-run-id", default="", help="Report the finished configurations of this sweep run.")
-@click.option("--main-run-id", default="", help="Report this main run.")
-@click.option("--out", default="out", show_default=True, help="Local folder for the report files.")
+@cli.command(REPORT)
+@config_options(cfg.ReportConfig)
 def report(**options) -> None:
     """Summary tables (Markdown, CSV, LaTeX) and figures (PDF, PNG) of finished runs."""
-    from pipeline.steps.report import ReportConfig, run_report
+    from pipeline.steps.report import run_report
 
-    click.echo(run_report(ReportConfig(**options)))
+    click.echo(run_report(cfg.ReportConfig.from_options(**options)))
 
 
 @cli.command()
@@ -207,68 +173,48 @@ def report(**options) -> None:
               help="Backend store instead of SQLite, e.g. postgresql://user:pass@127.0.0.1:5432/mlflow.")
 def server(port: int, store: str, host: str, backend_store_uri: str) -> None:
     """Start a real MLflow tracking server and keep it running until Ctrl-C."""
-    import time
+    from pipeline.server import serve
 
-    from pipeline.server import start_server
+    serve(port, store, host, backend_store_uri)
 
-    if not 1 <= port <= 65535:
-        raise PipelineError(f"port must be in [1, 65535], got {port}")
-    running = start_server(store, port, host, backend_store_uri or None)
-    click.echo(f"MLflow tracking server running (pid {running.process.pid}), log: {running.log_path}", err=True)
-    click.echo(f"export MLFLOW_TRACKING_URI={running.uri}")
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def benchmark(ctx: click.Context) -> None:
+    """Images/s of the notebook's data path and ours (benchmarks/bench_throughput.py in the
+    project checkout; its options pass through: --help lists them)."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_throughput.py"
+    if not script.is_file():
+        raise PipelineError(f"the benchmark lives in the project checkout ({script} is missing)")
+    sys.argv = [str(script), *ctx.args]
     try:
-        while running.process.poll() is None:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        click.echo("stopping the tracking server ...", err=True)
-        code = running.stop()
-        click.echo(f"tracking server stopped (exit code {code})", err=True)
-        return
-    raise PipelineError(f"the tracking server exited by itself with code {running.process.returncode} "
-                        f"(log: {running.log_path})")
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        if exc.code:
+            raise
 
 
-def _raise_keyboard_interrupt(signum, frame):
+def _interrupt_once(signum, frame):
+    """SIGTERM (a scheduler, `kill`) ends a step like Ctrl-C: its runs are marked KILLED, not
+    left RUNNING. Further signals are ignored, so the clean-up is not itself interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
-
-
-@cli.command()
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--image-size", type=INT, default=64, show_default=True)
-@click.option("--batch-size", type=INT, default=64, show_default=True)
-@click.option("--train-steps", type=INT, default=8, show_default=True, help="Training steps per repeat.")
-@click.option("--eval-images", type=INT, default=512, show_default=True)
-@click.option("--repeats", type=INT, default=3, show_default=True)
-@click.option("--amp", type=click.BOOL, default=False, show_default=True, help="bf16 autocast on our path.")
-@click.option("--data-memory/--no-data-memory", default=True, show_default=True,
-              help="Also measure holding 50,000 CIFAR-sized images for 224-px training.")
-@click.option("--out", default="benchmark.json", show_default=True, help="JSON file for the results.")
-def benchmark(data_memory: bool, out: str, **options) -> None:
-    """Images/s of the notebook's data path and ours, training and evaluation, same model."""
-    import json
-
-    from pipeline.benchmark import BenchmarkConfig, data_preparation_memory, run_benchmark, write_json
-    from pipeline.config import check_device
-
-    check_device(options["device"])
-    for name in ("image_size", "batch_size", "train_steps", "eval_images", "repeats"):
-        if options[name] <= 0:
-            raise PipelineError(f"{name} must be positive, got {options[name]}")
-    result = run_benchmark(BenchmarkConfig(**options))
-    if data_memory:
-        result["data_preparation"] = data_preparation_memory()
-    write_json(result, out)
-    keys = ("device", "notebook_train_ips", "ours_train_ips", "train_ratio", "notebook_eval_ips",
-            "ours_eval_ips", "eval_ratio", "peak_rss_mb")
-    click.echo(json.dumps({k: result[k] for k in keys}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and a non-zero exit."""
-    import signal
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    signal.signal(signal.SIGINT, _interrupt_once)
+    if os.environ.get("MLFLOW_RUN_ID"):
+        # started by `mlflow run`: if that process is killed, end our runs KILLED rather than
+        # go on unattended (MLflow itself does not pass SIGTERM on)
+        from pipeline.executors import die_with_parent
 
-    # SIGTERM (a scheduler, `kill`) ends a step like Ctrl-C: its run is marked KILLED, not left RUNNING
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        die_with_parent()
     try:
         cli.main(args=argv, prog_name="python -m pipeline", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare group: show help
@@ -277,13 +223,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"Error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("Error: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except PipelineError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        click.echo("Error: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
     sys.exit(0)

@@ -1,18 +1,36 @@
-"""Frozen, validated configurations of the steps. Building one validates it: a bad value
-raises :class:`~pipeline.errors.PipelineError` with the valid values or range, before any
-MLflow run is started."""
+"""Every step's configuration: frozen, validated dataclasses, composed rather than inherited.
+
+Building one validates it: a bad value raises :class:`~pipeline.errors.PipelineError` with the
+valid values or range, before any MLflow run starts. The click options of each command and
+the parameters each run logs are derived from the fields (:func:`flat_fields`), so a field's
+name, default and help live here only; ``tests/unit/test_config.py`` checks the MLproject
+entry points against these classes.
+
+Composition: :class:`MainConfig` holds a :class:`TrainConfig` (less ``prepare_run_id``: main
+prepares its own data) plus the probe's ``num_images``; :class:`SweepConfig` holds the lists it
+sweeps over and a ``MainConfig`` template whose ``activation``, ``position`` and ``seed`` it
+leaves out (a sweep logs ``activations``, never a single ``activation``).
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any, ClassVar
 
-from pipeline.data import DATASETS
+from pipeline import contracts
 from pipeline.errors import PipelineError
-from pipeline.gates import GATES
-from pipeline.models import POSITIONS, check_weights
 
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
+SEED_MAX = 2**32 - 1  # numpy's seed range
+AUTO_FLAGS = ("auto", "true", "false")
+EXECUTORS = ("inline", "process")
+RERUNNABLE = contracts.CHAIN
+
+
+def option(default, help: str = "", **kwargs):
+    """A config field with its command-line help text."""
+    return field(default=default, metadata={"help": help}, **kwargs)
 
 
 def check_choice(name: str, value: str, valid) -> None:
@@ -25,50 +43,147 @@ def check_positive(name: str, value) -> None:
         raise PipelineError(f"{name} must be positive, got {value}")
 
 
-def check_device(device: str) -> None:
-    import torch
+def check_seed(name: str, value: int) -> None:
+    if not 0 <= value <= SEED_MAX:
+        raise PipelineError(f"{name} must be in [0, {SEED_MAX}], got {value}")
 
-    if device in ("auto", "cpu"):
-        return
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise PipelineError(f"device {device!r} asked for, but CUDA is not available; use device=cpu or auto")
-        return
-    raise PipelineError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+
+def check_val_fraction(value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise PipelineError(f"val_fraction must be in (0, 1), exclusive, got {value}")
+
+
+def check_device(device: str) -> None:
+    from pipeline.devices import check_device as check
+
+    check(device)
+
+
+def _registries():
+    # imported on use: pipeline.config stays importable without torch for the CLI's --help
+    from pipeline.data import DATASETS
+    from pipeline.gates import GATES
+    from pipeline.models import POSITIONS, check_weights
+
+    return DATASETS, GATES, POSITIONS, check_weights
+
+
+@dataclass(frozen=True)
+class FlatField:
+    """One command-line option / MLflow parameter of a (possibly nested) config."""
+
+    name: str
+    type: Any  # bool, int, float, str, tuple[str, ...] or tuple[int, ...]
+    default: Any
+    help: str
 
 
 class StepConfig:
     """Shared behaviour of the step configurations (frozen dataclasses)."""
 
+    #: Fields of nested configs that this config leaves out (it sets them itself).
+    OMIT: ClassVar[tuple[str, ...]] = ()
+
     def to_dict(self) -> dict[str, Any]:
+        """The typed configuration, nested configs as dicts (what ``config.json`` holds)."""
         return asdict(self)  # type: ignore[call-overload]
+
+    def params(self) -> dict[str, Any]:
+        """The flat parameters this config logs: one per option, nested configs expanded."""
+        return {f.name: _flat_value(self, f.name) for f in flat_fields(type(self))}
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]  # type: ignore[arg-type]
 
+    @classmethod
+    def from_options(cls, **values):
+        """Build the config from flat option values (missing ones take their defaults)."""
+        return _build(cls, values, ())
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def flat_fields(cls, omit: tuple[str, ...] = ()) -> list[FlatField]:
+    """The options of ``cls``: its scalar fields, nested configs expanded, ``OMIT`` left out."""
+    omit = omit + tuple(getattr(cls, "OMIT", ()))
+    hints = _hints(cls)
+    out: list[FlatField] = []
+    for f in fields(cls):
+        kind = hints[f.name]
+        if is_dataclass(kind):
+            out += flat_fields(kind, omit)
+        elif f.name not in omit:
+            out.append(FlatField(f.name, kind, f.default, f.metadata.get("help", "")))
+    return out
+
+
+def _flat_value(config, name: str):
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            try:
+                return _flat_value(value, name)
+            except KeyError:
+                continue
+        if f.name == name:
+            return value
+    raise KeyError(name)
+
+
+def _build(cls, values: dict[str, Any], omit: tuple[str, ...]):
+    omit = omit + tuple(getattr(cls, "OMIT", ()))
+    hints = _hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        kind = hints[f.name]
+        if is_dataclass(kind):
+            kwargs[f.name] = _build(kind, values, omit)
+        elif f.name in values and f.name not in omit:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class PrepareConfig(StepConfig):
+    dataset: str = option("cifar10", "Dataset: cifar10, digits or fake.")
+    data_dir: str = option("data", "Folder holding (or receiving) downloaded datasets.")
+    val_fraction: float = option(0.1, "Share of the training set held out to pick the best epoch, in (0, 1).")
+    seed: int = option(0, "Seed of the validation split (and of training, in train).")
+
+    def __post_init__(self):
+        check_choice("dataset", self.dataset, _registries()[0])
+        check_val_fraction(self.val_fraction)
+        check_seed("seed", self.seed)
+
 
 @dataclass(frozen=True)
 class TrainConfig(StepConfig):
-    activation: str = "sigmoid"
-    position: str = "late"
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    weights: str = "imagenet"
-    image_size: int = 224
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    val_fraction: float = 0.1
-    device: str = "auto"
-    amp: bool = False
-    prepare_run_id: str = ""  # a finished prepare-data run whose split to use ("" : split here)
+    activation: str = option("sigmoid", "Channel gate: sigmoid, softmax, sparsemax, scaled_tanh, "
+                             "parametric_sigmoid, swish, entmax15, alpha_entmax.")
+    position: str = option("late", "Where CBAM sits: early, middle, late, none.")
+    dataset: str = option("cifar10", "Dataset: cifar10, digits or fake.")
+    data_dir: str = option("data", "Folder holding (or receiving) downloaded datasets.")
+    weights: str = option("imagenet", "Backbone weights: imagenet, none, or a ResNet18 state-dict file.")
+    image_size: int = option(224, f"Input size in pixels, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}.")
+    epochs: int = option(5, "Training epochs.")
+    batch_size: int = option(64, "Training batch size.")
+    lr: float = option(1e-3, "Adam learning rate.")
+    seed: int = option(0, "Seeds the model init, the validation split and the batch order.")
+    val_fraction: float = option(0.1, "Share of the training set held out to pick the best epoch, in (0, 1).")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    amp: bool = option(False, "bf16 autocast (gates stay float32); works on CPUs too.")
+    channels_last: str = option("auto", "channels_last memory format: auto (on CUDA), true, false.")
+    fused_adam: str = option("auto", "Fused Adam kernel: auto (on CUDA), true, false.")
+    prepare_run_id: str = option("", "Use the split of this finished prepare-data run (default: split here).")
 
     def __post_init__(self):
-        check_choice("activation", self.activation, GATES)
-        check_choice("position", self.position, POSITIONS)
-        check_choice("dataset", self.dataset, DATASETS)
+        datasets, gates, positions, check_weights = _registries()
+        check_choice("activation", self.activation, gates)
+        check_choice("position", self.position, positions)
+        check_choice("dataset", self.dataset, datasets)
         check_weights(self.weights)
         if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
             raise PipelineError(
@@ -77,6 +192,137 @@ class TrainConfig(StepConfig):
         check_positive("epochs", self.epochs)
         check_positive("batch_size", self.batch_size)
         check_positive("lr", self.lr)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise PipelineError(f"val_fraction must be in (0, 1), exclusive, got {self.val_fraction}")
+        check_seed("seed", self.seed)
+        check_val_fraction(self.val_fraction)
         check_device(self.device)
+        check_choice("channels_last", self.channels_last, AUTO_FLAGS)
+        check_choice("fused_adam", self.fused_adam, AUTO_FLAGS)
+
+    def prepare(self) -> PrepareConfig:
+        return PrepareConfig(dataset=self.dataset, data_dir=self.data_dir, val_fraction=self.val_fraction,
+                             seed=self.seed)
+
+
+@dataclass(frozen=True)
+class ProbeConfig(StepConfig):
+    train_run_id: str = option("", "Run id of a finished train run.")
+    num_images: int = option(-1, "How many test images to probe (the first ones, in order); -1: all. "
+                             "More than the test set is clamped to it, with a warning.")
+    batch_size: int = option(256, "Probe batch size.")
+    data_dir: str = option("", "Dataset folder; default: the train run's data_dir.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+
+    def __post_init__(self):
+        if not self.train_run_id.strip():
+            raise PipelineError("train_run_id is required: the id of a finished train run")
+        check_num_images(self.num_images)
+        check_positive("batch_size", self.batch_size)
+        check_device(self.device)
+
+
+def check_num_images(n: int) -> None:
+    if n == 0 or n < -1:
+        raise PipelineError(f"num_images must be positive, or -1 for the whole test set, got {n}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig(StepConfig):
+    probe_run_id: str = option("", "Run id of a finished probe-attention run.")
+
+    def __post_init__(self):
+        if not self.probe_run_id.strip():
+            raise PipelineError("probe_run_id is required: the id of a finished probe-attention run")
+
+
+@dataclass(frozen=True)
+class MainConfig(StepConfig):
+    OMIT = ("prepare_run_id",)
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    num_images: int = option(-1, "Test images to probe; -1: all.")
+    out: str = option("out", "Local folder for the report files.")
+    rerun: tuple[str, ...] = option((), "Steps to run again even if a finished run could be reused "
+                                    "(comma list of prepare-data, train, probe-attention, compute-metrics); "
+                                    "everything downstream of them runs again too.")
+
+    def __post_init__(self):
+        if self.train.prepare_run_id:
+            raise PipelineError("main runs its own prepare-data step; do not give prepare_run_id")
+        check_num_images(self.num_images)
+        for step in self.rerun:
+            check_choice("rerun step", step, RERUNNABLE)
+
+    def forced_steps(self) -> set[str]:
+        """The steps ``rerun`` names, and every step downstream of the first of them."""
+        if not self.rerun:
+            return set()
+        first = min(RERUNNABLE.index(s) for s in self.rerun)
+        return set(RERUNNABLE[first:])
+
+    def probe(self, train_run_id: str) -> ProbeConfig:
+        return ProbeConfig(train_run_id=train_run_id, num_images=self.num_images, device=self.train.device)
+
+    def label(self) -> str:
+        return f"{self.train.position}/{self.train.activation}/seed{self.train.seed}"
+
+
+@dataclass(frozen=True)
+class SweepConfig(StepConfig):
+    OMIT = ("activation", "position", "seed", "prepare_run_id")
+
+    activations: tuple[str, ...] = option(
+        ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigmoid", "swish", "entmax15", "alpha_entmax"),
+        "Comma list of gates.")
+    positions: tuple[str, ...] = option(("late",), "Comma list of positions.")
+    seeds: tuple[int, ...] = option((0,), "Comma list of seeds.")
+    executor: str = option("inline", "How configurations run: inline (one after another in this process, "
+                           "datasets loaded once) or process (jobs worker processes, spread over the GPUs).")
+    jobs: int = option(1, "Configurations at once with executor=process.")
+    main: MainConfig = field(default_factory=MainConfig)
+
+    def __post_init__(self):
+        _, gates, positions, _ = _registries()
+        for name, values, valid in (("activations", self.activations, gates),
+                                    ("positions", self.positions, positions), ("seeds", self.seeds, None)):
+            if not values:
+                raise PipelineError(f"{name} is empty; give a comma-separated list")
+            if len(set(values)) != len(values):
+                raise PipelineError(f"{name} lists a value twice: {', '.join(map(str, values))}")
+            for value in values:
+                if valid is None:
+                    check_seed("seed", value)
+                else:
+                    check_choice(name.rstrip("s"), value, valid)
+        check_choice("executor", self.executor, EXECUTORS)
+        if self.jobs < 1:
+            raise PipelineError(f"jobs must be at least 1, got {self.jobs}")
+
+    def configurations(self) -> list[MainConfig]:
+        """One main config per (position, activation, seed), in that order."""
+        return [replace(self.main, train=replace(self.main.train, position=p, activation=a, seed=s))
+                for p in self.positions for a in self.activations for s in self.seeds]
+
+
+@dataclass(frozen=True)
+class ReportConfig(StepConfig):
+    experiment_name: str = option("", "Report every finished compute-metrics run of this experiment.")
+    sweep_run_id: str = option("", "Report the finished configurations of this sweep run.")
+    main_run_id: str = option("", "Report this main run.")
+    out: str = option("out", "Local folder for the report files.")
+
+    def __post_init__(self):
+        given = [x for x in (self.experiment_name, self.sweep_run_id, self.main_run_id) if x]
+        if len(given) != 1:
+            raise PipelineError("give exactly one source: experiment_name, sweep_run_id or main_run_id")
+
+
+#: Each MLproject entry point / command and the config it builds.
+STEP_CONFIGS: dict[str, type[StepConfig]] = {
+    contracts.PREPARE_DATA: PrepareConfig,
+    contracts.TRAIN: TrainConfig,
+    contracts.PROBE_ATTENTION: ProbeConfig,
+    contracts.COMPUTE_METRICS: MetricsConfig,
+    contracts.MAIN: MainConfig,
+    contracts.SWEEP: SweepConfig,
+    contracts.REPORT: ReportConfig,
+}

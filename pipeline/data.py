@@ -194,6 +194,20 @@ def load_dataset(name: str, data_dir: str | Path = "data", download: bool = True
     return loader(data_dir, download=download)
 
 
+class DatasetCache:
+    """Datasets loaded once per process and shared by every configuration run in it (a sweep's
+    inline executor); keyed by name and resolved folder. Nothing mutates a loaded dataset."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str], Dataset] = {}
+
+    def get(self, name: str, data_dir: str | Path = "data") -> Dataset:
+        key = (name, str(Path(data_dir).resolve()))
+        if key not in self._loaded:
+            self._loaded[key] = load_dataset(name, data_dir)
+        return self._loaded[key]
+
+
 def split_validation(dataset: Dataset, val_fraction: float, seed: int) -> Splits:
     """Hold out a seeded ``val_fraction`` of the training set for choosing the best epoch."""
     n = len(dataset.train)

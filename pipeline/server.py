@@ -110,3 +110,25 @@ def start_server(store: str | Path, port: int, host: str = DEFAULT_HOST,
         time.sleep(0.5)
     server.stop()
     raise PipelineError(f"mlflow server did not answer {uri}/health within {timeout:.0f} s (log: {log_path})")
+
+
+def serve(port: int, store: str, host: str = DEFAULT_HOST, backend_store_uri: str = "") -> None:
+    """The ``server`` command: start the server, print the URI to export, and keep it running
+    until Ctrl-C or SIGTERM, then stop it with all its workers."""
+    import click
+
+    if not 1 <= port <= 65535:
+        raise PipelineError(f"port must be in [1, 65535], got {port}")
+    running = start_server(store, port, host, backend_store_uri or None)
+    click.echo(f"MLflow tracking server running (pid {running.process.pid}), log: {running.log_path}", err=True)
+    click.echo(f"export MLFLOW_TRACKING_URI={running.uri}")
+    try:
+        while running.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        click.echo("stopping the tracking server ...", err=True)
+        code = running.stop()
+        click.echo(f"tracking server stopped (exit code {code})", err=True)
+        return
+    raise PipelineError(f"the tracking server exited by itself with code {running.process.returncode} "
+                        f"(log: {running.log_path})")

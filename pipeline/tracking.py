@@ -3,7 +3,6 @@ FAILED or KILLED, never left RUNNING), parameters logged once, and checked look-
 upstream runs and their artefacts."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from contextlib import contextmanager
@@ -13,30 +12,21 @@ from typing import Any, Iterator
 import mlflow
 from mlflow.entities import RunStatus
 
+from pipeline import contracts
+from pipeline.contracts import CONFIG_JSON, REUSE_KEY_TAG, STEP_TAG, code_version
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
 
-STEP_TAG = "pipeline.step"
-CODE_VERSION_TAG = "pipeline.code_version"
-
-
-def code_version() -> str:
-    """SHA-256 (first 12 hex digits) of the package's Python sources: the code identity."""
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def param_string(value: Any) -> str:
-    """How a parameter value is logged: bools and numbers in one canonical spelling."""
+    """How a parameter value is logged: bools and numbers in one canonical spelling, lists
+    comma-separated (as they are given on the command line)."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(param_string(v) for v in value)
     return str(value)
 
 
@@ -80,23 +70,31 @@ def ensure_experiment() -> str | None:
 def step_run(
     step: str,
     params: dict[str, Any],
+    config: dict[str, Any] | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     run_id: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, under ``mlflow run`` or with ``run_id``, continue) the step's run and always end it.
+    """Start the step's run and always end it: nested under the active run if there is one
+    (``main`` and ``sweep`` chaining in-process), under ``parent_run_id`` (a sweep's worker
+    process), or continuing ``run_id`` (a resume) or the run ``mlflow run`` created.
 
-    Exceptions end it FAILED, Ctrl-C and SIGTERM (as KeyboardInterrupt) KILLED; both re-raise.
+    Logs ``params`` (flat) once, ``config`` (typed; default ``params``) as ``config.json``, and
+    the step and code-version tags. Exceptions end it FAILED, Ctrl-C and SIGTERM (as
+    KeyboardInterrupt) KILLED; both re-raise.
     """
     nested = mlflow.active_run() is not None
     experiment_id = None if nested or run_id else ensure_experiment()
-    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, experiment_id=experiment_id)
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, experiment_id=experiment_id,
+                           parent_run_id=parent_run_id)
     try:
-        mlflow.set_tags({STEP_TAG: step, CODE_VERSION_TAG: code_version(), **(tags or {})})
+        version = {contracts.CODE_VERSION_TAG: code_version(step)} if step in contracts.STEP_MODULES else {}
+        mlflow.set_tags({STEP_TAG: step, **version, **(tags or {})})
         if run_name:  # also when continuing the run that `mlflow run` created
-            mlflow.set_tag("mlflow.runName", run_name)
+            mlflow.set_tag(contracts.RUN_NAME_TAG, run_name)
         log_params_once(params)
-        mlflow.log_dict(params, "config.json")
+        mlflow.log_dict(config if config is not None else params, CONFIG_JSON)
         yield run
     except KeyboardInterrupt:
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
@@ -106,6 +104,36 @@ def step_run(
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def missing_artifacts(run_id: str, paths) -> list[str]:
+    """Which of ``paths`` the run's artefact store no longer lists."""
+    client = mlflow.MlflowClient()
+    listed: dict[str, set[str]] = {}
+    missing = []
+    for path in paths:
+        folder, _, name = path.rpartition("/")
+        if folder not in listed:
+            try:
+                listed[folder] = {Path(f.path).name for f in client.list_artifacts(run_id, folder or None)}
+            except Exception:  # the store itself is gone or unreadable
+                listed[folder] = set()
+        if name not in listed[folder]:
+            missing.append(path)
+    return missing
+
+
+def find_reusable_run(step: str, key: str, experiment_id: str):
+    """The newest FINISHED run of ``step`` with this reuse key whose artefacts are all still
+    there, or None (a run with lost artefacts is passed over, and the log says so)."""
+    query = f"tags.`{REUSE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'"
+    for run in mlflow.MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"]):
+        lost = missing_artifacts(run.info.run_id, contracts.REQUIRED_ARTIFACTS.get(step, ()))
+        if not lost:
+            return run
+        log.warning("%s: finished run %s matches but has lost %s; running the step again",
+                    step, run.info.run_id, ", ".join(lost))
+    return None
 
 
 def get_step_run(run_id: str, step: str, artifact: str | None = None, finished: bool = True):
@@ -123,11 +151,8 @@ def get_step_run(run_id: str, step: str, artifact: str | None = None, finished: 
         raise PipelineError(f"run {run_id!r} is a {actual or 'non-pipeline'} run, not a {step} run")
     if finished and run.info.status != "FINISHED":
         raise PipelineError(f"{step} run {run_id!r} is {run.info.status}, not FINISHED")
-    if artifact is not None:
-        folder, _, name = artifact.rpartition("/")
-        names = {Path(f.path).name for f in client.list_artifacts(run_id, folder or None)}
-        if name not in names:
-            raise PipelineError(f"{step} run {run_id!r} has no artefact {artifact!r}")
+    if artifact is not None and missing_artifacts(run_id, [artifact]):
+        raise PipelineError(f"{step} run {run_id!r} has no artefact {artifact!r}")
     return run
 
 

@@ -15,28 +15,12 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from pipeline.data import ImageSet, iterate_batches, to_model_input
-
-EVAL_BATCH_SIZE = {"cuda": 512, "cpu": 64}  # on a CPU, batches beyond 64 lose cache locality
-
-
-def eval_batch_size(device: torch.device) -> int:
-    return EVAL_BATCH_SIZE.get(device.type, 64)
-
+from pipeline.devices import autocast, eval_batch_size
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def autocast(device: torch.device, amp: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
 
 
 STAGE_ORDER = ("stem", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")

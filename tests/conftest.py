@@ -1,4 +1,9 @@
-"""Shared fixtures: a real temporary MLflow sqlite store, and no network for anything."""
+"""Shared fixtures: a real temporary MLflow sqlite store, and no network for anything.
+
+Tests by speed: ``tests/unit`` (pure, seconds), ``tests/steps`` (steps in this process against
+a temporary store), ``tests/system`` (``mlflow run``, servers, browsers, signals to real
+processes). Everything under ``tests/system`` is marked ``system``, so ``pytest -m "not system"``
+is the quick local loop."""
 from __future__ import annotations
 
 import os
@@ -10,6 +15,14 @@ import mlflow
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark scripts' functions are tested too
+
+
+def pytest_collection_modifyitems(config, items):
+    system = Path(__file__).resolve().parent / "system"
+    for item in items:
+        if system in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.fixture(autouse=True)

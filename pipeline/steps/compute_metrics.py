@@ -20,45 +20,59 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline.config import StepConfig
-from pipeline.errors import PipelineError
+from pipeline.config import MetricsConfig
+from pipeline.contracts import (
+    ATTENTION_META,
+    CHANNEL_WEIGHTS,
+    COMPUTE_METRICS,
+    LABELS,
+    PROBE_ATTENTION,
+    REUSE_KEY_TAG,
+    SPATIAL_MAPS,
+    TRAIN,
+    UPSTREAM_TAGS,
+    reuse_key,
+)
 from pipeline.metrics import notebook_gini, per_image_metrics, summarise
-from pipeline.steps.probe import CHANNEL_WEIGHTS, LABELS, META, SPATIAL_MAPS
-from pipeline.steps.probe import STEP as PROBE_STEP
 from pipeline.tracking import download_artifact, get_step_run, step_run
 
 log = logging.getLogger("pipeline")
 
-STEP = "compute-metrics"
-PER_IMAGE = "metrics/per_image.csv"
-SUMMARY = "metrics/summary.csv"
 CARRIED_METRICS = ("test_acc", "test_top5", "test_map")
 
 
-@dataclass(frozen=True)
-class MetricsConfig(StepConfig):
-    probe_run_id: str = ""
+@dataclass
+class Probed:
+    """What a probe-attention run recorded, as arrays (from memory or its artefacts)."""
 
-    def __post_init__(self):
-        if not self.probe_run_id.strip():
-            raise PipelineError("probe_run_id is required: the id of a finished probe-attention run")
+    channel_weights: np.ndarray  # (N, C) float32
+    spatial_maps: np.ndarray  # (N, H, W) float16
+    labels: np.ndarray  # (N,) int64
+    meta: dict
 
 
-def run_compute_metrics(config: MetricsConfig) -> str:
-    probe_run = get_step_run(config.probe_run_id, PROBE_STEP, CHANNEL_WEIGHTS)
+def load_probed(probe_run_id: str) -> Probed:
     with tempfile.TemporaryDirectory() as tmp:
-        weights = np.load(download_artifact(config.probe_run_id, CHANNEL_WEIGHTS, tmp))
-        maps = np.load(download_artifact(config.probe_run_id, SPATIAL_MAPS, tmp))
-        labels = np.load(download_artifact(config.probe_run_id, LABELS, tmp))
-        meta = json.loads(Path(download_artifact(config.probe_run_id, META, tmp)).read_text())
-    values = per_image_metrics(weights, maps.astype(np.float32))
+        return Probed(np.load(download_artifact(probe_run_id, CHANNEL_WEIGHTS, tmp)),
+                      np.load(download_artifact(probe_run_id, SPATIAL_MAPS, tmp)),
+                      np.load(download_artifact(probe_run_id, LABELS, tmp)),
+                      json.loads(Path(download_artifact(probe_run_id, ATTENTION_META, tmp)).read_text()))
+
+
+def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None, run_name: str | None = None) -> str:
+    """Run the step; ``probed``: the probe's arrays when the caller (``main``) holds them."""
+    probe_run = get_step_run(config.probe_run_id, PROBE_ATTENTION, CHANNEL_WEIGHTS)
+    probed = probed or load_probed(config.probe_run_id)
+    weights, labels, meta = probed.channel_weights, probed.labels, probed.meta
+    values = per_image_metrics(weights, probed.spatial_maps.astype(np.float32))
     summary = summarise(values)
 
-    params = {**config.to_dict(), **{k: meta[k] for k in ("activation", "position", "dataset", "image_size")},
+    params = {**config.params(), **{k: meta[k] for k in ("activation", "position", "dataset", "image_size")},
               "num_images": int(weights.shape[0]), "train_run_id": meta["source_run_id"],
               "seed": probe_run.data.params.get("seed", "")}
-    tags = {"pipeline.probe_run_id": config.probe_run_id, "pipeline.train_run_id": meta["source_run_id"]}
-    with step_run(STEP, params, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
+    tags = {UPSTREAM_TAGS[PROBE_ATTENTION]: config.probe_run_id, UPSTREAM_TAGS[TRAIN]: meta["source_run_id"],
+            REUSE_KEY_TAG: reuse_key(COMPUTE_METRICS, config.to_dict())}
+    with step_run(COMPUTE_METRICS, params, config.to_dict(), run_name=run_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
         logged = {}
         for name, stats in summary.items():
             logged[name] = stats["mean"]

@@ -26,17 +26,30 @@ import numpy as np
 import pandas as pd
 
 from pipeline import plots
-from pipeline.config import StepConfig
+from pipeline.config import ReportConfig
+from pipeline.contracts import (
+    ATTENTION_META,
+    CHANNEL_WEIGHTS,
+    COMPUTE_METRICS,
+    GRAD_FLOW,
+    MAIN,
+    PROBE_ATTENTION,
+    REPORT,
+    REPORT_DIR,
+    SPATIAL_MAPS,
+    STEP_TAG,
+    SWEEP,
+    TRAIN,
+    UPSTREAM_TAGS,
+)
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError, one_line
 from pipeline.gates import GATES
 from pipeline.models import POSITIONS
-from pipeline.steps.compute_metrics import STEP as METRICS_STEP
-from pipeline.tracking import STEP_TAG, download_artifact, step_run
+from pipeline.tracking import download_artifact, step_run
 
 log = logging.getLogger("pipeline")
 
-STEP = "report"
 TABLE_COLUMNS = ("avg_score", "focus_pct", "sparsity", "gini", "test_acc",
                  "entropy", "focus_area_ratio", "test_top5", "test_map")
 GRID_IMAGES = 4
@@ -60,11 +73,11 @@ def gather(metrics_run_ids: list[str]) -> list[Result]:
     results = []
     for run_id in metrics_run_ids:
         run = client.get_run(run_id)
-        if run.data.tags.get(STEP_TAG) != METRICS_STEP or run.info.status != "FINISHED":
+        if run.data.tags.get(STEP_TAG) != COMPUTE_METRICS or run.info.status != "FINISHED":
             continue
         p = run.data.params
         results.append(Result(p["activation"], p["position"], p.get("seed", ""), dict(run.data.metrics),
-                              run.data.tags["pipeline.train_run_id"], run.data.tags["pipeline.probe_run_id"], run_id))
+                              run.data.tags[UPSTREAM_TAGS[TRAIN]], run.data.tags[UPSTREAM_TAGS[PROBE_ATTENTION]], run_id))
     return results
 
 
@@ -149,12 +162,12 @@ def write_figures(results: list[Result], out: Path, tmp: Path) -> list[str]:
             arrays = []
             for r in runs:
                 d = tmp / r.probe_run_id
-                arrays.append(np.load(download_artifact(r.probe_run_id, "attention/channel_weights.npy", d)))
+                arrays.append(np.load(download_artifact(r.probe_run_id, CHANNEL_WEIGHTS, d)))
             weights[activation] = np.concatenate(arrays)
             first = runs[0]
             d = tmp / first.probe_run_id
-            maps[activation] = np.load(download_artifact(first.probe_run_id, "attention/spatial_maps.npy", d))
-            meta[activation] = json.loads(download_artifact(first.probe_run_id, "attention/meta.json", d).read_text())
+            maps[activation] = np.load(download_artifact(first.probe_run_id, SPATIAL_MAPS, d))
+            meta[activation] = json.loads(download_artifact(first.probe_run_id, ATTENTION_META, d).read_text())
             histories[activation] = {k: _mean_lists([_history(client, r.train_run_id, k) for r in runs])
                                      for k in ("train_loss", "val_loss", "train_acc", "val_acc")}
             gp = {k: _mean_lists([_history(client, r.train_run_id, k) for r in runs])
@@ -163,7 +176,7 @@ def write_figures(results: list[Result], out: Path, tmp: Path) -> list[str]:
             last_layers, last_values = [], []
             for r in runs:
                 try:
-                    flow = json.loads(download_artifact(r.train_run_id, "gradients/grad_flow.json",
+                    flow = json.loads(download_artifact(r.train_run_id, GRAD_FLOW,
                                                         tmp / r.train_run_id).read_text())
                 except Exception:  # an older train run without the artefact: leave it out
                     continue
@@ -227,41 +240,29 @@ def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "repo
     return {"table": table, "figures": figures, "results": results}
 
 
-@dataclass(frozen=True)
-class ReportConfig(StepConfig):
-    experiment_name: str = ""
-    sweep_run_id: str = ""
-    main_run_id: str = ""
-    out: str = "out"
-
-    def __post_init__(self):
-        given = [x for x in (self.experiment_name, self.sweep_run_id, self.main_run_id) if x]
-        if len(given) != 1:
-            raise PipelineError("give exactly one source: experiment_name, sweep_run_id or main_run_id")
-
-
 def metrics_runs_of(config: ReportConfig) -> tuple[list[str], str]:
     client = mlflow.MlflowClient()
     if config.experiment_name:
         exp = client.get_experiment_by_name(config.experiment_name)
         if exp is None:
             raise PipelineError(f"experiment {config.experiment_name!r} does not exist")
-        runs = client.search_runs([exp.experiment_id], f"tags.`{STEP_TAG}` = '{METRICS_STEP}' and "
+        runs = client.search_runs([exp.experiment_id], f"tags.`{STEP_TAG}` = '{COMPUTE_METRICS}' and "
                                   "attributes.status = 'FINISHED'")
         return [r.info.run_id for r in runs], f"experiment {config.experiment_name}"
     run_id = config.sweep_run_id or config.main_run_id
-    step = "sweep" if config.sweep_run_id else "main"
+    step = SWEEP if config.sweep_run_id else MAIN
     try:
         run = client.get_run(run_id)
     except Exception:
         raise PipelineError(f"run {run_id!r} does not exist in the tracking store {mlflow.get_tracking_uri()!r}") from None
     if run.data.tags.get(STEP_TAG) != step:
         raise PipelineError(f"run {run_id!r} is not a {step} run")
-    if step == "main":
-        return [run.data.tags["pipeline.metrics_run_id"]], f"main run {run_id}"
+    if step == MAIN:
+        return [run.data.tags[UPSTREAM_TAGS[COMPUTE_METRICS]]], f"main run {run_id}"
     children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}' and "
                                   "attributes.status = 'FINISHED'")
-    ids = [c.data.tags["pipeline.metrics_run_id"] for c in children if "pipeline.metrics_run_id" in c.data.tags]
+    key = UPSTREAM_TAGS[COMPUTE_METRICS]
+    ids = [c.data.tags[key] for c in children if key in c.data.tags]
     return ids, f"sweep run {run_id}"
 
 
@@ -269,9 +270,9 @@ def run_report(config: ReportConfig) -> str:
     ids, title = metrics_runs_of(config)
     if not ids:
         raise PipelineError(f"{title} has no finished compute-metrics runs to report on")
-    with step_run(STEP, config.to_dict()) as run:
+    with step_run(REPORT, config.params()) as run:
         out = Path(config.out) / f"report-{run.info.run_id}"
         write_report(ids, out, title)
-        mlflow.log_artifacts(str(out), "report")
+        mlflow.log_artifacts(str(out), REPORT_DIR)
         log.info("report written to %s", out)
         return run.info.run_id

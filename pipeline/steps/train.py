@@ -14,6 +14,7 @@ import math
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -22,39 +23,39 @@ import torch
 
 from pipeline.checkpoint import load_model, read_checkpoint, save_checkpoint
 from pipeline.config import TrainConfig
-from pipeline.data import (
-    Dataset,
-    Splits,
-    content_digest,
-    load_dataset,
-    split_validation,
-    splits_from_val_indices,
+from pipeline.contracts import (
+    BEST_CHECKPOINT,
+    CONFIG_JSON,
+    DATASET_JSON,
+    GRAD_FLOW,
+    LAST_CHECKPOINT,
+    PREPARE_DATA,
+    REUSE_KEY_TAG,
+    TRAIN,
+    UPSTREAM_TAGS,
+    VAL_INDICES,
+    reuse_key,
 )
+from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_validation, splits_from_val_indices
+from pipeline.devices import configure, flag_on, memory_format, resolve_device
 from pipeline.errors import PipelineError
-from pipeline.models import ModelConfig, build_model
+from pipeline.models import CBAMResNet18, ModelConfig, build_model
 from pipeline.tracking import download_artifact, get_step_run, step_run
-from pipeline.training import (
-    GradientFlow,
-    evaluate,
-    resolve_device,
-    seed_everything,
-    train_one_epoch,
-)
+from pipeline.training import Evaluation, GradientFlow, evaluate, seed_everything, train_one_epoch
 
 log = logging.getLogger("pipeline")
 
-STEP = "train"
-BEST_CHECKPOINT = "checkpoints/best.pt"
-LAST_CHECKPOINT = "checkpoints/last.pt"
-GRAD_FLOW = "gradients/grad_flow.json"
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model: CBAMResNet18  # the best checkpoint's model, in eval mode, on the training device
+    test: Evaluation
 
 
 def splits_from_prepare_run(config: TrainConfig, dataset: Dataset) -> Splits:
     """The split recorded by a finished prepare-data run, after checking it is this dataset."""
-    from pipeline.steps.prepare import DATASET_JSON, VAL_INDICES
-    from pipeline.steps.prepare import STEP as PREPARE_STEP
-
-    get_step_run(config.prepare_run_id, PREPARE_STEP, VAL_INDICES)
+    get_step_run(config.prepare_run_id, PREPARE_DATA, VAL_INDICES)
     with tempfile.TemporaryDirectory() as tmp:
         identity = json.loads(download_artifact(config.prepare_run_id, DATASET_JSON, tmp).read_text())
         val_indices = np.load(download_artifact(config.prepare_run_id, VAL_INDICES, tmp))
@@ -97,12 +98,12 @@ def restore_rng_state(state: dict, generator: torch.Generator) -> None:
 
 def resume_point(run_id: str) -> tuple[TrainConfig, dict]:
     """The config and last checkpoint of an interrupted train run."""
-    run = get_step_run(run_id, STEP, None, finished=False)
+    run = get_step_run(run_id, TRAIN, None, finished=False)
     if run.info.status == "FINISHED":
         raise PipelineError(f"train run {run_id!r} is FINISHED: there is nothing to resume")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            typed = json.loads(download_artifact(run_id, "config.json", tmp).read_text())
+            typed = json.loads(download_artifact(run_id, CONFIG_JSON, tmp).read_text())
             path = download_artifact(run_id, LAST_CHECKPOINT, tmp)
         except Exception:
             raise PipelineError(f"train run {run_id!r} has no {LAST_CHECKPOINT} to resume from "
@@ -114,42 +115,48 @@ def resume_point(run_id: str) -> tuple[TrainConfig, dict]:
     return TrainConfig(**{k: typed[k] for k in TrainConfig.field_names() if k in typed}), ckpt
 
 
-def run_train(config: TrainConfig | None = None, resume_run_id: str = "") -> str:
+def run_train(config: TrainConfig | None = None, resume_run_id: str = "", dataset: Dataset | None = None,
+              splits: Splits | None = None, run_name: str | None = None) -> TrainResult:
     """Run the step with a validated config, or continue the interrupted run ``resume_run_id``
-    (in the same MLflow run, from its ``checkpoints/last.pt``); returns the MLflow run id."""
+    (in the same MLflow run, from its ``checkpoints/last.pt``). ``dataset`` / ``splits``: what
+    the caller (``main``) has loaded already; ``splits`` must be those of ``prepare_run_id``."""
     ckpt = None
     if resume_run_id:
         config, ckpt = resume_point(resume_run_id)
     assert config is not None
     device = resolve_device(config.device)
-    dataset = load_dataset(config.dataset, config.data_dir)
-    if config.prepare_run_id:
-        splits = splits_from_prepare_run(config, dataset)
-    else:
-        splits = split_validation(dataset, config.val_fraction, config.seed)
+    if splits is None:
+        dataset = dataset or load_dataset(config.dataset, config.data_dir)
+        if config.prepare_run_id:
+            splits = splits_from_prepare_run(config, dataset)
+        else:
+            splits = split_validation(dataset, config.val_fraction, config.seed)
     seed_everything(config.seed)
     model_config = ModelConfig(config.activation, config.position, num_classes=len(splits.classes))
     model = build_model(model_config, "none" if ckpt else config.weights)
 
     params = {
-        **config.to_dict(),
+        **config.params(),
         "num_classes": len(splits.classes),
         "train_size": len(splits.train),
         "val_size": len(splits.val),
         "test_size": len(splits.test),
     }
-    with step_run(STEP, params, run_id=resume_run_id or None) as run, tempfile.TemporaryDirectory() as tmp:
+    tags = {REUSE_KEY_TAG: reuse_key(TRAIN, config.to_dict())}
+    if config.prepare_run_id:
+        tags[UPSTREAM_TAGS[PREPARE_DATA]] = config.prepare_run_id
+    with step_run(TRAIN, params, config.to_dict(), run_name=run_name, tags=tags, run_id=resume_run_id or None) as run, \
+            tempfile.TemporaryDirectory() as tmp:
         run_id = run.info.run_id
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        channels_last = device.type == "cuda"
+        configure(device)
+        channels_last = flag_on(config.channels_last, device)
         generator = torch.Generator().manual_seed(config.seed)
         grad_history: list[list[float]] = []
         best_acc, best_epoch, first_epoch = -1.0, -1, 0
         if ckpt is not None:
             model.load_state_dict(ckpt["state_dict"])
-        model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
+        model = model.to(device, memory_format=memory_format(channels_last))
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=flag_on(config.fused_adam, device))
         if ckpt is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
             restore_rng_state(ckpt["rng"], generator)
@@ -169,6 +176,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "") -> str
             len(train), len(val), len(test), config.epochs, device,
         )
         epoch = first_epoch
+        best_state = None
         try:
             for epoch in range(first_epoch, config.epochs):
                 start = time.perf_counter()
@@ -196,7 +204,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "") -> str
                 mlflow.log_metrics(metrics, step=epoch)
                 if val_eval.acc > best_acc:
                     best_acc, best_epoch = val_eval.acc, epoch
-                    save_checkpoint(best_path, model, epoch=epoch, val_acc=val_eval.acc, **extra)
+                    best_state = save_checkpoint(best_path, model, epoch=epoch, val_acc=val_eval.acc, **extra)
                     mlflow.log_artifact(str(best_path), "checkpoints")
                 # everything needed to continue exactly here (resume_run_id)
                 save_checkpoint(last_path, model, epoch=epoch, val_acc=val_eval.acc, optimizer=optimizer.state_dict(),
@@ -216,13 +224,16 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "") -> str
             {"layers": grad_flow.names, "epochs": list(range(config.epochs)), "mean_abs_grad": grad_history},
             GRAD_FLOW,
         )
-        if not best_path.exists():  # resumed after the best epoch: it is among the run's artefacts
-            best_path = download_artifact(run_id, BEST_CHECKPOINT, Path(tmp) / "download")
-        best_model, _ = load_model(best_path)
-        best_model = best_model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        if best_state is not None:  # the best epoch's weights, still in memory
+            model.load_state_dict(best_state)
+            best_model = model
+        else:  # resumed after the best epoch: it is among the run's artefacts
+            best_model, _ = load_model(download_artifact(run_id, BEST_CHECKPOINT, Path(tmp) / "download"))
+            best_model = best_model.to(device, memory_format=memory_format(channels_last))
+        best_model.eval()
         test_eval = evaluate(best_model, test, **common)
         mlflow.log_metrics({"test_acc": test_eval.acc, "test_top5": test_eval.top5,
                             "test_loss": test_eval.loss, "best_epoch": best_epoch})
         log.info("best epoch %d (val_acc %.2f%%): test_acc %.2f%%, test_top5 %.2f%%",
                  best_epoch + 1, best_acc, test_eval.acc, test_eval.top5)
-    return run_id
+    return TrainResult(run_id, best_model, test_eval)

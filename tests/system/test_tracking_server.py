@@ -19,7 +19,6 @@ import pytest
 from pipeline.server import free_port, health, start_server
 from conftest import REPO, run_cli
 
-pytestmark = pytest.mark.slow
 STEPS = ["prepare-data", "train", "probe-attention", "compute-metrics"]
 POSTGRES_ENV = "PIPELINE_TEST_POSTGRES_URI"
 

@@ -22,43 +22,36 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.attention_hooks import Attention, read_attention
 from pipeline.checkpoint import load_model
-from pipeline.config import StepConfig, check_device
-from pipeline.data import load_dataset
+from pipeline.config import ProbeConfig
+from pipeline.contracts import (
+    ATTENTION_DIR,
+    BEST_CHECKPOINT,
+    PER_CLASS_ACCURACY,
+    PROBE_ATTENTION,
+    REUSE_KEY_TAG,
+    TRAIN,
+    UPSTREAM_TAGS,
+    reuse_key,
+)
+from pipeline.data import Dataset, load_dataset
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.metrics import mean_average_precision
-from pipeline.probing import probe_attention
-from pipeline.steps.train import BEST_CHECKPOINT
-from pipeline.steps.train import STEP as TRAIN_STEP
+from pipeline.models import CBAMResNet18
 from pipeline.tracking import download_artifact, get_step_run, step_run
-from pipeline.training import resolve_device, score_logits
+from pipeline.training import score_logits
 
 log = logging.getLogger("pipeline")
 
-STEP = "probe-attention"
-ATTENTION_DIR = "attention"
-CHANNEL_WEIGHTS = "attention/channel_weights.npy"
-SPATIAL_MAPS = "attention/spatial_maps.npy"
-META = "attention/meta.json"
-LABELS = "attention/labels.npy"
 
-
-@dataclass(frozen=True)
-class ProbeConfig(StepConfig):
-    train_run_id: str = ""
-    num_images: int = -1  # -1: the whole test set
-    batch_size: int = 256
-    data_dir: str = ""  # "": the train run's data_dir
-    device: str = "auto"
-
-    def __post_init__(self):
-        if not self.train_run_id.strip():
-            raise PipelineError("train_run_id is required: the id of a finished train run")
-        if self.num_images == 0 or self.num_images < -1:
-            raise PipelineError(f"num_images must be positive, or -1 for the whole test set, got {self.num_images}")
-        if self.batch_size <= 0:
-            raise PipelineError(f"batch_size must be positive, got {self.batch_size}")
-        check_device(self.device)
+@dataclass
+class ProbeResult:
+    run_id: str
+    attention: Attention
+    labels: np.ndarray
+    meta: dict
 
 
 def per_class_accuracy(labels: np.ndarray, logits: np.ndarray, classes) -> pd.DataFrame:
@@ -72,18 +65,27 @@ def per_class_accuracy(labels: np.ndarray, logits: np.ndarray, classes) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def run_probe(config: ProbeConfig) -> str:
-    train_run = get_step_run(config.train_run_id, TRAIN_STEP, BEST_CHECKPOINT)
+def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: Dataset | None = None,
+              run_name: str | None = None) -> ProbeResult:
+    """Run the step. ``model`` / ``dataset``: the train run's best model and its data when the
+    caller (``main``) holds them already; otherwise both are loaded from the train run."""
+    train_run = get_step_run(config.train_run_id, TRAIN, BEST_CHECKPOINT)
     device = resolve_device(config.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, ckpt = load_model(download_artifact(config.train_run_id, BEST_CHECKPOINT, tmp))
+    train_params = train_run.data.params
+    if model is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            model, ckpt = load_model(download_artifact(config.train_run_id, BEST_CHECKPOINT, tmp))
+        checkpoint_epoch = ckpt.get("epoch")
+    else:
+        checkpoint_epoch = int(train_run.data.metrics.get("best_epoch", -1))
     if model.cbam is None:
         raise PipelineError(f"train run {config.train_run_id!r} has position none: there is no attention to probe")
-    train_params = train_run.data.params
-    dataset_name = ckpt.get("dataset", train_params.get("dataset"))
+    dataset_name = train_params.get("dataset")
     data_dir = config.data_dir or train_params.get("data_dir", "data")
-    image_size = int(ckpt.get("image_size", train_params.get("image_size", 224)))
-    test = load_dataset(dataset_name, data_dir).test
+    image_size = int(float(train_params.get("image_size", 224)))
+    if dataset is None or dataset.name != dataset_name:
+        dataset = load_dataset(dataset_name, data_dir)
+    test = dataset.test
     n_total = len(test)
     n = n_total if config.num_images == -1 else config.num_images
     if n > n_total:
@@ -92,12 +94,13 @@ def run_probe(config: ProbeConfig) -> str:
     indices = np.arange(n)
     probed = test.subset(torch.from_numpy(indices)).to(device)
 
-    params = {**config.to_dict(), "num_images_probed": n, "activation": model.config.activation,
+    params = {**config.params(), "num_images_probed": n, "activation": model.config.activation,
               "position": model.config.position, "dataset": dataset_name, "image_size": image_size,
               "seed": train_params.get("seed", "")}
-    with step_run(STEP, params, tags={"pipeline.train_run_id": config.train_run_id}) as run, \
+    tags = {UPSTREAM_TAGS[TRAIN]: config.train_run_id, REUSE_KEY_TAG: reuse_key(PROBE_ATTENTION, config.to_dict())}
+    with step_run(PROBE_ATTENTION, params, config.to_dict(), run_name=run_name, tags=tags) as run, \
             tempfile.TemporaryDirectory() as tmp:
-        attention = probe_attention(model.to(device), probed, image_size, config.batch_size)
+        attention = read_attention(model.to(device), probed, image_size, config.batch_size)
         labels = probed.labels.cpu().numpy()
         scores = score_logits(torch.from_numpy(attention.logits), torch.from_numpy(labels))
         test_map = mean_average_precision(labels, attention.logits, num_classes=model.config.num_classes)
@@ -112,18 +115,21 @@ def run_probe(config: ProbeConfig) -> str:
         meta = {
             "activation": model.config.activation, "position": model.config.position,
             "image_size": image_size, "dataset": dataset_name, "source_run_id": config.train_run_id,
-            "checkpoint_epoch": ckpt.get("epoch"), "classes": list(ckpt.get("classes", [])),
+            "checkpoint_epoch": checkpoint_epoch, "classes": list(dataset.classes),
             "num_images": n, "indices": indices.tolist(), "split": "test",
             "channel_weights_shape": list(attention.channel_weights.shape),
             "spatial_maps_shape": list(attention.spatial_maps.shape),
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
-        mlflow.log_artifacts(str(out), ATTENTION_DIR)
         table = per_class_accuracy(labels, attention.logits, meta["classes"] or range(model.config.num_classes))
-        table_path = Path(tmp) / "per_class_accuracy.csv"
+        table_path = Path(tmp) / PER_CLASS_ACCURACY
+        table_path.parent.mkdir()
         table.to_csv(table_path, index=False)
-        mlflow.log_artifact(str(table_path), "tables")
+        mlflow.log_artifacts(tmp)
         log.info("probe %s: %d images, channel weights %s, spatial maps %s; test_acc %.2f%% test_map %.4f",
                  run.info.run_id, n, attention.channel_weights.shape, attention.spatial_maps.shape,
                  scores.acc, test_map)
-        return run.info.run_id
+        # spatial maps as stored (float16), so that metrics from memory equal metrics from the artefact
+        stored = Attention(attention.channel_weights.astype(np.float32),
+                           attention.spatial_maps.astype(np.float16), attention.logits.astype(np.float32))
+        return ProbeResult(run.info.run_id, stored, labels.astype(np.int64), meta)

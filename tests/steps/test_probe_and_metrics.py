@@ -10,8 +10,9 @@ from pipeline import metrics as M
 from pipeline.checkpoint import load_model
 from pipeline.cli import main
 from pipeline.data import load_dataset, to_model_input
-from pipeline.steps.compute_metrics import MetricsConfig, run_compute_metrics
-from pipeline.steps.probe import ProbeConfig, run_probe
+from pipeline.config import MetricsConfig, ProbeConfig
+from pipeline.steps.compute_metrics import run_compute_metrics
+from pipeline.steps.probe_attention import run_probe
 from conftest import all_runs
 
 
@@ -29,7 +30,7 @@ def store(tmp_path_factory):
         mp.chdir(tmp)
         mlflow.set_tracking_uri(uri)
         train_id = run_train(TrainConfig(activation="sparsemax", position="middle", dataset="fake",
-                                         weights="none", image_size=32, epochs=1, batch_size=32, device="cpu"))
+                                         weights="none", image_size=32, epochs=1, batch_size=32, device="cpu")).run_id
         yield {"uri": uri, "train_id": train_id, "tmp": tmp}
         mlflow.set_tracking_uri(None)
 
@@ -41,7 +42,7 @@ def load_arrays(run_id, dst):
 
 
 def test_probe_logs_documented_arrays_and_scores(store, tmp_path):
-    probe_id = run_probe(ProbeConfig(train_run_id=store["train_id"], device="cpu", batch_size=32))
+    probe_id = run_probe(ProbeConfig(train_run_id=store["train_id"], device="cpu", batch_size=32)).run_id
     client = mlflow.MlflowClient()
     run = client.get_run(probe_id)
     assert run.info.status == "FINISHED" and run.data.tags["pipeline.step"] == "probe-attention"
@@ -96,11 +97,11 @@ def test_probe_logs_documented_arrays_and_scores(store, tmp_path):
 
 
 def test_probe_num_images_and_clamp(store, tmp_path, caplog):
-    five = run_probe(ProbeConfig(train_run_id=store["train_id"], num_images=5, device="cpu"))
+    five = run_probe(ProbeConfig(train_run_id=store["train_id"], num_images=5, device="cpu")).run_id
     arrays, meta = load_arrays(five, tmp_path / "a")
     assert arrays["channel_weights"].shape == (5, 128) and meta["indices"] == [0, 1, 2, 3, 4]
     with caplog.at_level("WARNING", logger="pipeline"):
-        clamped = run_probe(ProbeConfig(train_run_id=store["train_id"], num_images=10_000, device="cpu"))
+        clamped = run_probe(ProbeConfig(train_run_id=store["train_id"], num_images=10_000, device="cpu")).run_id
     assert "probing all 80" in caplog.text
     arrays, _ = load_arrays(clamped, tmp_path / "b")
     assert arrays["channel_weights"].shape[0] == 80

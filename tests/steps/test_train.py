@@ -18,7 +18,7 @@ def fake_config(**overrides):
 
 def test_train_logs_params_metrics_gate_values_gradients_and_best_checkpoint(tracking_uri, tmp_path):
     config = fake_config(activation="scaled_tanh", epochs=3)
-    run_id = run_train(config)
+    run_id = run_train(config).run_id
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -55,7 +55,7 @@ def test_train_logs_params_metrics_gate_values_gradients_and_best_checkpoint(tra
 
 
 def test_training_learns_the_fake_classes(tracking_uri):
-    run_id = run_train(fake_config(activation="sigmoid", epochs=3, lr=1e-3))
+    run_id = run_train(fake_config(activation="sigmoid", epochs=3, lr=1e-3)).run_id
     metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
     assert metrics["test_acc"] > 50.0  # chance is 10 %
 
@@ -63,7 +63,7 @@ def test_training_learns_the_fake_classes(tracking_uri):
 def test_parametric_and_alpha_gates_log_their_values(tracking_uri):
     client = mlflow.MlflowClient()
     for activation, key in (("parametric_sigmoid", "gate_temperature"), ("alpha_entmax", "gate_alpha")):
-        run_id = run_train(fake_config(activation=activation, epochs=1))
+        run_id = run_train(fake_config(activation=activation, epochs=1)).run_id
         history = client.get_metric_history(run_id, key)
         assert [m.step for m in history] == [0]
         assert history[0].value > (1.0 if key == "gate_alpha" else 0.0)

@@ -60,7 +60,7 @@ def wait_for_epochs(n_epochs: int, timeout: float = 120.0) -> str:
     raise AssertionError(f"no run reached {n_epochs} epochs in {timeout} s")
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_ends_killed_and_resume_equals_an_uninterrupted_run(sig, tracking_uri, tmp_path):
     args = [*FAKE, "--image-size", "64", "--epochs", "8", "--activation", "scaled_tanh", "--seed", "3"]
@@ -83,7 +83,7 @@ def test_interrupt_ends_killed_and_resume_equals_an_uninterrupted_run(sig, track
     assert "resuming train run" in resumed.stderr
 
     reference = run_train(TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=64,
-                                      epochs=8, activation="scaled_tanh", seed=3))
+                                      epochs=8, activation="scaled_tanh", seed=3)).run_id
     got, want = histories(run_id), histories(reference)
     assert set(got) == set(want)
     for key in want:
@@ -93,9 +93,9 @@ def test_interrupt_ends_killed_and_resume_equals_an_uninterrupted_run(sig, track
 def test_same_seed_same_device_gives_identical_metrics(tracking_uri):
     config = TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32, epochs=2,
                          activation="alpha_entmax", seed=5)
-    a, b = run_train(config), run_train(config)
+    a, b = run_train(config).run_id, run_train(config).run_id
     assert histories(a) == histories(b)
-    other = histories(run_train(TrainConfig(**{**config.to_dict(), "seed": 6})))
+    other = histories(run_train(TrainConfig(**{**config.to_dict(), "seed": 6})).run_id)
     assert other["train_loss"] != histories(a)["train_loss"]
 
 
@@ -116,7 +116,7 @@ def test_divergence_fails_the_run_with_one_line_and_keeps_the_last_good_checkpoi
 
 @pytest.fixture
 def finished_train_run(tracking_uri):
-    return run_train(TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32, epochs=1))
+    return run_train(TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32, epochs=1)).run_id
 
 
 def assert_one_line_error(result, expected):
@@ -176,7 +176,7 @@ def test_num_images_beyond_the_test_set_is_clamped_with_a_warning(finished_train
     assert probe.data.params["num_images_probed"] == "80"
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_shell_syntax_in_parameters_is_never_executed(tracking_uri, tmp_path):
     marker = tmp_path / "pwned"
     for name, value in (("activation", f"sigmoid; touch {marker}"), ("data_dir", f"$(touch {marker})"),

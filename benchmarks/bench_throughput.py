@@ -10,6 +10,9 @@
 Both train the same initial CBAM-ResNet18 (CBAM after layer4, sigmoid gate) with Adam at
 1e-3 and batch 64 (the notebook's protocol). Each measurement is repeated; the JSON holds
 the settings, the device, every repeat, the median and the spread, and the ratios.
+
+    python benchmarks/bench_throughput.py --device cpu --image-size 64 --out result.json
+    python -m pipeline benchmark ...   (the same, from the project checkout)
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ import torch
 from torch.nn import functional as F
 
 from pipeline.data import ImageSet
+from pipeline.devices import resolve_device
 from pipeline.models import CBAMResNet18, ModelConfig
-from pipeline.training import predict, resolve_device, train_one_epoch
+from pipeline.training import predict, train_one_epoch
 
 
 @dataclass(frozen=True)
@@ -215,3 +219,44 @@ def data_preparation_memory(n_images: int = 50_000, image_size: int = 224, batch
 def write_json(result: dict, path: str) -> None:
     with open(path, "w") as fh:
         json.dump(result, fh, indent=1, default=lambda o: float(o) if isinstance(o, np.floating) else str(o))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Images/s of the notebook's data path and ours, same model.")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=8, help="training steps per repeat")
+    parser.add_argument("--eval-images", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--amp", default="false", choices=("true", "false"), help="bf16 autocast on our path")
+    parser.add_argument("--no-data-memory", dest="data_memory", action="store_false",
+                        help="skip measuring 50,000 CIFAR-sized images held for 224-px training")
+    parser.add_argument("--out", default="benchmark.json", help="JSON file for the results")
+    args = parser.parse_args(argv)
+    for name in ("image_size", "batch_size", "train_steps", "eval_images", "repeats"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"Error: {name} must be positive, got {getattr(args, name)}")
+    from pipeline.devices import check_device
+    from pipeline.errors import PipelineError
+
+    try:
+        check_device(args.device)
+    except PipelineError as exc:
+        raise SystemExit(f"Error: {exc}") from None
+    config = BenchmarkConfig(device=args.device, image_size=args.image_size, batch_size=args.batch_size,
+                             train_steps=args.train_steps, eval_images=args.eval_images, repeats=args.repeats,
+                             amp=args.amp == "true")
+    result = run_benchmark(config)
+    if args.data_memory:
+        result["data_preparation"] = data_preparation_memory()
+    write_json(result, args.out)
+    keys = ("device", "notebook_train_ips", "ours_train_ips", "train_ratio", "notebook_eval_ips",
+            "ours_eval_ips", "eval_ratio", "peak_rss_mb")
+    print(json.dumps({k: result[k] for k in keys}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

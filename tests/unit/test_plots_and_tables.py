@@ -3,10 +3,7 @@ import pandas as pd
 import pytest
 
 from pipeline import plots
-from pipeline.steps.orchestrate import normalise
-from pipeline.steps.probe import ProbeConfig
 from pipeline.steps.report import Result, summary_table, to_latex, to_markdown
-from pipeline.config import TrainConfig
 
 
 def labelled_lines(ax):
@@ -91,13 +88,3 @@ def test_summary_table_mean_and_std_over_seeds_and_formats():
     assert "0.6 ± 0.14" in md
     tex = to_latex(table, "caption")
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"$\pm$" in tex
-
-
-def test_parameters_are_compared_after_normalising_types():
-    logged = {"image_size": "64.0", "epochs": "2", "lr": "1e-3", "amp": "False", "prepare_run_id": "''",
-              "activation": "swish", "dataset": "digits", "weights": "none"}
-    typed = {"image_size": 64, "epochs": 2, "lr": 0.001, "amp": False, "prepare_run_id": "",
-             "activation": "swish", "dataset": "digits", "weights": "none"}
-    assert normalise(TrainConfig, logged) == normalise(TrainConfig, typed)
-    assert normalise(TrainConfig, logged) != normalise(TrainConfig, {**typed, "epochs": 3})
-    assert normalise(ProbeConfig, {"train_run_id": "x", "num_images": "-1.0"})["num_images"] == -1

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.benchmark import PILDataset, data_preparation_memory, synthetic_images
+from bench_throughput import PILDataset, data_preparation_memory, synthetic_images
 from pipeline.data import to_model_input
 from conftest import run_cli
 

@@ -8,7 +8,6 @@ import pytest
 
 from conftest import REPO, all_runs
 
-pytestmark = pytest.mark.slow
 
 
 def mlflow_cli(*args, cwd, env, timeout=900):

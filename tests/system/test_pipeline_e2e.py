@@ -9,7 +9,6 @@ import pytest
 
 from conftest import REPO, all_runs
 
-pytestmark = pytest.mark.slow
 STEPS = ["prepare-data", "train", "probe-attention", "compute-metrics"]
 
 

@@ -18,16 +18,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from pipeline.config import StepConfig, check_choice
-from pipeline.data import DATASETS, Dataset, content_digest, load_dataset, split_validation
-from pipeline.errors import PipelineError
+from pipeline.config import PrepareConfig
+from pipeline.contracts import DATASET_DIGEST_TAG, DATASET_JSON, PREPARE_DATA, REUSE_KEY_TAG, VAL_INDICES, reuse_key
+from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_validation
 from pipeline.tracking import step_run
 
 log = logging.getLogger("pipeline")
 
-STEP = "prepare-data"
-VAL_INDICES = "split/val_indices.npy"
-DATASET_JSON = "dataset.json"
 SOURCES = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "digits": "sklearn.datasets.load_digits",
@@ -35,17 +32,11 @@ SOURCES = {
 }
 
 
-@dataclass(frozen=True)
-class PrepareConfig(StepConfig):
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    val_fraction: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self):
-        check_choice("dataset", self.dataset, DATASETS)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise PipelineError(f"val_fraction must be in (0, 1), exclusive, got {self.val_fraction}")
+@dataclass
+class PrepareResult:
+    run_id: str
+    splits: Splits  # what a train step in the same process uses directly
+    digest: str
 
 
 def _mlflow_dataset(dataset: Dataset, part: str, images, labels, digest: str):
@@ -58,8 +49,9 @@ def _mlflow_dataset(dataset: Dataset, part: str, images, labels, digest: str):
                                   name=f"{dataset.name}-{part}", digest=digest[:16])
 
 
-def run_prepare(config: PrepareConfig) -> str:
-    dataset = load_dataset(config.dataset, config.data_dir)
+def run_prepare(config: PrepareConfig, dataset: Dataset | None = None, run_name: str | None = None) -> PrepareResult:
+    """Run the step; ``dataset``: the loaded data when the caller has it already."""
+    dataset = dataset or load_dataset(config.dataset, config.data_dir)
     splits = split_validation(dataset, config.val_fraction, config.seed)
     digest = content_digest(dataset)
     identity = {
@@ -68,18 +60,17 @@ def run_prepare(config: PrepareConfig) -> str:
         "image_shape": list(dataset.train.images.shape[1:]), "val_fraction": config.val_fraction,
         "seed": config.seed,
     }
-    params = {**config.to_dict(), "train_size": len(splits.train), "val_size": len(splits.val),
+    params = {**config.params(), "train_size": len(splits.train), "val_size": len(splits.val),
               "test_size": len(dataset.test), "num_classes": len(dataset.classes)}
-    with step_run(STEP, params, tags={"pipeline.dataset_sha256": digest}) as run, \
+    tags = {DATASET_DIGEST_TAG: digest, REUSE_KEY_TAG: reuse_key(PREPARE_DATA, config.to_dict())}
+    with step_run(PREPARE_DATA, params, config.to_dict(), run_name=run_name, tags=tags) as run, \
             tempfile.TemporaryDirectory() as tmp:
         for part, data in (("train", splits.train), ("validation", splits.val), ("test", splits.test)):
             mlflow.log_input(_mlflow_dataset(dataset, part, data.images, data.labels, digest), context=part)
         (Path(tmp) / DATASET_JSON).write_text(json.dumps(identity, indent=1))
-        mlflow.log_artifact(str(Path(tmp) / DATASET_JSON))
-        split_dir = Path(tmp) / "split"
-        split_dir.mkdir()
-        np.save(split_dir / "val_indices.npy", splits.val_indices.numpy().astype(np.int64))
-        mlflow.log_artifacts(str(split_dir), "split")
+        (Path(tmp) / VAL_INDICES).parent.mkdir(parents=True)
+        np.save(Path(tmp) / VAL_INDICES, splits.val_indices.numpy().astype(np.int64))
+        mlflow.log_artifacts(tmp)
         log.info("prepare-data %s: %s, %d train / %d val / %d test, sha256 %s", run.info.run_id, dataset.name,
                  len(splits.train), len(splits.val), len(dataset.test), digest[:12])
-        return run.info.run_id
+        return PrepareResult(run.info.run_id, splits, digest)

@@ -20,7 +20,7 @@ class Attention:
 
 
 @torch.inference_mode()
-def probe_attention(model: CBAMResNet18, data: ImageSet, image_size: int, batch_size: int = 256,
+def read_attention(model: CBAMResNet18, data: ImageSet, image_size: int, batch_size: int = 256,
                     desc: str = "probe") -> Attention:
     """Pass ``data`` through ``model`` in batches and collect what its two gates output."""
     if model.cbam is None:

@@ -1,0 +1,140 @@
+"""What the steps promise each other: step names, artefact paths and tag keys, in one place.
+
+Steps read each other's outputs through these names, never by importing each other; the
+report and the docs' artefact table use the same list. Nothing here imports torch or MLflow.
+"""
+from __future__ import annotations
+
+# Step names: the click commands, the MLproject entry points and the ``pipeline.step`` tag.
+PREPARE_DATA = "prepare-data"
+TRAIN = "train"
+PROBE_ATTENTION = "probe-attention"
+COMPUTE_METRICS = "compute-metrics"
+MAIN = "main"
+SWEEP = "sweep"
+REPORT = "report"
+#: The chain that ``main`` runs, in order; each step's upstream is the one before it.
+CHAIN = (PREPARE_DATA, TRAIN, PROBE_ATTENTION, COMPUTE_METRICS)
+
+# Artefact paths, relative to the run's artefact root.
+CONFIG_JSON = "config.json"  # every step: its typed configuration
+DATASET_JSON = "dataset.json"  # prepare-data: name, sizes, classes, content digest
+VAL_INDICES = "split/val_indices.npy"  # prepare-data: int64 indices into the training set
+BEST_CHECKPOINT = "checkpoints/best.pt"  # train: best-by-val_acc weights + model config
+LAST_CHECKPOINT = "checkpoints/last.pt"  # train: everything needed to resume
+GRAD_FLOW = "gradients/grad_flow.json"  # train: mean |grad| per weight tensor per epoch
+ATTENTION_DIR = "attention"
+CHANNEL_WEIGHTS = "attention/channel_weights.npy"  # probe-attention: float32 (N, C)
+SPATIAL_MAPS = "attention/spatial_maps.npy"  # probe-attention: float16 (N, H, W)
+LABELS = "attention/labels.npy"  # probe-attention: int64 (N,)
+LOGITS = "attention/logits.npy"  # probe-attention: float32 (N, K)
+ATTENTION_META = "attention/meta.json"  # probe-attention: what was probed, with which model
+PER_CLASS_ACCURACY = "tables/per_class_accuracy.csv"  # probe-attention
+PER_IMAGE_METRICS = "metrics/per_image.csv"  # compute-metrics: one row per image
+METRICS_SUMMARY = "metrics/summary.csv"  # compute-metrics: one row per metric
+REPORT_DIR = "report"  # main, sweep, report: tables and figures
+
+#: The artefacts without which a finished run of a step cannot be reused.
+REQUIRED_ARTIFACTS = {
+    PREPARE_DATA: (DATASET_JSON, VAL_INDICES),
+    TRAIN: (BEST_CHECKPOINT, GRAD_FLOW),
+    PROBE_ATTENTION: (CHANNEL_WEIGHTS, SPATIAL_MAPS, LABELS, ATTENTION_META),
+    COMPUTE_METRICS: (METRICS_SUMMARY,),
+}
+
+# Tag keys.
+STEP_TAG = "pipeline.step"
+CODE_VERSION_TAG = "pipeline.code_version"  # hash of the sources the step depends on
+REUSE_KEY_TAG = "pipeline.reuse_key"  # hash of step, typed config, upstream run ids, code version
+DATASET_DIGEST_TAG = "pipeline.dataset_sha256"
+REUSED_STEPS_TAG = "pipeline.reused_steps"  # main: which steps were reused
+FAILED_TAG = "pipeline.failed"  # sweep: the configurations that failed
+UPSTREAM_TAGS = {  # tag naming the run of each step, set on the runs downstream of it and on main
+    PREPARE_DATA: "pipeline.prepare_run_id",
+    TRAIN: "pipeline.train_run_id",
+    PROBE_ATTENTION: "pipeline.probe_run_id",
+    COMPUTE_METRICS: "pipeline.metrics_run_id",
+}
+PARENT_RUN_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+
+
+# The reuse key -------------------------------------------------------------------------
+#: The module that implements each step; its code version covers what it imports, transitively.
+STEP_MODULES = {
+    PREPARE_DATA: "pipeline.steps.prepare_data",
+    TRAIN: "pipeline.steps.train",
+    PROBE_ATTENTION: "pipeline.steps.probe_attention",
+    COMPUTE_METRICS: "pipeline.steps.compute_metrics",
+    REPORT: "pipeline.steps.report",
+}
+
+
+def _module_file(package_root, module: str):
+    parts = module.split(".")[1:]
+    base = package_root.joinpath(*parts) if parts else package_root
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _pipeline_imports(path, package_root) -> set[str]:
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("pipeline")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == "pipeline":
+            found.add(node.module)
+            # `from pipeline.steps import train` imports a module, not a name
+            found |= {f"{node.module}.{a.name}" for a in node.names
+                      if _module_file(package_root, f"{node.module}.{a.name}") is not None}
+    return found
+
+
+def step_sources(step: str) -> list[str]:
+    """The package files ``step`` depends on: its module and everything it imports from the
+    package, transitively (imports inside functions included). Paths relative to the package."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    todo, seen = [STEP_MODULES[step]], set()
+    files = set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = _module_file(root, module)
+        if path is None:
+            continue
+        files.add(path)
+        todo += sorted(_pipeline_imports(path, root) - seen)
+    return sorted(p.relative_to(root).as_posix() for p in files)
+
+
+def code_version(step: str) -> str:
+    """SHA-256 (12 hex digits) of the sources ``step`` depends on: editing a plot leaves the
+    ``train`` code version as it is; editing the gates changes it."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for rel in step_sources(step):
+        h.update(rel.encode())
+        h.update((root / rel).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def reuse_key(step: str, config: dict) -> str:
+    """The identity of a step's result: its name, its typed configuration (which holds the ids
+    of its upstream runs) and its code version. A FINISHED run with the same key is reused."""
+    import hashlib
+    import json
+
+    payload = {"step": step, "config": config, "code_version": code_version(step)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]

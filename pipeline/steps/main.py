@@ -1,0 +1,114 @@
+"""``main``: one configuration's chain, prepare-data -> train -> probe-attention ->
+compute-metrics, in this process, each step a nested child run of the ``main`` run.
+
+The steps are called as functions and hand each other what they hold in memory (the loaded
+dataset and its split, the trained model, the probed arrays); each step still runs alone as a
+command from the ids of its upstream runs. A step is reused, not rerun, when a FINISHED run
+of it carries the same reuse key (:func:`pipeline.contracts.reuse_key`: the step's typed
+config, which names its upstream runs, and the code version of the modules it depends on)
+and still has its artefacts; ``rerun`` forces steps (and all downstream of them) to run again.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import mlflow
+
+from pipeline.config import MainConfig, MetricsConfig
+from pipeline.contracts import (
+    COMPUTE_METRICS,
+    MAIN,
+    PREPARE_DATA,
+    PROBE_ATTENTION,
+    REPORT_DIR,
+    REUSED_STEPS_TAG,
+    TRAIN,
+    UPSTREAM_TAGS,
+    reuse_key,
+)
+from pipeline.data import DatasetCache
+from pipeline.tracking import find_reusable_run, step_run
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class Chain:
+    """Runs or reuses the steps of one main run."""
+
+    experiment_id: str
+    forced: set[str]
+    label: str
+    run_ids: dict[str, str] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+
+    def step(self, step: str, config, run: Callable[[str], Any]) -> Any:
+        """The step's result object when it ran here, None when a finished run was reused."""
+        if step not in self.forced:
+            previous = find_reusable_run(step, reuse_key(step, config.to_dict()), self.experiment_id)
+            if previous is not None:
+                log.info("%s: reusing finished run %s (same configuration, upstream runs and code)",
+                         step, previous.info.run_id)
+                self.run_ids[step] = previous.info.run_id
+                self.reused.append(step)
+                return None
+        log.info("%s: %s", step, "running again (rerun)" if step in self.forced else "starting a new run")
+        result = run(f"{step} · {self.label}")
+        self.run_ids[step] = result if isinstance(result, str) else result.run_id
+        return result
+
+
+def run_main(config: MainConfig, datasets: DatasetCache | None = None, parent_run_id: str | None = None,
+             report: bool = True) -> str:
+    """Run the chain for one configuration; returns the main run's id. ``datasets``: a cache
+    shared with other configurations of the same process; ``report``: write this run's report
+    (a sweep writes one for all its configurations instead)."""
+    from pipeline.steps.compute_metrics import Probed, run_compute_metrics
+    from pipeline.steps.prepare_data import run_prepare
+    from pipeline.steps.probe_attention import run_probe
+    from pipeline.steps.train import run_train
+
+    datasets = datasets or DatasetCache()
+    t = config.train
+    with step_run(MAIN, config.params(), config.to_dict(), run_name=config.label(),
+                  parent_run_id=parent_run_id) as run:
+        chain = Chain(run.info.experiment_id, config.forced_steps(), config.label())
+        dataset = datasets.get(t.dataset, t.data_dir)
+
+        prepare_config = t.prepare()
+        prepared = chain.step(PREPARE_DATA, prepare_config,
+                              lambda name: run_prepare(prepare_config, dataset, run_name=name))
+
+        train_config = replace(t, prepare_run_id=chain.run_ids[PREPARE_DATA])
+        trained = chain.step(TRAIN, train_config, lambda name: run_train(
+            train_config, dataset=dataset, splits=prepared.splits if prepared else None, run_name=name))
+
+        probe_config = config.probe(chain.run_ids[TRAIN])
+        probed = chain.step(PROBE_ATTENTION, probe_config, lambda name: run_probe(
+            probe_config, model=trained.model if trained else None, dataset=dataset, run_name=name))
+
+        metrics_config = MetricsConfig(probe_run_id=chain.run_ids[PROBE_ATTENTION])
+        arrays = (Probed(probed.attention.channel_weights, probed.attention.spatial_maps, probed.labels, probed.meta)
+                  if probed else None)
+        chain.step(COMPUTE_METRICS, metrics_config,
+                   lambda name: run_compute_metrics(metrics_config, arrays, run_name=name))
+
+        metrics_id = chain.run_ids[COMPUTE_METRICS]
+        mlflow.set_tags({**{UPSTREAM_TAGS[s]: rid for s, rid in chain.run_ids.items()},
+                         REUSED_STEPS_TAG: ",".join(chain.reused) or "none"})
+        mlflow.log_metrics(mlflow.MlflowClient().get_run(metrics_id).data.metrics)
+        if report:
+            from pipeline.steps.report import write_report
+
+            out = Path(config.out) / f"main-{run.info.run_id}"
+            write_report([metrics_id], out, title=f"main run {run.info.run_id}")
+            mlflow.log_artifacts(str(out), REPORT_DIR)
+            where = f"; report in {out}"
+        else:
+            where = ""
+        log.info("main %s (%s): %d of 4 steps reused (%s)%s", run.info.run_id, config.label(), len(chain.reused),
+                 ", ".join(chain.reused) or "none", where)
+        return run.info.run_id
