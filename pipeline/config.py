@@ -25,7 +25,7 @@ MAX_IMAGE_SIZE = 1024
 SEED_MAX = 2**32 - 1  # numpy's seed range
 AUTO_FLAGS = ("auto", "true", "false")
 EXECUTORS = ("inline", "process")
-RERUNNABLE = contracts.CHAIN
+RERUNNABLE = (*contracts.CHAIN, contracts.REPORT)  # in order: a rerun reruns all after it
 
 
 def option(default, help: str = "", **kwargs):
@@ -242,7 +242,7 @@ class MainConfig(StepConfig):
     num_images: int = option(-1, "Test images to probe; -1: all.")
     out: str = option("out", "Local folder for the report files.")
     rerun: tuple[str, ...] = option((), "Steps to run again even if a finished run could be reused "
-                                    "(comma list of prepare-data, train, probe-attention, compute-metrics); "
+                                    "(comma list of prepare-data, train, probe-attention, compute-metrics, report); "
                                     "everything downstream of them runs again too.")
 
     def __post_init__(self):

@@ -33,6 +33,7 @@ PER_CLASS_ACCURACY = "tables/per_class_accuracy.csv"  # probe-attention
 PER_IMAGE_METRICS = "metrics/per_image.csv"  # compute-metrics: one row per image
 METRICS_SUMMARY = "metrics/summary.csv"  # compute-metrics: one row per metric
 REPORT_DIR = "report"  # main, sweep, report: tables and figures
+REPORT_SUMMARY = "report/summary.md"
 
 #: The artefacts without which a finished run of a step cannot be reused.
 REQUIRED_ARTIFACTS = {
@@ -40,6 +41,7 @@ REQUIRED_ARTIFACTS = {
     TRAIN: (BEST_CHECKPOINT, GRAD_FLOW),
     PROBE_ATTENTION: (CHANNEL_WEIGHTS, SPATIAL_MAPS, LABELS, ATTENTION_META),
     COMPUTE_METRICS: (METRICS_SUMMARY,),
+    REPORT: (REPORT_SUMMARY,),
 }
 
 # Tag keys.
@@ -48,6 +50,7 @@ CODE_VERSION_TAG = "pipeline.code_version"  # hash of the sources the step depen
 REUSE_KEY_TAG = "pipeline.reuse_key"  # hash of step, typed config, upstream run ids, code version
 DATASET_DIGEST_TAG = "pipeline.dataset_sha256"
 REUSED_STEPS_TAG = "pipeline.reused_steps"  # main: which steps were reused
+REPORT_KEY_TAG = "pipeline.report_key"  # main: reuse key of its report (metrics run + report code)
 FAILED_TAG = "pipeline.failed"  # sweep: the configurations that failed
 UPSTREAM_TAGS = {  # tag naming the run of each step, set on the runs downstream of it and on main
     PREPARE_DATA: "pipeline.prepare_run_id",
@@ -68,6 +71,11 @@ STEP_MODULES = {
     COMPUTE_METRICS: "pipeline.steps.compute_metrics",
     REPORT: "pipeline.steps.report",
 }
+
+
+#: Modules whose own imports are not followed: config imports the registries (gates, models,
+#: data) only to validate names, so a step does not depend on the gates through its config.
+LEAF_MODULES = ("pipeline.config",)
 
 
 def _module_file(package_root, module: str):
@@ -95,12 +103,13 @@ def _pipeline_imports(path, package_root) -> set[str]:
     return found
 
 
-def step_sources(step: str) -> list[str]:
+def step_sources(step: str, root=None) -> list[str]:
     """The package files ``step`` depends on: its module and everything it imports from the
-    package, transitively (imports inside functions included). Paths relative to the package."""
+    package, transitively (imports inside functions included). Paths relative to the package
+    folder ``root`` (default: this package)."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent
+    root = Path(root) if root is not None else Path(__file__).resolve().parent
     todo, seen = [STEP_MODULES[step]], set()
     files = set()
     while todo:
@@ -112,19 +121,20 @@ def step_sources(step: str) -> list[str]:
         if path is None:
             continue
         files.add(path)
-        todo += sorted(_pipeline_imports(path, root) - seen)
+        if module not in LEAF_MODULES:
+            todo += sorted(_pipeline_imports(path, root) - seen)
     return sorted(p.relative_to(root).as_posix() for p in files)
 
 
-def code_version(step: str) -> str:
+def code_version(step: str, root=None) -> str:
     """SHA-256 (12 hex digits) of the sources ``step`` depends on: editing a plot leaves the
     ``train`` code version as it is; editing the gates changes it."""
     import hashlib
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent
+    root = Path(root) if root is not None else Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for rel in step_sources(step):
+    for rel in step_sources(step, root):
         h.update(rel.encode())
         h.update((root / rel).read_bytes())
     return h.hexdigest()[:12]

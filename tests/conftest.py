@@ -51,6 +51,14 @@ def all_runs(uri: str):
     return client.search_runs([e.experiment_id for e in exps]) if exps else []
 
 
+def artifact_file(run_id: str, path: str) -> Path:
+    """The file behind an artefact of a run in a local store (to corrupt or delete it)."""
+    from urllib.parse import urlparse
+
+    root = mlflow.MlflowClient().get_run(run_id).info.artifact_uri
+    return Path(urlparse(root).path if root.startswith("file:") else root) / path
+
+
 def run_cli(*args: str, env: dict | None = None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
     """Run ``python -m pipeline ARGS`` as a user would, in a child process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -11,6 +11,8 @@ and still has its artefacts; ``rerun`` forces steps (and all downstream of them)
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -23,14 +25,18 @@ from pipeline.contracts import (
     MAIN,
     PREPARE_DATA,
     PROBE_ATTENTION,
+    REPORT,
     REPORT_DIR,
+    REPORT_KEY_TAG,
+    REPORT_SUMMARY,
     REUSED_STEPS_TAG,
+    STEP_TAG,
     TRAIN,
     UPSTREAM_TAGS,
     reuse_key,
 )
 from pipeline.data import DatasetCache
-from pipeline.tracking import find_reusable_run, step_run
+from pipeline.tracking import download_artifact, find_reusable_run, missing_artifacts, step_run
 
 log = logging.getLogger("pipeline")
 
@@ -61,6 +67,31 @@ class Chain:
         return result
 
 
+def write_main_report(metrics_id: str, out: Path, run_id: str, experiment_id: str, reuse: bool) -> None:
+    """The report of one main run, into ``out`` and the run's ``report/`` artefacts. The report
+    of the same compute-metrics run made by the same report code is copied from the main run
+    that made it rather than drawn again."""
+    from pipeline.steps.report import write_report
+
+    key = reuse_key(REPORT, {"metrics_run_id": metrics_id})
+    previous = None
+    if reuse:
+        query = f"tags.`{REPORT_KEY_TAG}` = '{key}' and tags.`{STEP_TAG}` = '{MAIN}'"
+        for candidate in mlflow.MlflowClient().search_runs([experiment_id], query,
+                                                            order_by=["attributes.start_time DESC"]):
+            if candidate.info.run_id != run_id and not missing_artifacts(candidate.info.run_id, [REPORT_SUMMARY]):
+                previous = candidate.info.run_id
+                break
+    if previous:
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copytree(download_artifact(previous, REPORT_DIR, tmp), out, dirs_exist_ok=True)
+        log.info("report: reusing the report of main run %s (same compute-metrics run and report code)", previous)
+    else:
+        write_report([metrics_id], out, title=f"compute-metrics run {metrics_id}")
+    mlflow.log_artifacts(str(out), REPORT_DIR)
+    mlflow.set_tag(REPORT_KEY_TAG, key)
+
+
 def run_main(config: MainConfig, datasets: DatasetCache | None = None, parent_run_id: str | None = None,
              report: bool = True) -> str:
     """Run the chain for one configuration; returns the main run's id. ``datasets``: a cache
@@ -76,19 +107,21 @@ def run_main(config: MainConfig, datasets: DatasetCache | None = None, parent_ru
     with step_run(MAIN, config.params(), config.to_dict(), run_name=config.label(),
                   parent_run_id=parent_run_id) as run:
         chain = Chain(run.info.experiment_id, config.forced_steps(), config.label())
-        dataset = datasets.get(t.dataset, t.data_dir)
+
+        def dataset():  # loaded (once per process) only if a step has to run
+            return datasets.get(t.dataset, t.data_dir)
 
         prepare_config = t.prepare()
         prepared = chain.step(PREPARE_DATA, prepare_config,
-                              lambda name: run_prepare(prepare_config, dataset, run_name=name))
+                              lambda name: run_prepare(prepare_config, dataset(), run_name=name))
 
         train_config = replace(t, prepare_run_id=chain.run_ids[PREPARE_DATA])
         trained = chain.step(TRAIN, train_config, lambda name: run_train(
-            train_config, dataset=dataset, splits=prepared.splits if prepared else None, run_name=name))
+            train_config, dataset=dataset(), splits=prepared.splits if prepared else None, run_name=name))
 
         probe_config = config.probe(chain.run_ids[TRAIN])
         probed = chain.step(PROBE_ATTENTION, probe_config, lambda name: run_probe(
-            probe_config, model=trained.model if trained else None, dataset=dataset, run_name=name))
+            probe_config, model=trained.model if trained else None, dataset=dataset(), run_name=name))
 
         metrics_config = MetricsConfig(probe_run_id=chain.run_ids[PROBE_ATTENTION])
         arrays = (Probed(probed.attention.channel_weights, probed.attention.spatial_maps, probed.labels, probed.meta)
@@ -100,15 +133,11 @@ def run_main(config: MainConfig, datasets: DatasetCache | None = None, parent_ru
         mlflow.set_tags({**{UPSTREAM_TAGS[s]: rid for s, rid in chain.run_ids.items()},
                          REUSED_STEPS_TAG: ",".join(chain.reused) or "none"})
         mlflow.log_metrics(mlflow.MlflowClient().get_run(metrics_id).data.metrics)
+        where = ""
         if report:
-            from pipeline.steps.report import write_report
-
             out = Path(config.out) / f"main-{run.info.run_id}"
-            write_report([metrics_id], out, title=f"main run {run.info.run_id}")
-            mlflow.log_artifacts(str(out), REPORT_DIR)
+            write_main_report(metrics_id, out, run.info.run_id, run.info.experiment_id, REPORT not in chain.forced)
             where = f"; report in {out}"
-        else:
-            where = ""
         log.info("main %s (%s): %d of 4 steps reused (%s)%s", run.info.run_id, config.label(), len(chain.reused),
                  ", ".join(chain.reused) or "none", where)
         return run.info.run_id

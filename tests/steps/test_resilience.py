@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import mlflow
 import pytest
@@ -14,7 +13,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.steps.train import run_train
 from cifar_files import write_cifar10
-from conftest import REPO, all_runs, run_cli
+from conftest import REPO, all_runs, artifact_file, run_cli
 
 FAKE = ["--dataset", "fake", "--weights", "none", "--device", "cpu", "--batch-size", "32"]
 
@@ -29,12 +28,6 @@ def histories(run_id):
             values[m.step] = m.value  # a resumed epoch logged twice keeps its (identical) last value
         out[key] = values
     return out
-
-
-def artifact_file(run_id, path) -> Path:
-    """The file behind an artefact of a run in the local store (for corrupting it)."""
-    root = mlflow.MlflowClient().get_run(run_id).info.artifact_uri
-    return Path(urlparse(root).path if root.startswith("file:") else root) / path
 
 
 def start_training(args, cwd):

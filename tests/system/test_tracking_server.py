@@ -110,7 +110,7 @@ def test_main_logs_everything_to_the_server(any_server, tmp_path):
         train = by_step["train"]
         expected = {"activation": "scaled_tanh", "position": "late", "dataset": "digits", "weights": "none",
                     "image_size": "64", "epochs": "2", "batch_size": "64", "lr": "0.001", "seed": "0",
-                    "val_fraction": "0.1", "device": "auto", "amp": "false", "data_dir": "data",
+                    "val_fraction": "0.1", "device": "auto", "amp": "false", "channels_last": "auto", "fused_adam": "auto", "data_dir": "data",
                     "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "1293", "val_size": "144",
                     "test_size": "360", "num_classes": "10"}
         assert train.data.params == expected

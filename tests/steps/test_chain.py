@@ -1,0 +1,113 @@
+"""main and sweep in this process: nested step runs, exact reuse, rerun, lost artefacts, the
+inline executor, and in-memory hand-offs that equal the artefact path."""
+import logging
+
+import mlflow
+import pytest
+
+from pipeline.config import MainConfig, MetricsConfig, SweepConfig
+from pipeline.contracts import CHAIN, CHANNEL_WEIGHTS, UPSTREAM_TAGS
+from pipeline.steps.compute_metrics import run_compute_metrics
+from pipeline.steps.main import run_main
+from pipeline.steps.sweep import run_sweep
+from conftest import all_runs, artifact_file
+
+FAST = dict(dataset="fake", weights="none", image_size=32, epochs=1, batch_size=32, device="cpu")
+
+
+def step_runs(uri):
+    return [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") in CHAIN]
+
+
+def children(uri, parent_id):
+    return {r.data.tags["pipeline.step"]: r for r in all_runs(uri)
+            if r.data.tags.get("mlflow.parentRunId") == parent_id}
+
+
+def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_uri, tmp_path, caplog):
+    config = MainConfig.from_options(activation="softmax", out=str(tmp_path / "out"), **FAST)
+    caplog.set_level(logging.INFO, logger="pipeline")
+    first = run_main(config)
+    client = mlflow.MlflowClient()
+    main = client.get_run(first)
+    assert main.info.status == "FINISHED" and main.data.tags["mlflow.runName"] == "late/softmax/seed0"
+    kids = children(tracking_uri, first)
+    assert set(kids) == set(CHAIN) and all(k.info.status == "FINISHED" for k in kids.values())
+    assert main.data.tags["pipeline.reused_steps"] == "none"
+    # the chain is wired by run ids, and main points at each step
+    assert kids["train"].data.params["prepare_run_id"] == kids["prepare-data"].info.run_id
+    assert kids["probe-attention"].data.params["train_run_id"] == kids["train"].info.run_id
+    assert kids["compute-metrics"].data.params["probe_run_id"] == kids["probe-attention"].info.run_id
+    for step, kid in kids.items():
+        assert main.data.tags[UPSTREAM_TAGS[step]] == kid.info.run_id
+        assert kid.data.tags["pipeline.reuse_key"] and kid.data.tags["pipeline.code_version"]
+    assert main.data.metrics["gini"] == kids["compute-metrics"].data.metrics["gini"]
+    # the probe saw the trained model: its accuracy is train's test accuracy on the same images
+    assert kids["probe-attention"].data.metrics["test_acc"] == pytest.approx(kids["train"].data.metrics["test_acc"])
+    assert (tmp_path / "out" / f"main-{first}" / "summary.md").is_file()
+
+    # again: all four reused, no new step run
+    caplog.clear()
+    second = run_main(config)
+    assert client.get_run(second).data.tags["pipeline.reused_steps"] == ",".join(CHAIN)
+    assert children(tracking_uri, second) == {}
+    assert caplog.text.count("reusing finished run") == 4
+    # the report of the same metrics run by the same report code is copied, not drawn again
+    assert f"reusing the report of main run {first}" in caplog.text
+    assert (tmp_path / "out" / f"main-{second}" / "summary.md").read_text() == \
+        (tmp_path / "out" / f"main-{first}" / "summary.md").read_text()
+    assert "report/summary.md" in {a.path for a in client.list_artifacts(second, "report")}
+
+    # rerun=train: prepare-data reused, train and everything downstream run again
+    third = run_main(MainConfig.from_options(activation="softmax", out=str(tmp_path / "out"), rerun=("train",),
+                                             **FAST))
+    assert client.get_run(third).data.tags["pipeline.reused_steps"] == "prepare-data"
+    rerun = children(tracking_uri, third)
+    assert set(rerun) == {"train", "probe-attention", "compute-metrics"}
+    assert rerun["train"].data.params["prepare_run_id"] == kids["prepare-data"].info.run_id
+    # same seed, same code: the retrained model is the same model
+    assert rerun["train"].data.metrics["test_loss"] == kids["train"].data.metrics["test_loss"]
+
+    # metrics computed from the arrays in memory equal metrics from the probe's artefacts
+    alone = client.get_run(run_compute_metrics(MetricsConfig(probe_run_id=kids["probe-attention"].info.run_id)))
+    for key, value in kids["compute-metrics"].data.metrics.items():
+        assert alone.data.metrics[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+
+
+def test_a_reused_run_whose_artefacts_are_gone_is_run_again(tracking_uri, tmp_path, caplog):
+    config = MainConfig.from_options(activation="sigmoid", out=str(tmp_path / "out"), **FAST)
+    first = run_main(config)
+    probe = children(tracking_uri, first)["probe-attention"]
+    artifact_file(probe.info.run_id, CHANNEL_WEIGHTS).unlink()
+    caplog.set_level(logging.INFO, logger="pipeline")
+    second = run_main(config)
+    assert f"finished run {probe.info.run_id} matches but has lost {CHANNEL_WEIGHTS}" in caplog.text
+    assert mlflow.MlflowClient().get_run(second).data.tags["pipeline.reused_steps"] == "prepare-data,train"
+    assert set(children(tracking_uri, second)) == {"probe-attention", "compute-metrics"}
+
+
+def test_inline_sweep_runs_every_configuration_under_one_sweep_run(tracking_uri, tmp_path):
+    config = SweepConfig.from_options(activations=("sigmoid", "swish"), positions=("late", "none"),
+                                      out=str(tmp_path / "out"), **FAST)
+    sweep_id = run_sweep(config)
+    client = mlflow.MlflowClient()
+    sweep = client.get_run(sweep_id)
+    assert sweep.info.status == "FINISHED"
+    assert sweep.data.params["activations"] == "sigmoid,swish" and "activation" not in sweep.data.params
+    mains = {r.data.tags["mlflow.runName"]: r for r in all_runs(tracking_uri)
+             if r.data.tags.get("mlflow.parentRunId") == sweep_id}
+    status = {name: r.info.status for name, r in mains.items()}
+    # position none has no attention to probe: those configurations fail, the others go on
+    assert status == {"late/sigmoid/seed0": "FINISHED", "late/swish/seed0": "FINISHED",
+                      "none/sigmoid/seed0": "FAILED", "none/swish/seed0": "FAILED"}
+    assert sweep.data.metrics["failed_configurations"] == 2
+    assert sweep.data.tags["pipeline.failed"] == "none/sigmoid/seed0,none/swish/seed0"
+    # one prepare-data run serves every configuration (same data, split and seed)
+    assert set(children(tracking_uri, mains["late/sigmoid/seed0"].info.run_id)) == set(CHAIN)
+    assert set(children(tracking_uri, mains["late/swish/seed0"].info.run_id)) == set(CHAIN[1:])
+    assert mains["late/swish/seed0"].data.tags["pipeline.reused_steps"] == "prepare-data"
+    assert len([r for r in step_runs(tracking_uri) if r.data.tags["pipeline.step"] == "prepare-data"]) == 1
+    assert all(r.info.status != "RUNNING" for r in all_runs(tracking_uri))
+    table = (tmp_path / "out" / f"sweep-{sweep_id}" / "summary.md").read_text()
+    assert [line.split("|")[2].strip() for line in table.splitlines() if line.startswith("| late")] == \
+        ["sigmoid", "swish"]

@@ -1,0 +1,140 @@
+"""One home for configuration: MLproject, the CLI and the logged parameters all come from the
+config classes; the reuse key follows the code each step depends on."""
+import shutil
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+from pipeline import config as cfg
+from pipeline.cli import cli
+from pipeline.contracts import code_version, reuse_key, step_sources
+from pipeline.errors import PipelineError
+from conftest import REPO
+
+REQUIRED = {("probe-attention", "train_run_id"), ("compute-metrics", "probe_run_id")}
+
+
+def mlproject():
+    return yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+
+
+def as_mlflow_default(value):
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return value
+
+
+def test_every_entry_point_is_a_config_with_the_same_parameters_and_defaults():
+    entry_points = mlproject()
+    assert set(entry_points) == set(cfg.STEP_CONFIGS)
+    for step, config_cls in cfg.STEP_CONFIGS.items():
+        declared = entry_points[step]["parameters"]
+        fields = {f.name: f for f in cfg.flat_fields(config_cls)}
+        assert list(declared) == list(fields), step
+        for name, spec in declared.items():
+            if (step, name) in REQUIRED:
+                assert "default" not in spec, (step, name)
+                continue
+            default = spec["default"]
+            want = as_mlflow_default(fields[name].default)
+            if fields[name].type in (int, float):
+                assert spec["type"] == "float" and float(default) == float(want), (step, name)
+            else:
+                assert spec["type"] == "string" and str(default) == str(want), (step, name)
+        command = entry_points[step]["command"]
+        assert command.startswith(f"python -m pipeline {step} ")
+        for name in fields:  # every parameter reaches its option, and nothing else is passed
+            assert f"--{name.replace('_', '-')} {{{name}}}" in command, (step, name)
+        assert command.count("{") == len(fields)
+
+
+def test_every_command_has_exactly_the_options_of_its_config():
+    for step, config_cls in cfg.STEP_CONFIGS.items():
+        command = cli.commands[step]
+        visible = {p.name for p in command.params if isinstance(p, click.Option) and not p.hidden}
+        extra = {"resume_run_id"} if step == "train" else set()
+        assert visible == {f.name for f in cfg.flat_fields(config_cls)} | extra, step
+        for param in command.params:
+            if param.name in {f.name for f in cfg.flat_fields(config_cls)}:
+                assert param.help, (step, param.name)
+
+
+def test_the_sweep_logs_its_lists_and_no_single_configuration():
+    sweep = cfg.SweepConfig.from_options(activations=("swish", "softmax"), seeds=(0, 1), dataset="digits",
+                                         weights="none", image_size=64, epochs=2)
+    params = sweep.params()
+    assert params["activations"] == ("swish", "softmax") and params["seeds"] == (0, 1)
+    assert not {"activation", "position", "seed", "prepare_run_id"} & set(params)
+    labels = [c.label() for c in sweep.configurations()]
+    assert labels == ["late/swish/seed0", "late/swish/seed1", "late/softmax/seed0", "late/softmax/seed1"]
+    first = sweep.configurations()[0]
+    assert (first.train.dataset, first.train.image_size, first.train.epochs) == ("digits", 64, 2)
+    assert "prepare_run_id" not in first.params()
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"activations": ()}, "activations is empty"),
+    ({"activations": ("swish", "swish")}, "lists a value twice"),
+    ({"activations": ("relu",)}, "unknown activation 'relu'"),
+    ({"positions": ("top",)}, "unknown position 'top'"),
+    ({"seeds": (-1,)}, "seed must be in [0, 4294967295], got -1"),
+    ({"executor": "threads"}, "unknown executor 'threads'; valid: inline, process"),
+    ({"jobs": 0}, "jobs must be at least 1"),
+    ({"rerun": ("sweep",)}, "unknown rerun step 'sweep'"),
+])
+def test_bad_sweep_values_are_one_line_errors(options, message):
+    with pytest.raises(PipelineError) as info:
+        cfg.SweepConfig.from_options(weights="none", **options)
+    assert message in str(info.value)
+
+
+def test_rerun_forces_the_named_steps_and_everything_downstream():
+    def forced(*steps):
+        return cfg.MainConfig.from_options(weights="none", rerun=steps).forced_steps()
+
+    assert forced() == set()
+    assert forced("train") == {"train", "probe-attention", "compute-metrics", "report"}
+    assert forced("compute-metrics", "probe-attention") == {"probe-attention", "compute-metrics", "report"}
+    assert forced("prepare-data") == {"prepare-data", "train", "probe-attention", "compute-metrics", "report"}
+    assert forced("report") == {"report"}
+
+
+def test_the_reuse_key_changes_with_config_and_upstream_run():
+    train = cfg.TrainConfig(weights="none", dataset="digits", prepare_run_id="a")
+    key = reuse_key("train", train.to_dict())
+    assert key == reuse_key("train", cfg.TrainConfig(weights="none", dataset="digits", prepare_run_id="a").to_dict())
+    assert key != reuse_key("train", cfg.TrainConfig(weights="none", dataset="digits", prepare_run_id="b").to_dict())
+    assert key != reuse_key("train", cfg.TrainConfig(weights="none", dataset="digits", prepare_run_id="a",
+                                                     epochs=6).to_dict())
+    assert key != reuse_key("probe-attention", train.to_dict())
+
+
+def test_each_step_depends_on_the_code_it_imports_and_no_more():
+    assert "plots.py" not in step_sources("train") and "steps/report.py" not in step_sources("train")
+    assert {"gates.py", "models.py", "training.py", "steps/train.py", "data.py"} <= set(step_sources("train"))
+    assert "gates.py" in step_sources("probe-attention")
+    assert "gates.py" not in step_sources("compute-metrics") and "metrics.py" in step_sources("compute-metrics")
+    assert "gates.py" not in step_sources("prepare-data")
+    assert "plots.py" in step_sources("report")
+
+
+def test_editing_a_plot_keeps_the_train_code_version_and_editing_a_gate_changes_it(tmp_path):
+    package = tmp_path / "pipeline"
+    shutil.copytree(REPO / "pipeline", package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = {step: code_version(step, package) for step in ("train", "report", "compute-metrics")}
+    assert before["train"] == code_version("train")  # the copy is the same code
+
+    plots = package / "plots.py"
+    plots.write_text(plots.read_text().replace('"""', '"""Edited docstring. ', 1))
+    after_plot = {step: code_version(step, package) for step in before}
+    assert after_plot["train"] == before["train"] and after_plot["compute-metrics"] == before["compute-metrics"]
+    assert after_plot["report"] != before["report"]
+
+    gates = package / "gates.py"
+    gates.write_text(gates.read_text() + "\n# an edit\n")
+    assert code_version("train", package) != before["train"]
+    assert code_version("compute-metrics", package) == before["compute-metrics"]
