@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline import contracts
@@ -54,18 +55,26 @@ def check_val_fraction(value: float) -> None:
 
 
 def check_device(device: str) -> None:
+    if device in ("auto", "cpu"):  # no torch needed to know these
+        return
     from pipeline.devices import check_device as check
 
     check(device)
 
 
-def _registries():
-    # imported on use: pipeline.config stays importable without torch for the CLI's --help
-    from pipeline.data import DATASETS
-    from pipeline.gates import GATES
-    from pipeline.models import POSITIONS, check_weights
-
-    return DATASETS, GATES, POSITIONS, check_weights
+def check_weights(weights: str) -> None:
+    """A weights name from :data:`~pipeline.contracts.WEIGHTS` or the path of an existing file;
+    one-line error else."""
+    if weights in contracts.WEIGHTS:
+        return
+    path = Path(weights)
+    if not path.exists():
+        raise PipelineError(
+            f"unknown weights {weights!r}; valid: {', '.join(contracts.WEIGHTS)}, or the path of a local "
+            "ResNet18 state-dict file"
+        )
+    if not path.is_file():
+        raise PipelineError(f"weights path {weights!r} is a directory, not a state-dict file")
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,7 @@ class PrepareConfig(StepConfig):
     seed: int = option(0, "Seed of the validation split (and of training, in train).")
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, _registries()[0])
+        check_choice("dataset", self.dataset, contracts.DATASET_NAMES)
         check_val_fraction(self.val_fraction)
         check_seed("seed", self.seed)
 
@@ -180,10 +189,9 @@ class TrainConfig(StepConfig):
     prepare_run_id: str = option("", "Use the split of this finished prepare-data run (default: split here).")
 
     def __post_init__(self):
-        datasets, gates, positions, check_weights = _registries()
-        check_choice("activation", self.activation, gates)
-        check_choice("position", self.position, positions)
-        check_choice("dataset", self.dataset, datasets)
+        check_choice("activation", self.activation, contracts.GATE_NAMES)
+        check_choice("position", self.position, contracts.POSITIONS)
+        check_choice("dataset", self.dataset, contracts.DATASET_NAMES)
         check_weights(self.weights)
         if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
             raise PipelineError(
@@ -281,9 +289,8 @@ class SweepConfig(StepConfig):
     main: MainConfig = field(default_factory=MainConfig)
 
     def __post_init__(self):
-        _, gates, positions, _ = _registries()
-        for name, values, valid in (("activations", self.activations, gates),
-                                    ("positions", self.positions, positions), ("seeds", self.seeds, None)):
+        for name, values, valid in (("activations", self.activations, contracts.GATE_NAMES),
+                                    ("positions", self.positions, contracts.POSITIONS), ("seeds", self.seeds, None)):
             if not values:
                 raise PipelineError(f"{name} is empty; give a comma-separated list")
             if len(set(values)) != len(values):

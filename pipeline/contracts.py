@@ -5,6 +5,22 @@ report and the docs' artefact table use the same list. Nothing here imports torc
 """
 from __future__ import annotations
 
+# Registry names: the vocabulary of the configs, importable without torch (a fully reused
+# chain never imports it). The factories live beside their code: pipeline.gates.GATES and
+# pipeline.data.DATASETS hold exactly these names (tests/unit/test_config.py checks it).
+GATE_NAMES = ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigmoid", "swish", "entmax15",
+              "alpha_entmax")
+DATASET_NAMES = ("cifar10", "digits", "fake")
+#: position name -> (ResNet18 stage after which CBAM sits, its channel count)
+POSITIONS: dict[str, tuple[str | None, int]] = {
+    "early": ("layer1", 64),
+    "middle": ("layer2", 128),
+    "late": ("layer4", 512),
+    "none": (None, 0),
+}
+#: Named backbone weights; anything else is taken as the path of a local state-dict file.
+WEIGHTS = ("imagenet", "none")
+
 # Step names: the click commands, the MLproject entry points and the ``pipeline.step`` tag.
 PREPARE_DATA = "prepare-data"
 TRAIN = "train"

@@ -16,20 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.config import check_weights
+from pipeline.contracts import POSITIONS, WEIGHTS  # noqa: F401  (re-exported: the registries of this module)
 from pipeline.errors import PipelineError, one_line
 from pipeline.gates import GATES, create_gate
-
-#: position name -> (ResNet18 stage after which CBAM sits, its channel count)
-POSITIONS: dict[str, tuple[str | None, int]] = {
-    "early": ("layer1", 64),
-    "middle": ("layer2", 128),
-    "late": ("layer4", 512),
-    "none": (None, 0),
-}
-
-#: Named backbone weights; anything else is taken as the path of a local state-dict file.
-WEIGHTS = ("imagenet", "none")
-
 
 class ChannelAttention(nn.Module):
     def __init__(self, channels: int, activation: str, reduction: int = 16):
@@ -119,20 +109,6 @@ class CBAMResNet18(nn.Module):
     def gate(self):
         """The channel gate module, or None without CBAM."""
         return self.cbam.channel.gate if self.cbam is not None else None
-
-
-def check_weights(weights: str) -> None:
-    """A weights name from :data:`WEIGHTS` or the path of an existing file; one-line error else."""
-    if weights in WEIGHTS:
-        return
-    path = Path(weights)
-    if not path.exists():
-        raise PipelineError(
-            f"unknown weights {weights!r}; valid: {', '.join(WEIGHTS)}, or the path of a local "
-            "ResNet18 state-dict file"
-        )
-    if not path.is_file():
-        raise PipelineError(f"weights path {weights!r} is a directory, not a state-dict file")
 
 
 def load_backbone(weights: str) -> nn.Module:

@@ -43,7 +43,8 @@ CARRIED_METRICS = ("test_acc", "test_top5", "test_map")
 
 @dataclass
 class Probed:
-    """What a probe-attention run recorded, as arrays (from memory or its artefacts)."""
+    """What a probe-attention run recorded, as arrays: loaded from its artefacts here, or the
+    probe step's own result (which has the same fields) when it ran in this process."""
 
     channel_weights: np.ndarray  # (N, C) float32
     spatial_maps: np.ndarray  # (N, H, W) float16

@@ -10,6 +10,7 @@ and still has its artefacts; ``rerun`` forces steps (and all downstream of them)
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import tempfile
@@ -35,10 +36,23 @@ from pipeline.contracts import (
     UPSTREAM_TAGS,
     reuse_key,
 )
-from pipeline.data import DatasetCache
 from pipeline.tracking import download_artifact, find_reusable_run, missing_artifacts, step_run
 
 log = logging.getLogger("pipeline")
+
+
+def lazy(module: str, function: str) -> Callable:
+    """A step function imported when first called: a fully reused chain never imports torch."""
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+
+    return call
+
+
+run_prepare = lazy("pipeline.steps.prepare_data", "run_prepare")
+run_train = lazy("pipeline.steps.train", "run_train")
+run_probe = lazy("pipeline.steps.probe_attention", "run_probe")
+run_compute_metrics = lazy("pipeline.steps.compute_metrics", "run_compute_metrics")
 
 
 @dataclass
@@ -71,8 +85,6 @@ def write_main_report(metrics_id: str, out: Path, run_id: str, experiment_id: st
     """The report of one main run, into ``out`` and the run's ``report/`` artefacts. The report
     of the same compute-metrics run made by the same report code is copied from the main run
     that made it rather than drawn again."""
-    from pipeline.steps.report import write_report
-
     key = reuse_key(REPORT, {"metrics_run_id": metrics_id})
     previous = None
     if reuse:
@@ -87,28 +99,29 @@ def write_main_report(metrics_id: str, out: Path, run_id: str, experiment_id: st
             shutil.copytree(download_artifact(previous, REPORT_DIR, tmp), out, dirs_exist_ok=True)
         log.info("report: reusing the report of main run %s (same compute-metrics run and report code)", previous)
     else:
+        from pipeline.steps.report import write_report
+
         write_report([metrics_id], out, title=f"compute-metrics run {metrics_id}")
     mlflow.log_artifacts(str(out), REPORT_DIR)
     mlflow.set_tag(REPORT_KEY_TAG, key)
 
 
-def run_main(config: MainConfig, datasets: DatasetCache | None = None, parent_run_id: str | None = None,
+def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_run_id: str | None = None,
              report: bool = True) -> str:
     """Run the chain for one configuration; returns the main run's id. ``datasets``: a cache
     shared with other configurations of the same process; ``report``: write this run's report
     (a sweep writes one for all its configurations instead)."""
-    from pipeline.steps.compute_metrics import Probed, run_compute_metrics
-    from pipeline.steps.prepare_data import run_prepare
-    from pipeline.steps.probe_attention import run_probe
-    from pipeline.steps.train import run_train
-
-    datasets = datasets or DatasetCache()
     t = config.train
     with step_run(MAIN, config.params(), config.to_dict(), run_name=config.label(),
                   parent_run_id=parent_run_id) as run:
         chain = Chain(run.info.experiment_id, config.forced_steps(), config.label())
 
         def dataset():  # loaded (once per process) only if a step has to run
+            nonlocal datasets
+            if datasets is None:
+                from pipeline.data import DatasetCache
+
+                datasets = DatasetCache()
             return datasets.get(t.dataset, t.data_dir)
 
         prepare_config = t.prepare()
@@ -124,10 +137,8 @@ def run_main(config: MainConfig, datasets: DatasetCache | None = None, parent_ru
             probe_config, model=trained.model if trained else None, dataset=dataset(), run_name=name))
 
         metrics_config = MetricsConfig(probe_run_id=chain.run_ids[PROBE_ATTENTION])
-        arrays = (Probed(probed.attention.channel_weights, probed.attention.spatial_maps, probed.labels, probed.meta)
-                  if probed else None)
         chain.step(COMPUTE_METRICS, metrics_config,
-                   lambda name: run_compute_metrics(metrics_config, arrays, run_name=name))
+                   lambda name: run_compute_metrics(metrics_config, probed, run_name=name))
 
         metrics_id = chain.run_ids[COMPUTE_METRICS]
         mlflow.set_tags({**{UPSTREAM_TAGS[s]: rid for s, rid in chain.run_ids.items()},

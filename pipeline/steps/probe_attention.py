@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.attention_hooks import Attention, read_attention
+from pipeline.attention_hooks import read_attention
 from pipeline.checkpoint import load_model
 from pipeline.config import ProbeConfig
 from pipeline.contracts import (
@@ -48,9 +48,14 @@ log = logging.getLogger("pipeline")
 
 @dataclass
 class ProbeResult:
+    """The run and what it recorded, as compute-metrics reads it (``channel_weights``,
+    ``spatial_maps`` as stored, ``labels``, ``meta``)."""
+
     run_id: str
-    attention: Attention
-    labels: np.ndarray
+    channel_weights: np.ndarray  # (N, C) float32
+    spatial_maps: np.ndarray  # (N, H, W) float16
+    labels: np.ndarray  # (N,) int64
+    logits: np.ndarray  # (N, K) float32
     meta: dict
 
 
@@ -129,7 +134,7 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         log.info("probe %s: %d images, channel weights %s, spatial maps %s; test_acc %.2f%% test_map %.4f",
                  run.info.run_id, n, attention.channel_weights.shape, attention.spatial_maps.shape,
                  scores.acc, test_map)
-        # spatial maps as stored (float16), so that metrics from memory equal metrics from the artefact
-        stored = Attention(attention.channel_weights.astype(np.float32),
-                           attention.spatial_maps.astype(np.float16), attention.logits.astype(np.float32))
-        return ProbeResult(run.info.run_id, stored, labels.astype(np.int64), meta)
+        # the arrays as stored (maps in float16), so metrics from memory equal metrics from the artefacts
+        return ProbeResult(run.info.run_id, attention.channel_weights.astype(np.float32),
+                           attention.spatial_maps.astype(np.float16), labels.astype(np.int64),
+                           attention.logits.astype(np.float32), meta)

@@ -63,6 +63,25 @@ def test_every_command_has_exactly_the_options_of_its_config():
                 assert param.help, (step, param.name)
 
 
+def test_the_registry_names_the_configs_check_are_the_registries():
+    from pipeline import contracts, data, gates, models
+
+    assert tuple(gates.GATES) == contracts.GATE_NAMES
+    assert tuple(data.DATASETS) == contracts.DATASET_NAMES
+    assert models.POSITIONS is contracts.POSITIONS and models.WEIGHTS is contracts.WEIGHTS
+
+
+def test_validating_a_config_does_not_import_torch():
+    """A fully reused chain needs no torch: its 2 s import is a quarter of a reused main."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline import cli, config; from pipeline.steps import main; "
+            "config.SweepConfig.from_options(weights='none', dataset='digits'); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.stdout.strip() == "False", result.stderr
+
+
 def test_the_sweep_logs_its_lists_and_no_single_configuration():
     sweep = cfg.SweepConfig.from_options(activations=("swish", "softmax"), seeds=(0, 1), dataset="digits",
                                          weights="none", image_size=64, epochs=2)
