@@ -117,15 +117,17 @@ class ProcessExecutor:
     def __init__(self, jobs: int):
         self.jobs = jobs
 
-    def environment(self, experiment_id: str, slot: int, gpus: int) -> dict[str, str]:
+    def environment(self, config: MainConfig, experiment_id: str, slot: int, gpus: int) -> dict[str, str]:
         import mlflow
 
         env = {k: v for k, v in os.environ.items()
                if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")}
         env.update(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), MLFLOW_EXPERIMENT_ID=experiment_id,
                    PYTHONUNBUFFERED="1")
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+        if gpus and config.train.device in ("auto", "cuda"):  # an explicit cuda:N is the user's choice
+            visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+            ids = visible if len(visible) == gpus else [str(i) for i in range(gpus)]
+            env["CUDA_VISIBLE_DEVICES"] = ids[slot % gpus]  # one GPU per worker slot
         elif "OMP_NUM_THREADS" not in os.environ:
             # parallel CPU jobs share the cores: without this each takes all of them, and
             # oversubscription makes a training step many times slower
@@ -147,7 +149,7 @@ class ProcessExecutor:
                 while pending and free:
                     config, slot = pending.pop(0), free.pop(0)
                     process = subprocess.Popen(main_command(config, parent_run_id),
-                                               env=self.environment(experiment_id, slot, gpus),
+                                               env=self.environment(config, experiment_id, slot, gpus),
                                                stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
                     running.append(Worker(config, process, slot))
                     log.info("sweep: %s started in worker process %d", config.label(), process.pid)
