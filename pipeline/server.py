@@ -21,7 +21,7 @@ from pipeline.errors import PipelineError, one_line
 
 DEFAULT_HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0
-REACHABLE_TIMEOUT_S = 5.0
+REACHABLE_TIMEOUT_S = 4.0
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -39,7 +39,7 @@ def health(uri: str, timeout: float = REACHABLE_TIMEOUT_S) -> bool:
 
 
 def check_reachable(uri: str, attempts: int = 2, timeout: float = REACHABLE_TIMEOUT_S) -> None:
-    """For an http(s) tracking URI, fail within ``attempts * timeout`` seconds (10 s by default)
+    """For an http(s) tracking URI, fail within ``attempts * timeout`` seconds (8 s by default)
     with a one-line error when the server does not answer, instead of MLflow's minutes of
     retries. Other URIs (sqlite, file) need no server."""
     if not uri.startswith(("http://", "https://")):

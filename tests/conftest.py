@@ -25,11 +25,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.system)
 
 
+def _threads_per_worker() -> int:
+    """The cores each pytest-xdist worker may use (all of them without xdist): the suite runs
+    tests side by side, and torch threads beyond the cores only fight each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path_factory):
     # Never download: datasets and weights fail at once instead of reaching the network.
     monkeypatch.setenv("PIPELINE_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    if "PYTEST_XDIST_WORKER" in os.environ:  # processes the tests start share the worker's cores
+        monkeypatch.setenv("OMP_NUM_THREADS", str(_threads_per_worker()))
+        import torch
+
+        torch.set_num_threads(_threads_per_worker())
 
 
 @pytest.fixture

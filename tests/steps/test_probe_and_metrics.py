@@ -15,6 +15,8 @@ from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
 from conftest import all_runs
 
+pytestmark = pytest.mark.xdist_group("probe_store")  # one worker builds the module's train run
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):

@@ -56,7 +56,7 @@ def wait_for_epochs(n_epochs: int, timeout: float = 120.0) -> str:
 @pytest.mark.system
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_ends_killed_and_resume_equals_an_uninterrupted_run(sig, tracking_uri, tmp_path):
-    args = [*FAKE, "--image-size", "64", "--epochs", "8", "--activation", "scaled_tanh", "--seed", "3"]
+    args = [*FAKE, "--image-size", "32", "--epochs", "8", "--activation", "scaled_tanh", "--seed", "3"]
     proc = start_training(args, tmp_path)
     run_id = wait_for_epochs(2)
     proc.send_signal(sig)
@@ -75,7 +75,7 @@ def test_interrupt_ends_killed_and_resume_equals_an_uninterrupted_run(sig, track
     assert client.get_run(run_id).info.status == "FINISHED"
     assert "resuming train run" in resumed.stderr
 
-    reference = run_train(TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=64,
+    reference = run_train(TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32,
                                       epochs=8, activation="scaled_tanh", seed=3)).run_id
     got, want = histories(run_id), histories(reference)
     assert set(got) == set(want)

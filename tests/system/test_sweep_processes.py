@@ -16,6 +16,9 @@ FAKE = ["--dataset", "fake", "--weights", "none", "--device", "cpu"]
 
 
 def sweep_env(uri: str) -> dict:
+    # create the store's tables now: a child process and this test's polling creating them at
+    # once race in MLflow's SQLite schema set-up
+    mlflow.MlflowClient(uri).search_experiments()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PIPELINE_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
     return env
@@ -35,17 +38,21 @@ def session_processes(sid: int) -> list[int]:
     return alive
 
 
-def wait_for_training(uri: str, runs: int, timeout: float = 240.0) -> None:
+def wait_for_training(uri: str, runs: int, process: subprocess.Popen, timeout: float = 240.0) -> None:
     """Until ``runs`` train runs are RUNNING and each has finished at least one epoch."""
     client = mlflow.MlflowClient(uri)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep ended early with code {process.returncode}: {process.stderr.read()[-3000:]}")
         training = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "train"
                     and r.info.status == "RUNNING"]
         if len(training) >= runs and all(client.get_metric_history(r.info.run_id, "val_acc") for r in training):
             return
         time.sleep(0.5)
-    raise AssertionError(f"fewer than {runs} train runs got through an epoch in {timeout} s")
+    process.kill()
+    raise AssertionError(f"fewer than {runs} train runs got through an epoch in {timeout} s: "
+                         f"{process.stderr.read()[-3000:]}")
 
 
 def test_process_executor_runs_each_configuration_in_a_worker(tracking_uri, tmp_path):
@@ -79,7 +86,7 @@ def test_sigterm_to_the_top_process_leaves_nothing_running(executor, tracking_ur
         cwd=tmp_path, env=sweep_env(tracking_uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
-        wait_for_training(tracking_uri, jobs)
+        wait_for_training(tracking_uri, jobs, top)
         top.send_signal(signal.SIGTERM)
         top.wait(30)
         deadline = time.monotonic() + 15
@@ -105,7 +112,7 @@ def test_ctrl_c_ends_every_interrupted_run_killed(tracking_uri, tmp_path):
         cwd=tmp_path, env=sweep_env(tracking_uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
-        wait_for_training(tracking_uri, 2)
+        wait_for_training(tracking_uri, 2, proc)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
