@@ -84,11 +84,11 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     )
     logging.getLogger("pipeline").setLevel(logging.DEBUG if verbose else logging.INFO)
     if ctx.invoked_subcommand not in NO_TRACKING_COMMANDS and "--help" not in sys.argv and "-h" not in sys.argv:
-        import mlflow
-
         from pipeline.server import check_reachable
 
-        check_reachable(mlflow.get_tracking_uri())
+        # before importing MLflow (seconds): a server that does not answer fails at once; without
+        # the variable the store is MLflow's local default, which needs no server
+        check_reachable(os.environ.get("MLFLOW_TRACKING_URI", ""))
 
 
 @cli.command(TRAIN)
@@ -171,11 +171,12 @@ def report(**options) -> None:
               help="Interface to bind. Anything but loopback exposes the server: put auth and TLS in front.")
 @click.option("--backend-store-uri", default="",
               help="Backend store instead of SQLite, e.g. postgresql://user:pass@127.0.0.1:5432/mlflow.")
-def server(port: int, store: str, host: str, backend_store_uri: str) -> None:
+@click.option("--workers", type=INT, default=4, show_default=True, help="Web worker processes of the server.")
+def server(port: int, store: str, host: str, backend_store_uri: str, workers: int) -> None:
     """Start a real MLflow tracking server and keep it running until Ctrl-C."""
     from pipeline.server import serve
 
-    serve(port, store, host, backend_store_uri)
+    serve(port, store, host, backend_store_uri, workers)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -22,6 +22,7 @@ from pipeline.errors import PipelineError, one_line
 DEFAULT_HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0
 REACHABLE_TIMEOUT_S = 4.0
+DEFAULT_WORKERS = 4  # MLflow's own default
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -84,8 +85,11 @@ class TrackingServer:
 
 
 def start_server(store: str | Path, port: int, host: str = DEFAULT_HOST,
-                 backend_store_uri: str | None = None, timeout: float = START_TIMEOUT_S) -> TrackingServer:
-    """Start ``mlflow server`` and return once it answers ``/health``."""
+                 backend_store_uri: str | None = None, timeout: float = START_TIMEOUT_S,
+                 workers: int = DEFAULT_WORKERS) -> TrackingServer:
+    """Start ``mlflow server`` with ``workers`` web workers and return once it answers
+    ``/health``. MLflow's job runner (huey consumers for its GenAI scorers and trace roll-ups,
+    three more processes) stays off unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` is set."""
     store = Path(store).resolve()
     store.mkdir(parents=True, exist_ok=True)
     backend = backend_store_uri or f"sqlite:///{store / 'mlflow.db'}"
@@ -93,10 +97,13 @@ def start_server(store: str | Path, port: int, host: str = DEFAULT_HOST,
     artifacts.mkdir(exist_ok=True)
     log_path = store / f"server-{port}.log"
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-               "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port)]
+               "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
+               "--workers", str(workers)]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     with open(log_path, "ab") as log_file:
         # its own process group: Ctrl-C reaches us, and we stop all its workers together
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=env)
     uri = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     server = TrackingServer(process, uri, store, log_path)
     deadline = time.monotonic() + timeout
@@ -112,14 +119,17 @@ def start_server(store: str | Path, port: int, host: str = DEFAULT_HOST,
     raise PipelineError(f"mlflow server did not answer {uri}/health within {timeout:.0f} s (log: {log_path})")
 
 
-def serve(port: int, store: str, host: str = DEFAULT_HOST, backend_store_uri: str = "") -> None:
+def serve(port: int, store: str, host: str = DEFAULT_HOST, backend_store_uri: str = "",
+          workers: int = DEFAULT_WORKERS) -> None:
     """The ``server`` command: start the server, print the URI to export, and keep it running
     until Ctrl-C or SIGTERM, then stop it with all its workers."""
     import click
 
     if not 1 <= port <= 65535:
         raise PipelineError(f"port must be in [1, 65535], got {port}")
-    running = start_server(store, port, host, backend_store_uri or None)
+    if workers < 1:
+        raise PipelineError(f"workers must be at least 1, got {workers}")
+    running = start_server(store, port, host, backend_store_uri or None, workers=workers)
     click.echo(f"MLflow tracking server running (pid {running.process.pid}), log: {running.log_path}", err=True)
     click.echo(f"export MLFLOW_TRACKING_URI={running.uri}")
     try:

@@ -75,7 +75,8 @@ def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_
 
 
 def test_a_reused_run_whose_artefacts_are_gone_is_run_again(tracking_uri, tmp_path, caplog):
-    config = MainConfig.from_options(activation="sigmoid", out=str(tmp_path / "out"), **FAST)
+    # on the real digits data (1,797 images), at 32 px to keep it quick
+    config = MainConfig.from_options(activation="sigmoid", out=str(tmp_path / "out"), **{**FAST, "dataset": "digits"})
     first = run_main(config)
     probe = children(tracking_uri, first)["probe-attention"]
     artifact_file(probe.info.run_id, CHANNEL_WEIGHTS).unlink()

@@ -56,7 +56,7 @@ def wait_for_epochs(n_epochs: int, timeout: float = 120.0) -> str:
 @pytest.mark.system
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_ends_killed_and_resume_equals_an_uninterrupted_run(sig, tracking_uri, tmp_path):
-    args = [*FAKE, "--image-size", "32", "--epochs", "8", "--activation", "scaled_tanh", "--seed", "3"]
+    args = [*FAKE, "--image-size", "32", "--epochs", "6", "--activation", "scaled_tanh", "--seed", "3"]
     proc = start_training(args, tmp_path)
     run_id = wait_for_epochs(2)
     proc.send_signal(sig)
@@ -67,7 +67,7 @@ def test_interrupt_ends_killed_and_resume_equals_an_uninterrupted_run(sig, track
     assert f"python -m pipeline train --resume-run-id {run_id}" in err
     assert err.strip().splitlines()[-1] == "Error: interrupted"
     done_before = len(client.get_metric_history(run_id, "val_acc"))
-    assert 2 <= done_before < 8
+    assert 2 <= done_before < 6
 
     resumed = run_cli("train", "--resume-run-id", run_id, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -76,7 +76,7 @@ def test_interrupt_ends_killed_and_resume_equals_an_uninterrupted_run(sig, track
     assert "resuming train run" in resumed.stderr
 
     reference = run_train(TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32,
-                                      epochs=8, activation="scaled_tanh", seed=3)).run_id
+                                      epochs=6, activation="scaled_tanh", seed=3)).run_id
     got, want = histories(run_id), histories(reference)
     assert set(got) == set(want)
     for key in want:

@@ -1,5 +1,5 @@
 """The MLproject entry points run with `mlflow run`, as a user runs them, on the fake data at 64 px
-(the README's digits command runs in test_pipeline_e2e.py)."""
+(the real digits data goes through the chain in tests/steps/test_chain.py)."""
 import os
 import subprocess
 

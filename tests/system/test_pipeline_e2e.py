@@ -32,7 +32,7 @@ def children(uri, parent_id):
 def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_env):
     uri, env, tmp = project_env["uri"], project_env["env"], project_env["tmp"]
     out = tmp / "out"
-    args = ["-P", "activation=swish", "-P", "dataset=digits", "-P", "weights=none", "-P", "image_size=64",
+    args = ["-P", "activation=swish", "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=64",
             "-P", "epochs=2", "-P", f"out={out}"]
     first = mlflow_run(*args, cwd=tmp, env=env)
     assert first.returncode == 0, first.stderr[-4000:]
@@ -49,7 +49,7 @@ def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_e
     assert by_step["compute-metrics"].data.params["probe_run_id"] == by_step["probe-attention"].info.run_id
     # the dataset identity is logged as MLflow dataset inputs
     inputs = by_step["prepare-data"].inputs.dataset_inputs
-    assert {i.dataset.name for i in inputs} == {"digits-train", "digits-validation", "digits-test"}
+    assert {i.dataset.name for i in inputs} == {"fake-train", "fake-validation", "fake-test"}
     # the report: local files and artefacts of the parent run
     report_dir = out / f"main-{parent.info.run_id}"
     for name in ("summary.md", "summary.csv", "summary.tex", "kde_late.pdf", "kde_late.png", "radar_late.png",

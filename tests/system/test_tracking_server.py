@@ -33,14 +33,14 @@ def require(condition: bool, what: str):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with start_server(tmp_path_factory.mktemp("server"), free_port()) as running:
+    with start_server(tmp_path_factory.mktemp("server"), free_port(), workers=2) as running:
         yield running
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_server(request, tmp_path_factory):
     if request.param == "sqlite":
-        with start_server(tmp_path_factory.mktemp("server-sqlite"), free_port()) as running:
+        with start_server(tmp_path_factory.mktemp("server-sqlite"), free_port(), workers=2) as running:
             yield running
         return
     admin_uri = os.environ.get(POSTGRES_ENV)
@@ -52,7 +52,7 @@ def any_server(request, tmp_path_factory):
     admin.cursor().execute(f"CREATE DATABASE {name}")
     backend = admin_uri.rsplit("/", 1)[0] + f"/{name}"
     try:
-        with start_server(tmp_path_factory.mktemp("server-pg"), free_port(), backend_store_uri=backend) as running:
+        with start_server(tmp_path_factory.mktemp("server-pg"), free_port(), backend_store_uri=backend, workers=2) as running:
             yield running
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -71,7 +71,7 @@ def runs_of(uri: str, experiment: str):
 
 def test_server_command_prints_the_uri_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "server", "--port", str(port), "--store",
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "server", "--port", str(port), "--workers", "1", "--store",
                              str(tmp_path / "store")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().strip()  # printed once /health answers
