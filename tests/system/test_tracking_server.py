@@ -96,7 +96,7 @@ def test_main_logs_everything_to_the_server(any_server, tmp_path):
     env = client_env(uri, experiment)
     result = subprocess.run(
         ["mlflow", "run", str(REPO), "--env-manager", "local", "-P", "activation=scaled_tanh", "-P", "dataset=fake",
-         "-P", "weights=none", "-P", "image_size=64", "-P", "epochs=2", "-P", f"out={tmp_path / 'out'}"],
+         "-P", "weights=none", "-P", "image_size=32", "-P", "epochs=2", "-P", f"out={tmp_path / 'out'}"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
     mlflow.set_tracking_uri(uri)
@@ -109,7 +109,7 @@ def test_main_logs_everything_to_the_server(any_server, tmp_path):
         assert {r.data.tags.get("mlflow.parentRunId") for r in runs if r.data.tags["pipeline.step"] in STEPS} == {main_id}
         train = by_step["train"]
         expected = {"activation": "scaled_tanh", "position": "late", "dataset": "fake", "weights": "none",
-                    "image_size": "64", "epochs": "2", "batch_size": "64", "lr": "0.001", "seed": "0",
+                    "image_size": "32", "epochs": "2", "batch_size": "64", "lr": "0.001", "seed": "0",
                     "val_fraction": "0.1", "device": "auto", "amp": "false", "channels_last": "auto", "fused_adam": "auto", "data_dir": "data",
                     "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "288", "val_size": "32",
                     "test_size": "80", "num_classes": "10"}
@@ -215,7 +215,7 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
     env = client_env(server.uri, experiment)
     result = subprocess.run(
         ["mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local", "-P", "activations=sigmoid,swish",
-         "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=64", "-P", "epochs=1",
+         "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=32", "-P", "epochs=1",
          "-P", f"out={tmp_path / 'out'}"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
     runs = runs_of(server.uri, experiment)
