@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import mlflow
 
@@ -37,6 +37,9 @@ from pipeline.contracts import (
     reuse_key,
 )
 from pipeline.tracking import download_artifact, find_reusable_run, missing_artifacts, step_run
+
+if TYPE_CHECKING:
+    from pipeline.data import DatasetCache
 
 log = logging.getLogger("pipeline")
 

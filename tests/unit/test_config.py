@@ -1,7 +1,6 @@
 """One home for configuration: MLproject, the CLI and the logged parameters all come from the
 config classes; the reuse key follows the code each step depends on."""
 import shutil
-from pathlib import Path
 
 import click
 import pytest
