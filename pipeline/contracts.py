@@ -5,6 +5,8 @@ report and the docs' artefact table use the same list. Nothing here imports torc
 """
 from __future__ import annotations
 
+import functools
+
 # Registry names: the vocabulary of the configs, importable without torch (a fully reused
 # chain never imports it). The factories live beside their code: pipeline.gates.GATES and
 # pipeline.data.DATASETS hold exactly these names (tests/unit/test_config.py checks it).
@@ -144,11 +146,25 @@ def step_sources(step: str, root=None) -> list[str]:
 
 def code_version(step: str, root=None) -> str:
     """SHA-256 (12 hex digits) of the sources ``step`` depends on: editing a plot leaves the
-    ``train`` code version as it is; editing the gates changes it."""
+    ``train`` code version as it is; editing the gates changes it. For this package (``root``
+    None) it is computed once per process: the running code does not change under it."""
+    if root is None:
+        return _installed_code_version(step)
+    return _hash_sources(step, root)
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_code_version(step: str) -> str:
+    from pathlib import Path
+
+    return _hash_sources(step, Path(__file__).resolve().parent)
+
+
+def _hash_sources(step: str, root) -> str:
     import hashlib
     from pathlib import Path
 
-    root = Path(root) if root is not None else Path(__file__).resolve().parent
+    root = Path(root)
     h = hashlib.sha256()
     for rel in step_sources(step, root):
         h.update(rel.encode())

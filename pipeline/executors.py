@@ -81,18 +81,19 @@ class InlineExecutor:
             except Exception as exc:  # the failed runs are marked FAILED by step_run; go on
                 if not isinstance(exc, PipelineError):
                     log.exception("%s failed", config.label())
-                outcome = Outcome(config.label(), "FAILED", failed_main_run(parent_run_id, config.label()),
-                                  one_line(exc))
+                outcome = Outcome(config.label(), "FAILED",
+                                  failed_main_run(parent_run_id, experiment_id, config.label()), one_line(exc))
             outcomes.append(outcome)
             on_done(outcome)
         return outcomes
 
 
-def failed_main_run(parent_run_id: str, label: str) -> str:
+def failed_main_run(parent_run_id: str, experiment_id: str, label: str) -> str:
+    """The id of the (failed or killed) main run ``label`` under the sweep run, "" if none started."""
     import mlflow
 
     runs = mlflow.MlflowClient().search_runs(
-        [mlflow.get_run(parent_run_id).info.experiment_id],
+        [experiment_id],
         f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`mlflow.runName` = '{label}'",
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else ""
@@ -163,7 +164,7 @@ class ProcessExecutor:
                         outcome = Outcome(worker.config.label(), "FINISHED", lines[-1])
                     else:
                         outcome = Outcome(worker.config.label(), "KILLED" if code in (130, -2, -15) else "FAILED",
-                                          failed_main_run(parent_run_id, worker.config.label()),
+                                          failed_main_run(parent_run_id, experiment_id, worker.config.label()),
                                           f"worker exited with code {code}")
                     outcomes.append(outcome)
                     on_done(outcome)
