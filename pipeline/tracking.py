@@ -123,10 +123,11 @@ def missing_artifacts(run_id: str, paths) -> list[str]:
     return missing
 
 
-def find_reusable_run(step: str, key: str, experiment_id: str):
-    """The newest FINISHED run of ``step`` with this reuse key whose artefacts are all still
-    there, or None (a run with lost artefacts is passed over, and the log says so)."""
-    query = f"tags.`{REUSE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'"
+def find_reusable_run(step: str, key: str, experiment_id: str, tag: str = REUSE_KEY_TAG):
+    """The newest FINISHED run whose ``tag`` (the step's reuse key by default) is ``key`` and
+    whose required artefacts are all still there, or None (a run with lost artefacts is passed
+    over, and the log says so)."""
+    query = f"tags.`{tag}` = '{key}' and attributes.status = 'FINISHED'"
     for run in mlflow.MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"]):
         lost = missing_artifacts(run.info.run_id, contracts.REQUIRED_ARTIFACTS.get(step, ()))
         if not lost:

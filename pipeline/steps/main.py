@@ -29,14 +29,12 @@ from pipeline.contracts import (
     REPORT,
     REPORT_DIR,
     REPORT_KEY_TAG,
-    REPORT_SUMMARY,
     REUSED_STEPS_TAG,
-    STEP_TAG,
     TRAIN,
     UPSTREAM_TAGS,
     reuse_key,
 )
-from pipeline.tracking import download_artifact, find_reusable_run, missing_artifacts, step_run
+from pipeline.tracking import download_artifact, find_reusable_run, step_run
 
 if TYPE_CHECKING:
     from pipeline.data import DatasetCache
@@ -84,19 +82,13 @@ class Chain:
         return result
 
 
-def write_main_report(metrics_id: str, out: Path, run_id: str, experiment_id: str, reuse: bool) -> None:
+def write_main_report(metrics_id: str, out: Path, experiment_id: str, reuse: bool) -> None:
     """The report of one main run, into ``out`` and the run's ``report/`` artefacts. The report
-    of the same compute-metrics run made by the same report code is copied from the main run
-    that made it rather than drawn again."""
+    of the same compute-metrics run made by the same report code is copied from the finished
+    main run that made it (tag ``pipeline.report_key``) rather than drawn again."""
     key = reuse_key(REPORT, {"metrics_run_id": metrics_id})
-    previous = None
-    if reuse:
-        query = f"tags.`{REPORT_KEY_TAG}` = '{key}' and tags.`{STEP_TAG}` = '{MAIN}'"
-        for candidate in mlflow.MlflowClient().search_runs([experiment_id], query,
-                                                            order_by=["attributes.start_time DESC"]):
-            if candidate.info.run_id != run_id and not missing_artifacts(candidate.info.run_id, [REPORT_SUMMARY]):
-                previous = candidate.info.run_id
-                break
+    found = find_reusable_run(REPORT, key, experiment_id, tag=REPORT_KEY_TAG) if reuse else None
+    previous = found.info.run_id if found else None
     if previous:
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copytree(download_artifact(previous, REPORT_DIR, tmp), out, dirs_exist_ok=True)
@@ -150,7 +142,7 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
         where = ""
         if report:
             out = Path(config.out) / f"main-{run.info.run_id}"
-            write_main_report(metrics_id, out, run.info.run_id, run.info.experiment_id, REPORT not in chain.forced)
+            write_main_report(metrics_id, out, run.info.experiment_id, REPORT not in chain.forced)
             where = f"; report in {out}"
         log.info("main %s (%s): %d of 4 steps reused (%s)%s", run.info.run_id, config.label(), len(chain.reused),
                  ", ".join(chain.reused) or "none", where)
