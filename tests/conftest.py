@@ -7,6 +7,8 @@ is the quick local loop."""
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if system in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.system)
+    # the longest tests first: pytest-xdist hands tests out in this order, and a minute-long
+    # system test started last would leave the other worker idle while it runs
+    items.sort(key=lambda item: item.get_closest_marker("system") is None)
 
 
 def _threads_per_worker() -> int:
@@ -45,10 +50,27 @@ def _offline(monkeypatch, tmp_path_factory):
         torch.set_num_threads(_threads_per_worker())
 
 
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory) -> Path:
+    """An sqlite store with MLflow's tables, made once per worker (its schema migrations take ~2 s)."""
+    path = tmp_path_factory.mktemp("store_template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def tracking_uri(tmp_path, monkeypatch) -> str:
-    """A fresh sqlite tracking store (artefacts beside it), active for this process and children."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def tracking_uri(tmp_path, monkeypatch, _empty_store) -> str:
+    """A fresh sqlite tracking store (artefacts beside it), active for this process and children.
+
+    The store exists, with its tables, before the test starts a process: a child and the test
+    creating the schema at once race in MLflow's SQLite set-up."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_empty_store, db)
+    with sqlite3.connect(db) as con:  # the Default experiment's artefacts go beside this store
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                    (str(tmp_path / "mlruns" / "0"),))
+    con.close()
+    uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # the default artefact root ./mlruns lands in tmp_path
     mlflow.set_tracking_uri(uri)

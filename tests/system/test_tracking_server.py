@@ -37,12 +37,8 @@ def server(tmp_path_factory):
         yield running
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_server(request, tmp_path_factory):
-    if request.param == "sqlite":
-        with start_server(tmp_path_factory.mktemp("server-sqlite"), free_port(), workers=2) as running:
-            yield running
-        return
+@pytest.fixture
+def postgres_server(tmp_path_factory):
     admin_uri = os.environ.get(POSTGRES_ENV)
     require(bool(admin_uri), f"PostgreSQL ({POSTGRES_ENV})")
     import psycopg
@@ -91,50 +87,57 @@ def test_server_command_prints_the_uri_and_stops_on_ctrl_c(tmp_path):
     assert not health(f"http://127.0.0.1:{port}", timeout=2)  # its workers are gone too
 
 
-def test_main_logs_everything_to_the_server(any_server, tmp_path):
-    uri, experiment = any_server.uri, "main-on-server"
+def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst: Path, activation: str):
+    """Everything a main chain logs reached the server, and comes back through it: the nested
+    step runs, the train run's parameters and per-epoch metrics (2 epochs), the probe's arrays,
+    the metrics, and the report (of ``report_run_id``), downloaded with ``mlflow artifacts``."""
+    client = mlflow.MlflowClient(uri)
+    main_id = main_run.info.run_id
+    children = client.search_runs([main_run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{main_id}'")
+    by_step = {r.data.tags.get("pipeline.step"): r for r in children}
+    assert set(by_step) == set(STEPS) and all(r.info.status == "FINISHED" for r in children)
+    train = by_step["train"]
+    expected = {"activation": activation, "position": "late", "dataset": "fake", "weights": "none",
+                "image_size": "32", "epochs": "2", "batch_size": "64", "lr": "0.001", "seed": "0",
+                "val_fraction": "0.1", "device": "auto", "amp": "false", "channels_last": "auto", "fused_adam": "auto",
+                "data_dir": "data", "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "288",
+                "val_size": "32", "test_size": "80", "num_classes": "10"}
+    assert train.data.params == expected
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert [m.step for m in client.get_metric_history(train.info.run_id, key)] == [0, 1], key
+    assert {"test_acc", "test_top5", "test_loss"} <= set(train.data.metrics)
+    probe_id = by_step["probe-attention"].info.run_id
+    names = {a.path for a in client.list_artifacts(probe_id, "attention")}
+    assert names == {f"attention/{n}" for n in ("channel_weights.npy", "spatial_maps.npy", "labels.npy",
+                                                "logits.npy", "meta.json")}
+    report = {a.path for a in client.list_artifacts(report_run_id, "report")}
+    assert {"report/summary.md", "report/kde_late.pdf", "report/spatial_maps_late.png"} <= report
+    assert {"gini", "entropy", "test_map"} <= set(by_step["compute-metrics"].data.metrics)
+    for run_id, path in ((probe_id, "attention"), (report_run_id, "report")):
+        done = subprocess.run(["mlflow", "artifacts", "download", "--run-id", run_id, "--artifact-path", path,
+                               "--dst-path", str(dst)], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    weights = np.load(dst / "attention" / "channel_weights.npy")
+    assert weights.shape == (80, 512) and weights.dtype == np.float32
+    assert (dst / "report" / "summary.md").read_text().count(f"| late | {activation} |") == 1
+    return by_step
+
+
+def test_main_logs_everything_to_a_postgresql_backed_server(postgres_server, tmp_path):
+    # the SQLite-backed server gets the same checks in the MLflow UI test, on a sweep's chain
+    uri, experiment = postgres_server.uri, "main-on-server"
     env = client_env(uri, experiment)
     result = subprocess.run(
         ["mlflow", "run", str(REPO), "--env-manager", "local", "-P", "activation=scaled_tanh", "-P", "dataset=fake",
          "-P", "weights=none", "-P", "image_size=32", "-P", "epochs=2", "-P", f"out={tmp_path / 'out'}"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
-    mlflow.set_tracking_uri(uri)
-    try:
-        client = mlflow.MlflowClient(uri)
-        runs = runs_of(uri, experiment)
-        by_step = {r.data.tags.get("pipeline.step"): r for r in runs}
-        assert set(by_step) == {"main", *STEPS} and all(r.info.status == "FINISHED" for r in runs)
-        main_id = by_step["main"].info.run_id
-        assert {r.data.tags.get("mlflow.parentRunId") for r in runs if r.data.tags["pipeline.step"] in STEPS} == {main_id}
-        train = by_step["train"]
-        expected = {"activation": "scaled_tanh", "position": "late", "dataset": "fake", "weights": "none",
-                    "image_size": "32", "epochs": "2", "batch_size": "64", "lr": "0.001", "seed": "0",
-                    "val_fraction": "0.1", "device": "auto", "amp": "false", "channels_last": "auto", "fused_adam": "auto", "data_dir": "data",
-                    "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "288", "val_size": "32",
-                    "test_size": "80", "num_classes": "10"}
-        assert train.data.params == expected
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "gate_scale"):
-            assert [m.step for m in client.get_metric_history(train.info.run_id, key)] == [0, 1], key
-        assert {"test_acc", "test_top5", "test_loss"} <= set(train.data.metrics)
-        probe_id = by_step["probe-attention"].info.run_id
-        names = {a.path for a in client.list_artifacts(probe_id, "attention")}
-        assert names == {f"attention/{n}" for n in ("channel_weights.npy", "spatial_maps.npy", "labels.npy",
-                                                    "logits.npy", "meta.json")}
-        report = {a.path for a in client.list_artifacts(main_id, "report")}
-        assert {"report/summary.md", "report/kde_late.pdf", "report/spatial_maps_late.png"} <= report
-        assert {"gini", "entropy", "test_map"} <= set(by_step["compute-metrics"].data.metrics)
-        # and `mlflow artifacts download` brings them back through the server
-        dst = tmp_path / "download"
-        for run_id, path in ((probe_id, "attention"), (main_id, "report")):
-            done = subprocess.run(["mlflow", "artifacts", "download", "--run-id", run_id, "--artifact-path", path,
-                                   "--dst-path", str(dst)], capture_output=True, text=True, env=env, timeout=300)
-            assert done.returncode == 0, done.stderr[-2000:]
-        weights = np.load(dst / "attention" / "channel_weights.npy")
-        assert weights.shape == (80, 512) and weights.dtype == np.float32
-        assert (dst / "report" / "summary.md").read_text().count("| late | scaled_tanh |") == 1
-    finally:
-        mlflow.set_tracking_uri(None)
+    runs = runs_of(uri, experiment)
+    [main] = [r for r in runs if r.data.tags.get("pipeline.step") == "main"]
+    assert len(runs) == 5 and main.info.status == "FINISHED"
+    by_step = check_chain_on_server(uri, env, main, main.info.run_id, tmp_path / "download", "scaled_tanh")
+    client = mlflow.MlflowClient(uri)
+    assert [m.step for m in client.get_metric_history(by_step["train"].info.run_id, "gate_scale")] == [0, 1]
 
 
 def test_eight_train_runs_log_at_once(server, tmp_path):
@@ -214,14 +217,18 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
     experiment = "ui-sweep"
     env = client_env(server.uri, experiment)
     result = subprocess.run(
-        ["mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local", "-P", "activations=sigmoid,swish",
-         "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=32", "-P", "epochs=1",
+        ["mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local", "-P", "activations=scaled_tanh,swish",
+         "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=32", "-P", "epochs=2",
          "-P", f"out={tmp_path / 'out'}"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
     runs = runs_of(server.uri, experiment)
     mains = {r.info.run_name: r for r in runs if r.data.tags.get("pipeline.step") == "main"}
-    assert set(mains) == {"late/sigmoid/seed0", "late/swish/seed0"}
+    assert set(mains) == {"late/scaled_tanh/seed0", "late/swish/seed0"}
     experiment_id = runs[0].info.experiment_id
+    # the SQLite-backed server holds the whole chain of a configuration, and the sweep's report
+    [sweep] = [r for r in runs if r.data.tags.get("pipeline.step") == "sweep"]
+    check_chain_on_server(server.uri, env, mains["late/scaled_tanh/seed0"], sweep.info.run_id, tmp_path / "download",
+                          "scaled_tanh")
     shots = Path(os.environ.get("PIPELINE_SCREENSHOTS", tmp_path / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
 
@@ -230,17 +237,17 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
         # the sweep's runs in the experiment's run table
         driver.get(f"{server.uri}/#/experiments/{experiment_id}/runs")
         wait_for_text(driver, "Run Name")
-        wait_for_text(driver, "sweep late x sigmoid,swish")
+        wait_for_text(driver, "sweep late x scaled_tanh,swish")
         # the sweep's configurations are child runs, folded under it: unfold them
         expanders = driver.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
         assert expanders, "no expander next to the sweep run"
         expanders[0].click()
         body = wait_for_text(driver, "late/swish/seed0")
-        assert "late/sigmoid/seed0" in body
+        assert "late/scaled_tanh/seed0" in body
         driver.save_screenshot(str(shots / "runs.png"))
 
         # the comparison of the two configurations
-        ids = [mains["late/sigmoid/seed0"].info.run_id, mains["late/swish/seed0"].info.run_id]
+        ids = [mains["late/scaled_tanh/seed0"].info.run_id, mains["late/swish/seed0"].info.run_id]
         driver.get(f"{server.uri}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment_id])}")
         body = wait_for_text(driver, "Comparing 2 Runs")
         body = wait_for_text(driver, "gini")
@@ -248,7 +255,7 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
         (shots / "compare.txt").write_text(body)
         # run names, parameters, and the project's metrics with their logged values (the UI's
         # metric table is virtualised: the first rows are rendered, alphabetically)
-        for name in ("late/sigmoid/seed0", "late/swish/seed0", "activation", "Metrics", "avg_score", "entropy",
+        for name in ("late/scaled_tanh/seed0", "late/swish/seed0", "activation", "Metrics", "avg_score", "entropy",
                      "entropy_std", "first_image/entropy", "gini"):
             assert name in body, name
         for run in mains.values():
