@@ -25,9 +25,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if system in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.system)
-    # the longest tests first: pytest-xdist hands tests out in this order, and a minute-long
-    # system test started last would leave the other worker idle while it runs
-    items.sort(key=lambda item: item.get_closest_marker("system") is None)
 
 
 def _threads_per_worker() -> int:

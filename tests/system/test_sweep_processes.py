@@ -44,7 +44,9 @@ def wait_for_training(uri: str, runs: int, process: subprocess.Popen, timeout: f
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"the sweep ended early with code {process.returncode}: {process.stderr.read()[-3000:]}")
+            err = process.stderr.read().replace("\r", "\n")
+            problems = [line for line in err.splitlines() if "rror" in line or "FAILED" in line or "failed" in line]
+            raise AssertionError(f"the sweep ended early with code {process.returncode}: " + "\n".join(problems[-30:]))
         training = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "train"
                     and r.info.status == "RUNNING"]
         if len(training) >= runs and all(client.get_metric_history(r.info.run_id, "val_acc") for r in training):
