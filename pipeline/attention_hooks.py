@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from pipeline.console import progress
 from pipeline.data import ImageSet, iterate_batches, to_model_input
 from pipeline.errors import PipelineError
 from pipeline.models import CBAMResNet18
@@ -35,7 +35,7 @@ def read_attention(model: CBAMResNet18, data: ImageSet, image_size: int, batch_s
     model.eval()
     try:
         steps = (len(data) + batch_size - 1) // batch_size
-        for images, _ in tqdm(iterate_batches(data, batch_size), total=steps, desc=desc, unit="batch", leave=False):
+        for images, _ in progress(iterate_batches(data, batch_size), total=steps, desc=desc, unit="batch"):
             logits.append(model(to_model_input(images, image_size)).float().cpu())
     finally:
         for hook in hooks:

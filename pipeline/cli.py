@@ -69,6 +69,41 @@ def config_options(config_cls):
     return decorate
 
 
+class StepCommand(click.Command):
+    """A step's command: an unknown option (or, under `mlflow run`, one given twice) is refused in
+    one line that names the valid parameters. `mlflow run` passes a ``-P`` name the entry point does not declare on
+    as an extra ``--name value`` after the declared ones (``-P image-size=64`` would override
+    ``--image-size`` while the run logs ``image_size=224``); here it fails the run at once."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not any(a in ("--help", "-h") for a in args):
+            options = {o: p for p in self.params if isinstance(p, click.Option) for o in p.opts + p.secondary_opts}
+            valid = ", ".join(p.name for p in self.params if isinstance(p, click.Option) and not p.hidden)
+            seen: dict[str, str] = {}
+            # `mlflow run` starts the entry point's command with MLFLOW_RUN_ID set; on a plain command
+            # line a repeated option keeps click's rule (the last one counts)
+            under_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID"))
+            i = 0
+            while i < len(args):
+                token = args[i]
+                if token.startswith("--") and token != "--":
+                    spelled = token.split("=", 1)[0]
+                    param = options.get(spelled)
+                    if param is None:
+                        raise click.UsageError(f"unknown parameter {spelled[2:]!r} for {self.name}; "
+                                               f"valid parameters: {valid}")
+                    if param.name in seen and under_mlflow_run:
+                        raise click.UsageError(
+                            f"parameter {param.name} given twice ({seen[param.name]} and {spelled}); with "
+                            f"`mlflow run`, a -P name the entry point does not declare (such as image-size for "
+                            f"image_size) arrives as a second option. Valid parameters of {self.name}: {valid}")
+                    seen[param.name] = spelled
+                    if "=" not in token and not param.is_flag:
+                        i += 1
+                i += 1
+        return super().parse_args(ctx, args)
+
+
 NO_TRACKING_COMMANDS = {"server", "benchmark"}
 
 
@@ -91,7 +126,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         check_reachable(os.environ.get("MLFLOW_TRACKING_URI", ""))
 
 
-@cli.command(TRAIN)
+@cli.command(TRAIN, cls=StepCommand)
 @config_options(cfg.TrainConfig)
 @click.option("--resume-run-id", default="",
               help="Continue this interrupted train run, in the same MLflow run, from its last checkpoint "
@@ -106,7 +141,7 @@ def train(resume_run_id: str, **options) -> None:
     click.echo(run_train(cfg.TrainConfig.from_options(**options)).run_id)
 
 
-@cli.command(PREPARE_DATA)
+@cli.command(PREPARE_DATA, cls=StepCommand)
 @config_options(cfg.PrepareConfig)
 def prepare_data(**options) -> None:
     """Fetch or verify a dataset, log its identity and fix the validation split."""
@@ -115,7 +150,7 @@ def prepare_data(**options) -> None:
     click.echo(run_prepare(cfg.PrepareConfig.from_options(**options)).run_id)
 
 
-@cli.command(PROBE_ATTENTION)
+@cli.command(PROBE_ATTENTION, cls=StepCommand)
 @config_options(cfg.ProbeConfig)
 def probe_attention(**options) -> None:
     """Record the channel weights and spatial maps of a trained model on test images."""
@@ -124,7 +159,7 @@ def probe_attention(**options) -> None:
     click.echo(run_probe(cfg.ProbeConfig.from_options(**options)).run_id)
 
 
-@cli.command(COMPUTE_METRICS)
+@cli.command(COMPUTE_METRICS, cls=StepCommand)
 @config_options(cfg.MetricsConfig)
 def compute_metrics(**options) -> None:
     """Compute Gini, entropy, focus, sparsity... of a probe-attention run's attention."""
@@ -133,7 +168,7 @@ def compute_metrics(**options) -> None:
     click.echo(run_compute_metrics(cfg.MetricsConfig.from_options(**options)))
 
 
-@cli.command(MAIN)
+@cli.command(MAIN, cls=StepCommand)
 @config_options(cfg.MainConfig)
 @click.option("--parent-run-id", default="", hidden=True, help="Nest the main run under this run (a sweep's).")
 @click.option("--report/--no-report", default=True, hidden=True, help="Write this run's report.")
@@ -145,7 +180,7 @@ def main_command(parent_run_id: str, report: bool, **options) -> None:
     click.echo(run_main(cfg.MainConfig.from_options(**options), parent_run_id=parent_run_id or None, report=report))
 
 
-@cli.command(SWEEP)
+@cli.command(SWEEP, cls=StepCommand)
 @config_options(cfg.SweepConfig)
 def sweep(**options) -> None:
     """Run main for every (position, activation, seed) under one sweep run, then report."""
@@ -154,7 +189,7 @@ def sweep(**options) -> None:
     click.echo(run_sweep(cfg.SweepConfig.from_options(**options)))
 
 
-@cli.command(REPORT)
+@cli.command(REPORT, cls=StepCommand)
 @config_options(cfg.ReportConfig)
 def report(**options) -> None:
     """Summary tables (Markdown, CSV, LaTeX) and figures (PDF, PNG) of finished runs."""
@@ -196,6 +231,18 @@ def benchmark(ctx: click.Context) -> None:
     except SystemExit as exc:
         if exc.code:
             raise
+
+
+@cli.command("mlflow-run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                            "help_option_names": []})
+@click.pass_context
+def mlflow_run(ctx: click.Context) -> None:
+    """`mlflow run` with the same arguments, after checking that the tracking server answers.
+
+    `mlflow run` creates its run before the entry point starts, so a server that is down keeps it
+    in MLflow's HTTP retries for minutes and ends in a long traceback; here it fails in seconds
+    with one line naming the URI (the check runs before this command, as for every step)."""
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "run", *ctx.args])
 
 
 def _interrupt_once(signum, frame):

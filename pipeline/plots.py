@@ -1,5 +1,7 @@
 """Figures for the report. Each function takes plain arrays / dicts and returns a matplotlib
-``Figure`` with a title, axis labels and units; nothing here reads MLflow or writes files."""
+``Figure`` sized for print (7 in: the width of a two-column page; fonts 7-9 pt at that size),
+with a title, axis labels and units; nothing here reads MLflow or writes files except
+:func:`save_figure`. A function with nothing to draw returns None rather than an empty figure."""
 from __future__ import annotations
 
 import matplotlib
@@ -8,35 +10,65 @@ matplotlib.use("Agg")  # headless: figures are written to files, never shown
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+PAGE_WIDTH_IN = 7.0  # a two-column paper's text width (figure*)
+STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+         "legend.fontsize": 7, "figure.titlesize": 9, "axes.spines.top": False, "axes.spines.right": False}
+plt.rcParams.update(STYLE)
 
 KDE_MAX_SAMPLES = 20_000
 KDE_POINTS = 512
 
-#: radar axes: metric -> (label, lower, upper). Values are mapped linearly to [0, 1] and clipped.
-RADAR_AXES = {
-    "avg_score": ("avg_score [0, 1]", 0.0, 1.0),
-    "focus_pct": ("focus_pct [0, 100] %", 0.0, 100.0),
-    "sparsity": ("sparsity [0, 1]", 0.0, 1.0),
-    "gini": ("gini [0, 1]", 0.0, 1.0),
-    "entropy": ("entropy [0, 1]", 0.0, 1.0),
-    "focus_area_ratio": ("focus_area_ratio [0, 1]", 0.0, 1.0),
-    "test_acc": ("test_acc [0, 100] %", 0.0, 100.0),
-    "test_map": ("test_map [0, 1]", 0.0, 1.0),
+#: gate families, one panel each in the weight distributions: (title, x label)
+FAMILIES = {
+    "bounded": ("bounded gates: weights in [0, 1]", "channel weight"),
+    "sum_to_one": ("sum-to-one gates: weights × C (1 = uniform)", "channel weight × C (log scale)"),
+    "unbounded": ("unbounded gates (swish)", "channel weight"),
+}
+UNBOUNDED_GATES = ("swish",)
+
+#: metric panels: metric -> (label, lower, upper, scale). Fixed ranges (the metric's whole
+#: range), so panels of different reports compare; ``scale`` turns fractions into percent.
+METRIC_AXES = {
+    "test_acc": ("test accuracy (%)", 0.0, 100.0, 1.0),
+    "test_map": ("test mAP", 0.0, 1.0, 1.0),
+    "gini": ("Gini of |w|", 0.0, 1.0, 1.0),
+    "entropy": ("entropy of |w| / log C", 0.0, 1.0, 1.0),
+    "sparsity": ("weights exactly 0 (%)", 0.0, 100.0, 100.0),
+    "focus_pct": ("channels above mean (%)", 0.0, 100.0, 1.0),
+    "focus_area_ratio": ("focus area (%)", 0.0, 100.0, 100.0),
 }
 
 
 def _colours(names):
+    """One colour per gate, the same in every figure (the registry's order)."""
+    from pipeline.contracts import GATE_NAMES
+
     cmap = plt.get_cmap("tab10")
-    return {name: cmap(i % 10) for i, name in enumerate(names)}
+    order = list(GATE_NAMES)
+    return {name: cmap((order.index(name) if name in order else i) % 10) for i, name in enumerate(names)}
 
 
-def kde_curve(values: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
-    """Gaussian KDE of ``values`` on ``grid``, or None where it is undefined (fewer than two
-    distinct values: scipy's gaussian_kde raises on a singular covariance).
+def gate_family(name: str) -> str:
+    from pipeline.gates import GATES
 
-    The bandwidth is at least two grid steps: softmax weights cluster within 1e-4 of 1/C,
-    and a narrower kernel would fall between grid points and vanish from the plot."""
+    if name in UNBOUNDED_GATES:
+        return "unbounded"
+    gate = GATES.get(name)
+    return "sum_to_one" if gate is not None and gate.sums_to_one else "bounded"
+
+
+def kde_curve(values: np.ndarray, grid: np.ndarray, lower: float | None = None,
+              upper: float | None = None) -> np.ndarray | None:
+    """Gaussian KDE of ``values`` on ``grid``, reflected at ``lower`` / ``upper`` (the support's
+    bounds: no density leaks outside what the gate can output), or None where it is undefined
+    (fewer than two distinct values: scipy's gaussian_kde raises on a singular covariance).
+
+    The bandwidth is at least two grid steps: softmax weights cluster within 1e-4 of 1/C, and
+    a narrower kernel would fall between grid points and vanish from the plot."""
     from scipy.stats import gaussian_kde
 
     values = np.asarray(values, dtype=np.float64).ravel()
@@ -48,96 +80,148 @@ def kde_curve(values: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
         min_bandwidth = 2.0 * (grid[1] - grid[0])
         if np.sqrt(kde.covariance[0, 0]) < min_bandwidth:
             kde.set_bandwidth(min_bandwidth / values.std(ddof=1))
-        return kde(grid)
+        density = kde(grid)
+        if lower is not None:
+            density = density + kde(2 * lower - grid)
+        if upper is not None:
+            density = density + kde(2 * upper - grid)
+        return density
     except (np.linalg.LinAlgError, ValueError):
         return None
 
 
-def plot_kde(weights_by_label: dict[str, np.ndarray], title: str = "Channel attention weight distributions") -> Figure:
-    """One density line per label on one axis. A constant set of weights (no KDE) is drawn as
-    a vertical line at its value, marked 'constant' in the legend."""
-    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+def _sample(w: np.ndarray, rng) -> np.ndarray:
+    w = np.asarray(w, dtype=np.float64).ravel()
+    w = w[np.isfinite(w)]
+    return rng.choice(w, KDE_MAX_SAMPLES, replace=False) if w.size > KDE_MAX_SAMPLES else w
+
+
+def plot_weight_distributions(weights_by_gate: dict[str, np.ndarray], title: str = "Channel attention weights") -> Figure:
+    """Density of each gate's channel weights, one panel per gate family, each on its own support:
+    bounded gates on [0, 1] (KDE reflected at both bounds); sum-to-one gates as weight × C on a
+    log axis (1 = the uniform weight 1/C whatever C is; trained ones span decades, from near-zero
+    to near-one-hot); swish on a linear axis of its own. Exact zeros are a point mass, not a
+    density: their share is given in the legend and the curve is the non-zero weights'."""
+    families = [f for f in FAMILIES if any(gate_family(g) == f for g in weights_by_gate)]
+    fig, axes = plt.subplots(1, max(len(families), 1), figsize=(PAGE_WIDTH_IN, 2.5), squeeze=False,
+                             constrained_layout=True)
     rng = np.random.default_rng(0)
-    samples = {}
-    for label, w in weights_by_label.items():
-        w = np.asarray(w, dtype=np.float64).ravel()
-        w = w[np.isfinite(w)]
-        if w.size > KDE_MAX_SAMPLES:
-            w = rng.choice(w, KDE_MAX_SAMPLES, replace=False)
-        samples[label] = w
-    everything = np.concatenate([w for w in samples.values() if w.size]) if samples else np.zeros(1)
-    # 0.1..99.9 percentiles: a few huge swish weights would otherwise squeeze every other gate
-    lo, hi = (float(v) for v in np.percentile(everything, [0.1, 99.9]))
-    pad = 0.05 * (hi - lo) if hi > lo else 0.05
-    grid = np.linspace(lo - pad, hi + pad, KDE_POINTS)
-    colours = _colours(samples)
-    for label, w in samples.items():
-        density = kde_curve(w, grid)
-        if density is None:
-            value = float(w[0]) if w.size else float("nan")
-            ax.axvline(value, color=colours[label], linestyle="--", label=f"{label} (constant {value:.3g})")
+    colours = _colours(weights_by_gate)
+    for ax, family in zip(axes[0], families):
+        gates = [g for g in weights_by_gate if gate_family(g) == family]
+        samples, zeros = {}, {}
+        for gate in gates:
+            w = np.asarray(weights_by_gate[gate], dtype=np.float64)
+            w = _sample(w * w.shape[-1] if family == "sum_to_one" and w.ndim > 1 else w, rng)
+            zeros[gate] = float(np.mean(w == 0)) if w.size and family != "unbounded" else 0.0
+            if family != "unbounded":
+                w = w[w != 0]
+            samples[gate] = np.log10(w) if family == "sum_to_one" else w
+        if family == "bounded":
+            lower, upper = 0.0, 1.0
         else:
-            ax.plot(grid, density, color=colours[label], label=label)
-            ax.fill_between(grid, density, color=colours[label], alpha=0.1)
-    ax.set_yscale("log")
-    top = max([ln.get_ydata().max() for ln in ax.get_lines() if len(ln.get_ydata()) > 2] or [1.0])
-    ax.set_ylim(top * 1e-4, top * 2)  # log density: sum-to-one gates spike near 1/C, sigmoid ones spread
-    ax.set_xlim(grid[0], grid[-1])
-    ax.set_title(title)
-    ax.set_xlabel("channel attention weight (gate output, dimensionless)")
-    ax.set_ylabel("density (1 / weight unit, log scale)")
-    ax.grid(True, linestyle="--", alpha=0.3)
-    ax.legend(fontsize=8)
+            # each gate's own 0.5-99.5 percentile range: a few gates' tails set no one's axis alone,
+            # and a gate with few non-zero weights is not drowned by another's many
+            ranges = np.array([np.percentile(s, [0.5, 99.5]) for s in samples.values() if s.size] or [[0.0, 1.0]])
+            lower, upper = float(ranges[:, 0].min()), float(ranges[:, 1].max())
+            pad = 0.05 * (upper - lower) if upper > lower else 0.5
+            lower, upper = lower - pad, upper + pad
+        grid = np.linspace(lower, upper, KDE_POINTS)
+        x = 10.0 ** grid if family == "sum_to_one" else grid
+        for gate, w in samples.items():
+            share = 100 * zeros[gate]
+            label = gate + (f" ({share:.1f} % exactly 0)" if share > 99 else f" ({share:.0f} % exactly 0)" if share else "")
+            bounded = family == "bounded"
+            density = kde_curve(w, grid, lower=0.0 if bounded else None, upper=1.0 if bounded else None)
+            if density is None:
+                value = float(x[0] if not w.size else (10.0 ** w[0] if family == "sum_to_one" else w[0]))
+                ax.axvline(value, color=colours[gate], linestyle="--", label=f"{label}, constant {value:.3g}")
+            else:
+                ax.plot(x, density, color=colours[gate], label=label, linewidth=1.2)
+                ax.fill_between(x, density, color=colours[gate], alpha=0.12)
+        heights = [ln.get_ydata().max() for ln in ax.get_lines() if len(ln.get_ydata()) > 2]
+        top = max(heights or [1.0])
+        ax.set_yscale("log")
+        ax.set_ylim(top * 1e-3, top * 3)
+        if family == "sum_to_one":
+            ax.set_xscale("log")
+            ax.axvline(1.0, color="grey", linewidth=0.6, linestyle=":")
+        ax.set_xlim(x[0], x[-1])
+        name, xlabel = FAMILIES[family]
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("density per decade (log)" if family == "sum_to_one" else "density (log scale)")
+        ax.grid(True, linestyle=":", alpha=0.5)
+    handles = [h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]]
+    labels = [lab for ax in axes[0] for lab in ax.get_legend_handles_labels()[1]]
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), frameon=False)
+    fig.suptitle(title)
     return fig
 
 
-def radar_axes(rows: dict[str, dict[str, float]]) -> dict[str, tuple[str, float, float]]:
-    """:data:`RADAR_AXES`, with the avg_score range widened to the largest mean weight (swish
-    weights are unbounded), so no value is clipped; every range is stated in its label."""
-    axes = dict(RADAR_AXES)
-    peak = max([r.get("avg_score", 0.0) for r in rows.values() if np.isfinite(r.get("avg_score", np.nan))] or [0.0])
-    if peak > 1.0:
-        upper = float(np.ceil(peak * 10) / 10)
-        axes["avg_score"] = (f"avg_score [0, {upper:g}]", 0.0, upper)
-    return axes
+def metric_values(values: dict[str, dict[str, list[float]]]) -> tuple[list[str], list[str]]:
+    """The metrics of :data:`METRIC_AXES` worth a panel (``values``: gate -> metric -> one value
+    per seed), and those left out because every gate has the same mean (or none has one)."""
+    shown, constant = [], []
+    for metric in METRIC_AXES:
+        means = [np.nanmean(v[metric]) for v in values.values() if np.isfinite(v.get(metric, [np.nan])).any()]
+        if len(means) < 1 or (len(values) > 1 and np.ptp(means) < 1e-9):
+            constant.append(metric)
+        else:
+            shown.append(metric)
+    return shown, constant
 
 
-def radar_values(row: dict[str, float], axes: dict[str, tuple[str, float, float]] | None = None) -> np.ndarray:
-    """The row's radar values, mapped to [0, 1] with ``axes`` (default :data:`RADAR_AXES`),
-    clipped to [0, 1]; NaN -> 0."""
-    vals = []
-    for key, (_, lower, upper) in (axes or RADAR_AXES).items():
-        v = row.get(key, np.nan)
-        v = 0.0 if v is None or not np.isfinite(v) else (v - lower) / (upper - lower)
-        vals.append(min(max(v, 0.0), 1.0))
-    return np.asarray(vals)
+def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "Metrics per gate") -> Figure | None:
+    """Small multiples, one panel per metric on its fixed, whole range (:data:`METRIC_AXES`):
+    each seed as a dot, the mean as a bar's end with the 95 % CI (Student t) where there are
+    two seeds or more. Metrics equal for every gate are left out and named under the title."""
+    from scipy import stats
 
-
-def plot_radar(rows: dict[str, dict[str, float]], title: str = "Gate comparison (axes normalised to stated ranges)") -> Figure:
-    fig, ax = plt.subplots(figsize=(7.5, 7), subplot_kw={"polar": True}, constrained_layout=True)
-    axes = radar_axes(rows)
-    n = len(axes)
-    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    closed = np.concatenate([angles, angles[:1]])
-    colours = _colours(rows)
-    for label, row in rows.items():
-        values = radar_values(row, axes)
-        ax.plot(closed, np.concatenate([values, values[:1]]), color=colours[label], label=label)
-        ax.fill(closed, np.concatenate([values, values[:1]]), color=colours[label], alpha=0.08)
-    ax.set_xticks(angles)
-    ax.set_xticklabels([label for label, _, _ in axes.values()], fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_yticks([0.25, 0.5, 0.75, 1.0])
-    ax.set_yticklabels(["0.25", "0.5", "0.75", "1"], fontsize=7, color="grey")
-    ax.set_rlabel_position(90 + 180 / n)
-    ax.set_title(title, pad=24)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
+    shown, constant = metric_values(values)
+    if not shown:
+        return None
+    gates = list(values)
+    cols = min(4, len(shown))
+    rows = int(np.ceil(len(shown) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH_IN, 0.45 + rows * (0.35 + 0.22 * len(gates))),
+                             squeeze=False, constrained_layout=True, sharey=True)
+    colours = _colours(gates)
+    y = np.arange(len(gates))[::-1]
+    for ax, metric in zip(axes.ravel(), shown):
+        label, lower, upper, scale = METRIC_AXES[metric]
+        for yi, gate in zip(y, gates):
+            v = np.asarray(values[gate].get(metric, []), dtype=np.float64) * scale
+            v = v[np.isfinite(v)]
+            if not v.size:
+                continue
+            ax.scatter(v, np.full(v.size, yi), s=14, color=colours[gate], alpha=0.75, edgecolors="white",
+                       linewidths=0.5, zorder=3, clip_on=False)
+            mean = v.mean()
+            ax.plot([mean], [yi], marker="D", markersize=4, color=colours[gate], zorder=4, clip_on=False)
+            if v.size >= 2:
+                half = stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+                ax.plot([mean - half, mean + half], [yi, yi], color=colours[gate], linewidth=1.5)
+        margin = 0.03 * (upper - lower)  # the range is fixed; markers at its ends stay whole
+        ax.set_xlim(lower - margin, upper + margin)
+        ax.set_xlabel(label)
+        ax.set_yticks(y)
+        ax.set_yticklabels(gates)
+        ax.set_ylim(-0.6, len(gates) - 0.4)
+        ax.grid(True, axis="x", linestyle=":", alpha=0.5)
+    for ax in axes.ravel()[len(shown):]:
+        ax.set_visible(False)
+    note = "dots: seeds; diamond: mean; bar: 95 % CI (t, n ≥ 2)"
+    if constant:
+        note += f"; equal for every gate, not shown: {', '.join(constant)}"
+    fig.suptitle(f"{title}\n{note}")
     return fig
 
 
 def plot_curves(histories: dict[str, dict[str, list[float]]], title: str = "Training curves") -> Figure:
-    """histories: label -> {"train_loss": [...per epoch], "val_loss", "train_acc", "val_acc"}."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    """histories: label -> {"train_loss": [...per epoch], "val_loss", "train_acc", "val_acc"};
+    epochs are numbered from 1."""
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH_IN, 2.6), constrained_layout=True)
     colours = _colours(histories)
     for label, h in histories.items():
         for key, style in (("train", "-"), ("val", "--")):
@@ -145,107 +229,132 @@ def plot_curves(histories: dict[str, dict[str, list[float]]], title: str = "Trai
                 values = h.get(f"{key}_{metric}", [])
                 if values:
                     ax.plot(np.arange(1, len(values) + 1), values, style, color=colours[label], marker="o",
-                            markersize=3, label=f"{label} ({key})")
+                            markersize=2.5, linewidth=1.1, label=label if key == "train" else None)
     axes[0].set_ylabel("cross-entropy loss (nats)")
     axes[1].set_ylabel("accuracy (%)")
     for ax, name in zip(axes, ("Loss", "Accuracy")):
         ax.set_xlabel("epoch")
-        ax.set_title(f"{name} per epoch (solid: train, dashed: validation)")
-        ax.grid(True, linestyle="--", alpha=0.3)
+        ax.set_title(f"{name} (solid: train, dashed: validation)")
+        ax.grid(True, linestyle=":", alpha=0.5)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[1].legend(fontsize=7, ncol=2)
+    axes[1].legend(frameon=False, ncol=2)
     fig.suptitle(title)
     return fig
 
 
-def plot_gradient_flow(flows: dict[str, tuple[list[str], list[float]]], title: str = "Gradient flow (last epoch)") -> Figure:
-    """flows: label -> (layer names, mean |grad| per layer). Log scale: the values span decades."""
-    fig, ax = plt.subplots(figsize=(11, 4.5), constrained_layout=True)
+def stage_of(tensor_name: str) -> str:
+    """The network stage a weight tensor belongs to: ``layer3.1.conv2.weight`` -> ``layer3``;
+    the stem's conv1/bn1 -> ``stem``; the CBAM block -> ``cbam``."""
+    head = tensor_name.split(".")[0]
+    if head in ("conv1", "bn1"):
+        return "stem"
+    return "cbam" if "cbam" in tensor_name or head in ("attention", "channel", "spatial") else head
+
+
+def plot_gradient_flow(flows: dict[str, tuple[list[str], list[float]]], title: str = "Gradient flow (last epoch)") -> Figure | None:
+    """flows: label -> (weight tensor names, mean |grad| per tensor). Log scale (the values span
+    decades); tensors grouped by stage, each stage named under its span."""
+    if not flows:
+        return None
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH_IN, 2.6), constrained_layout=True)
     colours = _colours(flows)
     layers: list[str] = []
-    for label, (names, values) in flows.items():
-        layers = names if len(names) > len(layers) else layers
+    for names, _ in flows.values():  # every tensor of every gate, in network order
+        for i, name in enumerate(names):
+            if name not in layers:
+                after = [layers.index(n) for n in names[:i] if n in layers]
+                layers.insert(max(after) + 1 if after else 0, name)
+    for label, (names, values) in flows.items():  # a gate's own parameters do not shift the others
         v = np.asarray(values, dtype=np.float64)
-        ax.plot(np.arange(len(v)), np.where(v > 0, v, np.nan), color=colours[label], marker=".", label=label)
-    step = max(1, len(layers) // 20)
-    ax.set_xticks(np.arange(0, len(layers), step))
-    ax.set_xticklabels([layers[i] for i in range(0, len(layers), step)], rotation=60, ha="right", fontsize=6)
+        ax.plot([layers.index(n) for n in names], np.where(v > 0, v, np.nan), color=colours[label], marker=".",
+                markersize=3, linewidth=1.0, label=label)
+    stages = [stage_of(n) for n in layers]
+    starts = [i for i, s in enumerate(stages) if i == 0 or s != stages[i - 1]]
+    ends = starts[1:] + [len(stages)]
+    for start, end in zip(starts, ends):
+        if start:
+            ax.axvline(start - 0.5, color="grey", linewidth=0.6, alpha=0.6)
+    ax.set_xticks([(s + e - 1) / 2 for s, e in zip(starts, ends)])
+    ax.set_xticklabels([f"{stages[s]}\n({e - s})" for s, e in zip(starts, ends)])
+    ax.set_xlim(-0.5, len(layers) - 0.5)
     ax.set_yscale("log")
-    ax.set_xlabel("weight tensor (input to output)")
-    ax.set_ylabel("mean |gradient| (loss units per weight unit)")
+    ax.set_xlabel("weight tensors by stage, input to output (tensors per stage)")
+    ax.set_ylabel("mean |gradient|")
     ax.set_title(title)
-    ax.grid(True, linestyle="--", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", linestyle=":", alpha=0.5)
+    ax.legend(frameon=False, ncol=min(4, len(flows)))
     return fig
 
 
-def plot_gate_parameters(params: dict[str, dict[str, list[float]]], title: str = "Learnable gate parameters") -> Figure:
-    """params: label -> {"gate_scale": [...per epoch], ...}. One panel per parameter."""
-    names = sorted({k for p in params.values() for k in p})
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.5 * max(len(names), 1), 3.8),
+def plot_gate_parameters(params: dict[str, dict[str, list[float]]], title: str = "Learnable gate parameters") -> Figure | None:
+    """params: label -> {"gate_scale": [...per epoch], ...}. One panel per parameter; None when
+    no gate has a learnable parameter."""
+    names = sorted({k for p in params.values() for k, v in p.items() if v})
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(min(PAGE_WIDTH_IN, 2.6 * len(names) + 0.4), 2.3),
                              constrained_layout=True, squeeze=False)
     colours = _colours(params)
-    if not names:
-        axes[0, 0].text(0.5, 0.5, "no learnable gate parameters in these runs", ha="center", va="center")
-        axes[0, 0].set_xlabel("epoch")
-        axes[0, 0].set_ylabel("value (dimensionless)")
     for ax, name in zip(axes[0], names):
         for label, p in params.items():
             if p.get(name):
-                ax.plot(np.arange(1, len(p[name]) + 1), p[name], marker="o", color=colours[label], label=label)
+                ax.plot(np.arange(1, len(p[name]) + 1), p[name], marker="o", markersize=3, color=colours[label],
+                        label=label)
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{name} (dimensionless)")
-        ax.grid(True, linestyle="--", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.grid(True, linestyle=":", alpha=0.5)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(frameon=False)
     fig.suptitle(title)
     return fig
 
 
 def plot_spatial_grid(images: np.ndarray, maps_by_label: dict[str, np.ndarray],
                       title: str = "Spatial attention of the same test images") -> Figure:
-    """images: (K, 3, h, w) uint8; maps_by_label: label -> (K, H, W) in [0, 1]. Rows: labels;
-    per image three columns: the image, the raw map, the map over the image. One colour
-    scale (0..1, the spatial gate's sigmoid range) for every map."""
+    """images: (K, 3, h, w) uint8; maps_by_label: label -> (K, H, W) in [0, 1]. A compact grid:
+    the first row shows the images, each further row one gate's spatial map (bilinear to the
+    image size) over them; one colour scale (0..1, the spatial gate's sigmoid range) and one
+    colour bar for every map."""
     from torch import from_numpy
     from torch.nn.functional import interpolate
 
     labels = list(maps_by_label)
     k = images.shape[0]
-    fig, axes = plt.subplots(len(labels), 3 * k, figsize=(2.0 * 3 * k, 2.1 * len(labels) + 0.6),
+    cell = min(0.9, (PAGE_WIDTH_IN - 1.2) / k)
+    fig, axes = plt.subplots(len(labels) + 1, k, figsize=(cell * k + 1.2, cell * (len(labels) + 1) + 0.5),
                              squeeze=False, constrained_layout=True)
     pictures = np.transpose(images, (0, 2, 3, 1))
-    mappable = None
-    for r, label in enumerate(labels):
+    gray = pictures.astype(np.float32).mean(axis=3)
+    side = pictures.shape[1]
+    for i in range(k):
+        axes[0, i].imshow(pictures[i], interpolation="nearest")
+        axes[0, i].set_title(f"image {i + 1}")
+    axes[0, 0].set_ylabel("image", rotation=0, ha="right", va="center")
+    for r, label in enumerate(labels, start=1):
         maps = np.asarray(maps_by_label[label], dtype=np.float32)
         for i in range(k):
-            side = pictures.shape[1]
             upsampled = interpolate(from_numpy(maps[i][None, None]), size=(side, side), mode="bilinear",
                                     align_corners=False)[0, 0].numpy()
-            ax_img, ax_map, ax_over = axes[r, 3 * i: 3 * i + 3]
-            ax_img.imshow(pictures[i], interpolation="nearest")
-            mappable = ax_map.imshow(maps[i], cmap="inferno", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax_over.imshow(pictures[i], interpolation="nearest")
-            ax_over.imshow(upsampled, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55)
-            if r == 0:
-                ax_img.set_title(f"image {i}", fontsize=8)
-                ax_map.set_title(f"map {maps.shape[1]}x{maps.shape[2]}", fontsize=8)
-                ax_over.set_title("overlay", fontsize=8)
-            for ax in (ax_img, ax_map, ax_over):
-                ax.set_xticks([])
-                ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, fontsize=8)
-    if mappable is not None:
-        fig.colorbar(mappable, ax=axes, shrink=0.6, fraction=0.02, pad=0.01,
-                     label="spatial attention (sigmoid output, 0..1)")
+            axes[r, i].imshow(gray[i], cmap="gray", interpolation="nearest")  # the map's colours stay true
+            axes[r, i].imshow(upsampled, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.65)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    if labels:  # an opaque bar: the overlays' transparency would wash it out
+        scale = ScalarMappable(norm=Normalize(0.0, 1.0), cmap="inferno")
+        fig.colorbar(scale, ax=axes[1:, :], shrink=0.9, fraction=0.05, pad=0.02, label="spatial attention (0..1)")
     fig.suptitle(title)
     return fig
 
 
 def save_figure(fig: Figure, stem) -> list[str]:
-    """Write ``stem``.pdf (vector) and ``stem``.png (200 dpi); returns the two paths."""
+    """Write ``stem``.pdf (vector) and ``stem``.png (300 dpi at print size); returns the paths."""
     paths = [f"{stem}.pdf", f"{stem}.png"]
     fig.savefig(paths[0])
-    fig.savefig(paths[1], dpi=200)
+    fig.savefig(paths[1], dpi=300)
     plt.close(fig)
     return paths

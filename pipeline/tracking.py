@@ -17,6 +17,9 @@ from pipeline.contracts import CONFIG_JSON, REUSE_KEY_TAG, STEP_TAG, code_versio
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
+# MLflow's artefact upload/download bars fill redirected logs with fragments; the pipeline says
+# what it stores and fetches in its own log lines (a user's explicit setting is kept)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 def param_string(value: Any) -> str:
     """How a parameter value is logged: bools and numbers in one canonical spelling, lists

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
+from pipeline.console import progress
 from pipeline.data import ImageSet, iterate_batches, to_model_input
 from pipeline.devices import autocast, eval_batch_size
 
@@ -86,7 +86,7 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.int64)
     steps = (len(data) + batch_size - 1) // batch_size
     batches = iterate_batches(data, batch_size, shuffle=True, generator=generator)
-    for images, labels in tqdm(batches, total=steps, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    for images, labels in progress(batches, total=steps, desc=desc, unit="batch"):
         inputs = to_model_input(images, image_size, channels_last)
         with autocast(device, amp):
             logits = model(inputs)
@@ -121,7 +121,7 @@ def predict(
     outputs = []
     batches = iterate_batches(data, batch_size)
     if desc:
-        batches = tqdm(batches, total=(len(data) + batch_size - 1) // batch_size, desc=desc, leave=False)
+        batches = progress(batches, total=(len(data) + batch_size - 1) // batch_size, desc=desc)
     for images, _ in batches:
         with autocast(device, amp):
             outputs.append(model(to_model_input(images, image_size, channels_last)).float())

@@ -2,20 +2,28 @@
 
 Sources: an experiment (every FINISHED compute-metrics run in it), a sweep run (its finished
 ``main`` runs) or a ``main`` run. Writes into a local folder and, as artefacts, into a report
-run (or, from ``main`` and ``sweep``, into their own run under ``report/``):
+run (or, from ``main`` and ``sweep``, into their own run under ``report/``).
 
-- ``summary.md``, ``summary.csv``, ``summary.tex`` (booktabs): one row per (position,
-  activation), the notebook's columns (avg_score, focus_pct, sparsity, gini, test_acc) plus
-  entropy, focus_area_ratio, test_top5 and test_map; mean ± std over seeds where there are
-  several (sample std, ddof = 1);
-- per position: ``kde_<position>``, ``radar_<position>``, ``curves_<position>``,
-  ``gradient_flow_<position>``, ``gate_parameters_<position>``, ``spatial_maps_<position>``,
-  each as PDF (vector) and PNG.
+Runs are grouped by everything that defines an experiment (:data:`GROUP_KEYS`): only runs
+that differ by nothing but their seed are pooled, and a seed counted once (the newest run of
+a configuration and seed stands for it). Written:
+
+- ``summary.md`` and ``summary.tex`` (booktabs): the compact table (gate, seeds, test
+  accuracy, gini, entropy, sparsity, focus, focus area), mean ± the half-width of the 95 %
+  confidence interval over seeds (Student t); the parameters that do not vary across the
+  report are stated once above the table, the ones that vary are columns;
+- ``summary.csv``: every group and metric: n seeds, mean, sample std (ddof = 1), CI bounds;
+- per figure group (everything but the gate): ``weights_<group>`` (distributions of the
+  channel weights), ``metrics_<group>`` (each metric per gate, seeds and CI), ``curves_<group>``,
+  ``gradient_flow_<group>``, ``gate_parameters_<group>`` (only where a gate learns a
+  parameter), ``spatial_maps_<group>``; each as PDF (vector) and PNG.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +39,10 @@ from pipeline.contracts import (
     ATTENTION_META,
     CHANNEL_WEIGHTS,
     COMPUTE_METRICS,
+    GATE_NAMES,
     GRAD_FLOW,
     MAIN,
+    POSITIONS,
     PROBE_ATTENTION,
     REPORT,
     REPORT_DIR,
@@ -44,31 +54,63 @@ from pipeline.contracts import (
 )
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError, one_line
-from pipeline.gates import GATES
-from pipeline.models import POSITIONS
 from pipeline.tracking import download_artifact, step_run
 
 log = logging.getLogger("pipeline")
 
-TABLE_COLUMNS = ("avg_score", "focus_pct", "sparsity", "gini", "test_acc",
-                 "entropy", "focus_area_ratio", "test_top5", "test_map")
-GRID_IMAGES = 4
+#: What defines an experiment: runs that differ in any of these are never pooled (the seed is
+#: what pools). ``gate_norm`` counts where train runs log it.
+GROUP_KEYS = ("dataset", "image_size", "epochs", "weights", "lr", "batch_size", "val_fraction", "num_images",
+              "gate_norm", "position", "activation")
+KEY_LABELS = {"dataset": "dataset", "image_size": "image size (px)", "epochs": "epochs", "weights": "weights",
+              "lr": "lr", "batch_size": "batch size", "val_fraction": "val. fraction", "num_images": "probed images",
+              "gate_norm": "gate norm.", "position": "position", "activation": "gate"}
+#: The compact table: metric -> (header, scale, decimals); one decimal convention per column.
+MAIN_COLUMNS = {
+    "test_acc": ("test acc. (%)", 1.0, 1),
+    "gini": ("Gini", 1.0, 3),
+    "entropy": ("entropy", 1.0, 3),
+    "sparsity": ("sparsity (%)", 100.0, 1),
+    "focus_pct": ("focus (%)", 1.0, 1),
+    "focus_area_ratio": ("focus area (%)", 100.0, 1),
+}
+#: Every metric of the CSV (mean, std, CI bounds, n each).
+CSV_METRICS = ("test_acc", "test_top5", "test_map", "gini", "entropy", "sparsity", "focus_pct", "focus_area_ratio",
+               "avg_score", "near_zero_pct", "negative_pct")
+GRID_IMAGES = 6
+FOOTNOTE = ("Mean ± half-width of the 95 % confidence interval over seeds (Student t); one seed: the mean alone. "
+            "Gini and entropy (/ log C) of the channel weights' magnitudes; sparsity: channel weights exactly 0; "
+            "focus: channels above the image's mean weight; focus area: spatial-map pixels above half the map's "
+            "maximum. Every metric with its std and CI bounds: summary.csv.")
 
 
 @dataclass
 class Result:
-    """One configuration's finished chain of runs."""
+    """One configuration and seed: its finished chain of runs."""
 
-    activation: str
-    position: str
+    config: dict[str, str]  # GROUP_KEYS -> the value logged
     seed: str
     metrics: dict[str, float]
     train_run_id: str
     probe_run_id: str
     metrics_run_id: str
+    start_time: int = 0
+
+    @property
+    def activation(self) -> str:
+        return self.config["activation"]
+
+    @property
+    def position(self) -> str:
+        return self.config["position"]
+
+    def key(self, without: tuple[str, ...] = ()) -> tuple[str, ...]:
+        return tuple(self.config.get(k, "") for k in GROUP_KEYS if k not in without)
 
 
 def gather(metrics_run_ids: list[str]) -> list[Result]:
+    """The finished compute-metrics runs among these ids, each with the configuration of its
+    train and probe runs; one result per configuration and seed (the newest run)."""
     client = mlflow.MlflowClient()
     results = []
     for run_id in metrics_run_ids:
@@ -76,61 +118,155 @@ def gather(metrics_run_ids: list[str]) -> list[Result]:
         if run.data.tags.get(STEP_TAG) != COMPUTE_METRICS or run.info.status != "FINISHED":
             continue
         p = run.data.params
-        results.append(Result(p["activation"], p["position"], p.get("seed", ""), dict(run.data.metrics),
-                              run.data.tags[UPSTREAM_TAGS[TRAIN]], run.data.tags[UPSTREAM_TAGS[PROBE_ATTENTION]], run_id))
-    return results
+        train_id, probe_id = run.data.tags[UPSTREAM_TAGS[TRAIN]], run.data.tags[UPSTREAM_TAGS[PROBE_ATTENTION]]
+        train = client.get_run(train_id).data.params
+        probe = client.get_run(probe_id).data.params
+        config = {k: train.get(k, p.get(k, "")) for k in GROUP_KEYS}
+        config.update(activation=p["activation"], position=p["position"], num_images=probe.get("num_images", ""))
+        results.append(Result(config, p.get("seed", train.get("seed", "")), dict(run.data.metrics), train_id, probe_id,
+                              run_id, run.info.start_time or 0))
+    return distinct_seeds(results)
+
+
+def distinct_seeds(results: list[Result]) -> list[Result]:
+    """One result per configuration and seed, the newest: a rerun of a seed is the same
+    sample measured again, and counting it twice would shrink the confidence interval."""
+    newest: dict[tuple, Result] = {}
+    for r in results:
+        k = (r.key(), r.seed)
+        if k not in newest or r.start_time > newest[k].start_time:
+            newest[k] = r
+    if len(newest) < len(results):
+        log.warning("report: %d run(s) repeat a configuration and seed already in the report; each seed counts "
+                    "once (its newest run)", len(results) - len(newest))
+    return list(newest.values())
+
+
+def _sortable(key: str, value: str):
+    if key == "position" and value in POSITIONS:
+        return (0, list(POSITIONS).index(value), "")
+    if key == "activation" and value in GATE_NAMES:
+        return (0, GATE_NAMES.index(value), "")
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def _order(results: list[Result]) -> list[Result]:
-    pos, act = list(POSITIONS), list(GATES)
-    return sorted(results, key=lambda r: (pos.index(r.position), act.index(r.activation), r.seed))
+    return sorted(results, key=lambda r: (*(_sortable(k, r.config.get(k, "")) for k in GROUP_KEYS),
+                                          _sortable("seed", r.seed)))
+
+
+def ci95(values) -> tuple[int, float, float, float, float]:
+    """n, mean, sample std (ddof = 1), and the 95 % Student-t confidence interval of the mean
+    of the finite values; std and CI are NaN below two values."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return 0, math.nan, math.nan, math.nan, math.nan
+    mean = float(v.mean())
+    if n < 2:
+        return 1, mean, math.nan, math.nan, math.nan
+    std = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return n, mean, std, mean - half, mean + half
 
 
 def summary_table(results: list[Result]) -> pd.DataFrame:
-    """One row per (position, activation): ``<metric>`` (mean), ``<metric>_std`` (NaN for one
-    seed) and ``seeds``."""
-    rows = []
-    groups: dict[tuple[str, str], list[Result]] = {}
+    """One row per configuration (every :data:`GROUP_KEYS` value): ``seeds`` (distinct seeds),
+    and per metric ``<m>`` (mean), ``<m>_std``, ``<m>_ci95_low``, ``<m>_ci95_high``, ``<m>_n``."""
+    groups: dict[tuple, list[Result]] = {}
     for r in _order(results):
-        groups.setdefault((r.position, r.activation), []).append(r)
-    for (position, activation), members in groups.items():
-        row: dict[str, Any] = {"position": position, "activation": activation, "seeds": len(members)}
-        for col in TABLE_COLUMNS:
-            values = np.array([m.metrics.get(col, np.nan) for m in members], dtype=np.float64)
-            row[col] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-            row[f"{col}_std"] = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else float("nan")
+        groups.setdefault(r.key(), []).append(r)
+    rows = []
+    for key, members in groups.items():
+        row: dict[str, Any] = dict(zip(GROUP_KEYS, key))
+        row["seeds"] = len({m.seed for m in members})
+        row["seed_list"] = " ".join(m.seed for m in members)
+        for col in CSV_METRICS:
+            n, mean, std, low, high = ci95([m.metrics.get(col, np.nan) for m in members])
+            row.update({col: mean, f"{col}_std": std, f"{col}_ci95_low": low, f"{col}_ci95_high": high, f"{col}_n": n})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def format_cell(mean: float, std: float) -> str:
+def varying_keys(table: pd.DataFrame) -> list[str]:
+    """The configuration keys (gate aside) that differ between rows: the table's columns."""
+    return [k for k in GROUP_KEYS if k != "activation" and table[k].astype(str).nunique() > 1]
+
+
+def _value(key: str, value: str) -> str:
+    return "all" if key == "num_images" and str(value) == "-1" else str(value)
+
+
+CONSTANT_TEXT = {"image_size": "{} px", "epochs": "{} epochs", "num_images": "{} test images probed",
+                 "batch_size": "batch size {}", "val_fraction": "val. fraction {}", "gate_norm": "gate norm. {}"}
+
+
+def constants_text(table: pd.DataFrame) -> str:
+    """The configuration values every row shares, as a phrase: "digits, 64 px, 2 epochs, ..."."""
+    vary = varying_keys(table)
+    parts = []
+    for k in GROUP_KEYS:
+        value = str(table[k].iloc[0])
+        if k == "activation" or k in vary or value == "":
+            continue
+        text = CONSTANT_TEXT.get(k, f"{KEY_LABELS[k]} {{}}").format(_value(k, value))
+        parts.append("1 epoch" if text == "1 epochs" else text)
+    return ", ".join(parts)
+
+
+def format_cell(row, col: str) -> str:
+    _, scale, decimals = MAIN_COLUMNS[col]
+    mean = row[col]
     if not np.isfinite(mean):
         return "n/a"
-    return f"{mean:.4g}" if not np.isfinite(std) else f"{mean:.4g} ± {std:.2g}"
+    half = row[f"{col}_ci95_high"] - mean
+    if not np.isfinite(half):
+        return f"{mean * scale:.{decimals}f}"
+    return f"{mean * scale:.{decimals}f} ± {half * scale:.{decimals}f}"
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    header = ["position", "activation", "seeds", *TABLE_COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(TABLE_COLUMNS)) + "|"]
-    for _, row in table.iterrows():
-        cells = [row["position"], row["activation"], str(row["seeds"])]
-        cells += [format_cell(row[c], row[f"{c}_std"]) for c in TABLE_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+def _table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], int]:
+    vary = varying_keys(table)
+    header = [KEY_LABELS[k] for k in vary] + ["gate", "seeds"] + [h for h, _, _ in MAIN_COLUMNS.values()]
+    rows = [[_value(k, row[k]) for k in vary] + [row["activation"], str(row["seeds"])]
+            + [format_cell(row, c) for c in MAIN_COLUMNS] for _, row in table.iterrows()]
+    return header, rows, len(vary) + 1
+
+
+def to_markdown(table: pd.DataFrame, title: str = "report") -> str:
+    header, rows, text_columns = _table_cells(table)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) if i < text_columns else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join(":" + "-" * (w + 1) if i < text_columns else "-" * (w + 1) + ":"
+                          for i, w in enumerate(widths)) + "|"
+    constant = constants_text(table)
+    lines = [f"# Summary: {title}", "", f"{len(table)} configurations. Constant across this report: {constant or 'nothing'}.",
+             "", line(header), rule, *(line(r) for r in rows), "", FOOTNOTE]
     return "\n".join(lines) + "\n"
 
 
-def to_latex(table: pd.DataFrame, caption: str) -> str:
+def to_latex(table: pd.DataFrame, source: str = "") -> str:
     def tex(text: str) -> str:
         return text.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
 
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex(caption)}}}",
-             r"\begin{tabular}{ll" + "r" * (1 + len(TABLE_COLUMNS)) + "}", r"\toprule",
-             " & ".join(tex(h) for h in ["position", "activation", "seeds", *TABLE_COLUMNS]) + r" \\",
-             r"\midrule"]
-    for _, row in table.iterrows():
-        cells = [row["position"], row["activation"], str(row["seeds"])]
-        cells += [format_cell(row[c], row[f"{c}_std"]) for c in TABLE_COLUMNS]
-        lines.append(" & ".join(tex(c) for c in cells) + r" \\")
+    header, rows, text_columns = _table_cells(table)
+    caption = (f"Attention metrics by gate ({constants_text(table)}). Mean ± half-width of the 95 % "
+               "confidence interval over seeds (Student t).")
+    lines = ([f"% {source}"] if source else []) + [
+        r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{tex(caption)}}}",
+        r"\begin{tabular}{" + "l" * text_columns + "r" * (len(header) - text_columns) + "}", r"\toprule",
+        " & ".join(tex(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex(c) for c in r) + r" \\" for r in rows]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -147,65 +283,75 @@ def _mean_lists(lists: list[list[float]]) -> list[float]:
     return np.mean([x[:n] for x in lists], axis=0).tolist()
 
 
+def figure_groups(results: list[Result]) -> dict[str, list[Result]]:
+    """Results by figure: everything but the gate and the seed the same. Named by the values
+    that vary across the report, the position always last (``late``, ``digits_64px_late``)."""
+    table_keys = [k for k in GROUP_KEYS if k not in ("activation", "position")]
+    vary = [k for k in table_keys if len({r.config.get(k, "") for r in results}) > 1]
+    groups: dict[str, list[Result]] = {}
+    for r in _order(results):
+        parts = [{"image_size": f"{r.config[k]}px", "epochs": f"{r.config[k]}ep"}.get(
+            k, r.config[k] if k in ("dataset", "weights", "gate_norm") else f"{k}{r.config[k]}") for k in vary]
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join([*parts, r.position]))
+        groups.setdefault(name, []).append(r)
+    return groups
+
+
+def describe(r: Result) -> str:
+    c = r.config
+    return f"CBAM {c['position']}, {c['dataset']} {c['image_size']} px, {c['epochs']} epochs"
+
+
 def write_figures(results: list[Result], out: Path, tmp: Path) -> list[str]:
     client = mlflow.MlflowClient()
     written: list[str] = []
-    by_position: dict[str, list[Result]] = {}
-    for r in _order(results):
-        by_position.setdefault(r.position, []).append(r)
-    for position, members in by_position.items():
-        by_activation: dict[str, list[Result]] = {}
+    for name, members in figure_groups(results).items():
+        by_gate: dict[str, list[Result]] = {}
         for r in members:
-            by_activation.setdefault(r.activation, []).append(r)
-        weights, maps, histories, flows, gate_params, meta = {}, {}, {}, {}, {}, {}
-        for activation, runs in by_activation.items():
-            arrays = []
-            for r in runs:
-                d = tmp / r.probe_run_id
-                arrays.append(np.load(download_artifact(r.probe_run_id, CHANNEL_WEIGHTS, d)))
-            weights[activation] = np.concatenate(arrays)
+            by_gate.setdefault(r.activation, []).append(r)
+        weights, maps, histories, flows, gate_params, meta, values = {}, {}, {}, {}, {}, {}, {}
+        for gate, runs in by_gate.items():
+            weights[gate] = np.concatenate([np.load(download_artifact(r.probe_run_id, CHANNEL_WEIGHTS, tmp / r.probe_run_id))
+                                            for r in runs])
             first = runs[0]
             d = tmp / first.probe_run_id
-            maps[activation] = np.load(download_artifact(first.probe_run_id, SPATIAL_MAPS, d))
-            meta[activation] = json.loads(download_artifact(first.probe_run_id, ATTENTION_META, d).read_text())
-            histories[activation] = {k: _mean_lists([_history(client, r.train_run_id, k) for r in runs])
-                                     for k in ("train_loss", "val_loss", "train_acc", "val_acc")}
+            maps[gate] = np.load(download_artifact(first.probe_run_id, SPATIAL_MAPS, d))
+            meta[gate] = json.loads(download_artifact(first.probe_run_id, ATTENTION_META, d).read_text())
+            histories[gate] = {k: _mean_lists([_history(client, r.train_run_id, k) for r in runs])
+                               for k in ("train_loss", "val_loss", "train_acc", "val_acc")}
             gp = {k: _mean_lists([_history(client, r.train_run_id, k) for r in runs])
                   for k in ("gate_scale", "gate_temperature", "gate_alpha")}
-            gate_params[activation] = {k: v for k, v in gp.items() if v}
+            gate_params[gate] = {k: v for k, v in gp.items() if v}
+            values[gate] = {m: [r.metrics.get(m, np.nan) for r in runs] for m in plots.METRIC_AXES}
             last_layers, last_values = [], []
             for r in runs:
                 try:
-                    flow = json.loads(download_artifact(r.train_run_id, GRAD_FLOW,
-                                                        tmp / r.train_run_id).read_text())
+                    flow = json.loads(download_artifact(r.train_run_id, GRAD_FLOW, tmp / r.train_run_id).read_text())
                 except Exception:  # an older train run without the artefact: leave it out
                     continue
-                last_layers, values = flow["layers"], flow["mean_abs_grad"][-1]
-                last_values.append(values)
+                last_layers, grads = flow["layers"], flow["mean_abs_grad"][-1]
+                last_values.append(grads)
             if last_values:
-                flows[activation] = (last_layers, np.mean(last_values, axis=0).tolist())
-        rows = {a: summary_row_metrics(rs) for a, rs in by_activation.items()}
+                flows[gate] = (last_layers, np.mean(last_values, axis=0).tolist())
+        what = describe(members[0])
+        seeds = len({r.seed for r in members})
         figures = {
-            f"kde_{position}": plots.plot_kde(weights, f"Channel attention weights, CBAM {position}"),
-            f"radar_{position}": plots.plot_radar(rows, f"Gate comparison, CBAM {position} (axes scaled to stated ranges)"),
-            f"curves_{position}": plots.plot_curves(histories, f"Training curves, CBAM {position}"),
-            f"gradient_flow_{position}": plots.plot_gradient_flow(flows, f"Gradient flow (last epoch), CBAM {position}"),
-            f"gate_parameters_{position}": plots.plot_gate_parameters(gate_params, f"Learnable gate parameters, CBAM {position}"),
+            f"weights_{name}": plots.plot_weight_distributions(weights, f"Channel attention weights, {what} "
+                                                                        f"({len(members)} runs)"),
+            f"metrics_{name}": plots.plot_gate_metrics(values, f"Metrics per gate, {what} (up to {seeds} seeds)"),
+            f"curves_{name}": plots.plot_curves(histories, f"Training curves, {what} (mean over seeds)"),
+            f"gradient_flow_{name}": plots.plot_gradient_flow(flows, f"Gradient flow in the last epoch, {what}"),
+            f"gate_parameters_{name}": plots.plot_gate_parameters(gate_params, f"Learnable gate parameters, {what}"),
+            f"spatial_maps_{name}": spatial_grid(members[0], maps, meta),
         }
-        grid = spatial_grid(members[0], maps, meta)
-        if grid is not None:
-            figures[f"spatial_maps_{position}"] = grid
         for stem, fig in figures.items():
-            written += plots.save_figure(fig, out / stem)
+            if fig is not None:
+                written += plots.save_figure(fig, out / stem)
     return written
 
 
-def summary_row_metrics(runs: list[Result]) -> dict[str, float]:
-    return {k: float(np.nanmean([r.metrics.get(k, np.nan) for r in runs])) for k in plots.RADAR_AXES}
-
-
 def spatial_grid(example: Result, maps: dict[str, np.ndarray], meta: dict[str, dict]):
-    """Spatial maps of the first probed test images, the same images for every activation."""
+    """Spatial maps of the first probed test images, the same images for every gate."""
     client = mlflow.MlflowClient()
     params = client.get_run(example.train_run_id).data.params
     try:
@@ -219,8 +365,9 @@ def spatial_grid(example: Result, maps: dict[str, np.ndarray], meta: dict[str, d
         log.warning("report: the probes looked at different test images; no spatial-map grid")
         return None
     images = test.images[indices[0]].numpy()
+    h, w = next(iter(maps.values())).shape[1:]
     return plots.plot_spatial_grid(images, {a: m[:k] for a, m in maps.items()},
-                                   f"Spatial attention, CBAM {example.position}, test images {indices[0]}")
+                                   f"Spatial attention ({h}×{w} map, bilinear to the image), {describe(example)}")
 
 
 def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "report") -> dict[str, Any]:
@@ -232,11 +379,13 @@ def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "repo
     out.mkdir(parents=True, exist_ok=True)
     table = summary_table(results)
     table.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(f"# Summary: {title}\n\n" + to_markdown(table))
-    (out / "summary.tex").write_text(to_latex(table, f"Attention metrics by gate ({title})"))
+    (out / "summary.md").write_text(to_markdown(table, title))
+    (out / "summary.tex").write_text(to_latex(table, f"source: {title}"))
     with tempfile.TemporaryDirectory() as tmp:
         figures = write_figures(results, out, Path(tmp))
-    log.info("report: %d configurations, %d rows, %d figure files in %s", len(results), len(table), len(figures), out)
+    vary = varying_keys(table)
+    log.info("report: %d runs, %d rows%s, %d figure files in %s", len(results), len(table),
+             f" (apart by {', '.join(vary)})" if vary else "", len(figures), out)
     return {"table": table, "figures": figures, "results": results}
 
 

@@ -1,6 +1,7 @@
 """The ``train`` step: fine-tune a CBAM-ResNet18 with one channel gate, tracked in MLflow.
 
-Logs every parameter; per epoch (step = epoch index) ``train_loss``, ``train_acc``,
+Logs every parameter; per epoch (step = the epoch's number, counted from 1, as everywhere a
+person reads it) ``train_loss``, ``train_acc``,
 ``val_loss``, ``val_acc`` and the gate's learnable values (``gate_scale``,
 ``gate_temperature``, ``gate_alpha``); ``gradients/grad_flow.json`` (mean |grad| of each
 weight tensor per epoch); the best-by-``val_acc`` checkpoint as ``checkpoints/best.pt``;
@@ -152,7 +153,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
         channels_last = flag_on(config.channels_last, device)
         generator = torch.Generator().manual_seed(config.seed)
         grad_history: list[list[float]] = []
-        best_acc, best_epoch, first_epoch = -1.0, -1, 0
+        best_acc, best_epoch, first_epoch = -1.0, 0, 1  # epochs are numbered from 1
         if ckpt is not None:
             model.load_state_dict(ckpt["state_dict"])
         model = model.to(device, memory_format=memory_format(channels_last))
@@ -163,7 +164,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
             best_acc, best_epoch = float(ckpt["best_val_acc"]), int(ckpt["best_epoch"])
             grad_history = [list(g) for g in ckpt.get("grad_history", [])]
             first_epoch = int(ckpt["epoch"]) + 1
-            log.info("resuming train run %s after epoch %d of %d", run_id, first_epoch, config.epochs)
+            log.info("resuming train run %s after epoch %d of %d", run_id, first_epoch - 1, config.epochs)
         train, val, test = splits.train.to(device), splits.val.to(device), splits.test.to(device)
         grad_flow = GradientFlow(model)
         best_path, last_path = Path(tmp) / "best.pt", Path(tmp) / "last.pt"
@@ -178,20 +179,20 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
         epoch = first_epoch
         best_state = None
         try:
-            for epoch in range(first_epoch, config.epochs):
+            for epoch in range(first_epoch, config.epochs + 1):
                 start = time.perf_counter()
                 grad_flow.reset()
                 result = train_one_epoch(
                     model, train, optimizer, batch_size=config.batch_size, generator=generator,
-                    grad_flow=grad_flow, desc=f"epoch {epoch + 1}/{config.epochs}", **common,
+                    grad_flow=grad_flow, desc=f"epoch {epoch}/{config.epochs}", **common,
                 )
                 val_eval = evaluate(model, val, **common)
                 if not all(math.isfinite(v) for v in (result.loss, val_eval.loss)):
-                    kept = (f"{LAST_CHECKPOINT} of run {run_id}, after epoch {epoch}" if epoch > 0
+                    kept = (f"{LAST_CHECKPOINT} of run {run_id}, after epoch {epoch - 1}" if epoch > 1
                             else "none (it diverged in the first epoch)")
                     raise PipelineError(
                         f"training diverged: non-finite loss (train {result.loss}, val {val_eval.loss}) with "
-                        f"activation {config.activation} in epoch {epoch + 1}; last good checkpoint: {kept}"
+                        f"activation {config.activation} in epoch {epoch}; last good checkpoint: {kept}"
                     )
                 grad_history.append(grad_flow.epoch_means())
                 metrics = {
@@ -213,15 +214,17 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
                 mlflow.log_artifact(str(last_path), "checkpoints")
                 log.info(
                     "epoch %d/%d: train_loss %.4f train_acc %.2f%% | val_loss %.4f val_acc %.2f%% (%.1f s)",
-                    epoch + 1, config.epochs, result.loss, result.acc, val_eval.loss, val_eval.acc,
+                    epoch, config.epochs, result.loss, result.acc, val_eval.loss, val_eval.acc,
                     time.perf_counter() - start,
                 )
         except KeyboardInterrupt:
-            log.error("interrupted in epoch %d: run %s ends KILLED, its last checkpoint kept; resume with:\n"
-                      "  python -m pipeline train --resume-run-id %s", epoch + 1, run_id, run_id)
+            kept = (f"its checkpoint after epoch {epoch - 1} kept" if epoch > 1
+                    else "no epoch finished yet, so no checkpoint: the resume starts from epoch 1")
+            log.error("interrupted in epoch %d: run %s ends KILLED, %s; resume with:\n"
+                      "  python -m pipeline train --resume-run-id %s", epoch, run_id, kept, run_id)
             raise
         mlflow.log_dict(
-            {"layers": grad_flow.names, "epochs": list(range(config.epochs)), "mean_abs_grad": grad_history},
+            {"layers": grad_flow.names, "epochs": list(range(1, config.epochs + 1)), "mean_abs_grad": grad_history},
             GRAD_FLOW,
         )
         if best_state is not None:  # the best epoch's weights, still in memory
@@ -235,5 +238,5 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
         mlflow.log_metrics({"test_acc": test_eval.acc, "test_top5": test_eval.top5,
                             "test_loss": test_eval.loss, "best_epoch": best_epoch})
         log.info("best epoch %d (val_acc %.2f%%): test_acc %.2f%%, test_top5 %.2f%%",
-                 best_epoch + 1, best_acc, test_eval.acc, test_eval.top5)
+                 best_epoch, best_acc, test_eval.acc, test_eval.top5)
     return TrainResult(run_id, best_model, test_eval)

@@ -110,5 +110,5 @@ def test_inline_sweep_runs_every_configuration_under_one_sweep_run(tracking_uri,
     assert len([r for r in step_runs(tracking_uri) if r.data.tags["pipeline.step"] == "prepare-data"]) == 1
     assert all(r.info.status != "RUNNING" for r in all_runs(tracking_uri))
     table = (tmp_path / "out" / f"sweep-{sweep_id}" / "summary.md").read_text()
-    assert [line.split("|")[2].strip() for line in table.splitlines() if line.startswith("| late")] == \
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| s")] == \
         ["sigmoid", "swish"]

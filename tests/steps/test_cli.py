@@ -65,3 +65,7 @@ def test_cli_train_prints_the_run_id(tracking_uri):
     run_id = result.stdout.strip().splitlines()[-1]
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["activation"] == "softmax"
+    # stderr is a pipe here, as in a log file: no progress-bar fragments, one line per epoch
+    assert "\r" not in result.stderr and "batch/s" not in result.stderr and "it/s" not in result.stderr
+    epochs = [line for line in result.stderr.splitlines() if "train_loss" in line]
+    assert len(epochs) == int(run.data.params["epochs"]) and epochs[0].startswith("[pipeline] epoch 1/")

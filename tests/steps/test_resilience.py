@@ -117,7 +117,7 @@ def test_divergence_fails_the_run_with_one_line_and_keeps_the_last_good_checkpoi
     [run] = all_runs(tracking_uri)
     assert run.info.status == "FAILED" and run.info.run_id in message
     last = torch.load(artifact_file(run.info.run_id, "checkpoints/last.pt"), weights_only=True)
-    assert last["epoch"] == 0 and last["best_epoch"] == 0  # the epoch whose loss was finite
+    assert last["epoch"] == 1 and last["best_epoch"] == 1  # the epoch whose loss was finite (numbered from 1)
     assert "optimizer" in last and "rng" in last
 
 

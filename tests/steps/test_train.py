@@ -27,7 +27,7 @@ def test_train_logs_params_metrics_gate_values_gradients_and_best_checkpoint(tra
         assert run.data.params[key] == (str(value).lower() if isinstance(value, bool) else str(value))
     assert run.data.params["train_size"] == "288" and run.data.params["val_size"] == "32"
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "gate_scale"):
-        assert [m.step for m in client.get_metric_history(run_id, key)] == [0, 1, 2], key
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3], key  # epochs from 1
     assert "gate_temperature" not in run.data.metrics
     scales = [m.value for m in client.get_metric_history(run_id, "gate_scale")]
     assert scales[-1] != 1.0  # the scale is learnt
@@ -44,7 +44,7 @@ def test_train_logs_params_metrics_gate_values_gradients_and_best_checkpoint(tra
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best.pt",
                                                dst_path=str(tmp_path))
     model, ckpt = load_model(path)
-    assert ckpt["epoch"] == val_acc.index(max(val_acc)) == int(run.data.metrics["best_epoch"])
+    assert ckpt["epoch"] == val_acc.index(max(val_acc)) + 1 == int(run.data.metrics["best_epoch"])  # from 1
     assert ckpt["model_config"] == {"activation": "scaled_tanh", "position": "late", "num_classes": 10,
                                     "reduction": 16}
     test = load_dataset("fake").test
@@ -65,5 +65,5 @@ def test_parametric_and_alpha_gates_log_their_values(tracking_uri):
     for activation, key in (("parametric_sigmoid", "gate_temperature"), ("alpha_entmax", "gate_alpha")):
         run_id = run_train(fake_config(activation=activation, epochs=1)).run_id
         history = client.get_metric_history(run_id, key)
-        assert [m.step for m in history] == [0]
+        assert [m.step for m in history] == [1]
         assert history[0].value > (1.0 if key == "gate_alpha" else 0.0)

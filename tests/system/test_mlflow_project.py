@@ -43,7 +43,7 @@ def test_mlflow_run_train(project):
         ("swish", "fake", "64", "2")
     assert params["lr"] == "0.001" and params["batch_size"] == "64" and params["train_size"] == "288"
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2]
     assert run.data.metrics["test_acc"] > 20 and run.data.metrics["test_top5"] >= run.data.metrics["test_acc"]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt", "checkpoints/last.pt"]
 
@@ -83,5 +83,18 @@ def test_mlflow_run_bad_parameter_fails_the_run(project):
                         cwd=project["tmp"], env=project["env"])
     assert result.returncode != 0
     assert "Error: unknown activation 'nope'" in result.stderr and "Traceback (most recent" not in result.stderr
+    [run] = [r for r in all_runs(project["uri"]) if r.info.run_id not in before]
+    assert run.info.status == "FAILED"
+
+
+def test_mlflow_run_refuses_an_undeclared_parameter_in_one_line(project):
+    # MLflow passes `-P image-size=64` on as an extra `--image-size 64` after the declared one
+    before = {r.info.run_id for r in all_runs(project["uri"])}
+    result = mlflow_run("-e", "train", "-P", "image-size=64", "-P", "dataset=fake", "-P", "weights=none",
+                        cwd=project["tmp"], env=project["env"])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "image_size given twice" in errors[0] and "valid parameters of train:" in errors[0].lower()
+    assert "epochs" in errors[0] and "train_loss" not in result.stderr  # refused before training
     [run] = [r for r in all_runs(project["uri"]) if r.info.run_id not in before]
     assert run.info.status == "FAILED"

@@ -52,11 +52,11 @@ def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_e
     assert {i.dataset.name for i in inputs} == {"fake-train", "fake-validation", "fake-test"}
     # the report: local files and artefacts of the parent run
     report_dir = out / f"main-{parent.info.run_id}"
-    for name in ("summary.md", "summary.csv", "summary.tex", "kde_late.pdf", "kde_late.png", "radar_late.png",
-                 "curves_late.pdf", "gradient_flow_late.png", "gate_parameters_late.pdf", "spatial_maps_late.png"):
+    for name in ("summary.md", "summary.csv", "summary.tex", "weights_late.pdf", "weights_late.png", "metrics_late.png",
+                 "curves_late.pdf", "gradient_flow_late.png", "spatial_maps_late.png"):
         assert (report_dir / name).stat().st_size > 0, name
     artefacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "report")}
-    assert "report/summary.md" in artefacts and "report/kde_late.pdf" in artefacts
+    assert "report/summary.md" in artefacts and "report/weights_late.pdf" in artefacts
     assert parent.data.metrics["gini"] == by_step["compute-metrics"].data.metrics["gini"]
 
     # again, with the same parameters spelled differently: every step is reused, none rerun
@@ -89,15 +89,21 @@ def test_sweep_goes_on_past_failures_and_reports_the_rest(project_env):
     assert sweep.data.metrics["failed_configurations"] == 2
     assert "none/sigmoid/seed0" in result.stderr and "2 of 4 configurations failed" in result.stderr
     table = (out / f"sweep-{sweep.info.run_id}" / "summary.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| late")]
-    assert [row.split("|")[2].strip() for row in rows] == ["sigmoid", "swish"]
+    assert "Constant across this report: dataset fake, 32 px, 1 epoch," in table
+    rows = [line for line in table.splitlines() if line.startswith("| s")]
+    assert [row.split("|")[1].strip() for row in rows] == ["sigmoid", "swish"]
     metrics_runs = {r.data.params["activation"]: r for r in all_runs(uri)
                     if r.data.tags.get("pipeline.step") == "compute-metrics"}
-    header = [c.strip() for c in table.splitlines()[2].split("|")[1:-1]]
+    header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| gate")).split("|")[1:-1]]
+    # each cell is the logged value (one seed: no interval), at its column's decimals and scale
     for row in rows:
         cells = dict(zip(header, [c.strip() for c in row.split("|")[1:-1]]))
-        logged = metrics_runs[cells["activation"]].data.metrics
-        for col in ("gini", "entropy", "avg_score", "test_acc", "test_map", "focus_area_ratio"):
-            assert cells[col] == f"{logged[col]:.4g}", (cells["activation"], col)
+        logged = metrics_runs[cells["gate"]].data.metrics
+        assert cells["seeds"] == "1"
+        for col, scale, decimals in (("test acc. (%)", 1, 1), ("Gini", 1, 3), ("entropy", 1, 3),
+                                     ("sparsity (%)", 100, 1), ("focus (%)", 1, 1), ("focus area (%)", 100, 1)):
+            key = {"test acc. (%)": "test_acc", "Gini": "gini", "entropy": "entropy", "sparsity (%)": "sparsity",
+                   "focus (%)": "focus_pct", "focus area (%)": "focus_area_ratio"}[col]
+            assert cells[col] == f"{logged[key] * scale:.{decimals}f}", (cells["gate"], col)
     csv = pd.read_csv(out / f"sweep-{sweep.info.run_id}" / "summary.csv")
     assert csv.set_index("activation")["gini"]["swish"] == pytest.approx(metrics_runs["swish"].data.metrics["gini"])

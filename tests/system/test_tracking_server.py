@@ -104,14 +104,14 @@ def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst
                 "val_size": "32", "test_size": "80", "num_classes": "10"}
     assert train.data.params == expected
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-        assert [m.step for m in client.get_metric_history(train.info.run_id, key)] == [0, 1], key
+        assert [m.step for m in client.get_metric_history(train.info.run_id, key)] == [1, 2], key
     assert {"test_acc", "test_top5", "test_loss"} <= set(train.data.metrics)
     probe_id = by_step["probe-attention"].info.run_id
     names = {a.path for a in client.list_artifacts(probe_id, "attention")}
     assert names == {f"attention/{n}" for n in ("channel_weights.npy", "spatial_maps.npy", "labels.npy",
                                                 "logits.npy", "meta.json")}
     report = {a.path for a in client.list_artifacts(report_run_id, "report")}
-    assert {"report/summary.md", "report/kde_late.pdf", "report/spatial_maps_late.png"} <= report
+    assert {"report/summary.md", "report/weights_late.pdf", "report/spatial_maps_late.png"} <= report
     assert {"gini", "entropy", "test_map"} <= set(by_step["compute-metrics"].data.metrics)
     for run_id, path in ((probe_id, "attention"), (report_run_id, "report")):
         done = subprocess.run(["mlflow", "artifacts", "download", "--run-id", run_id, "--artifact-path", path,
@@ -119,7 +119,7 @@ def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst
         assert done.returncode == 0, done.stderr[-2000:]
     weights = np.load(dst / "attention" / "channel_weights.npy")
     assert weights.shape == (80, 512) and weights.dtype == np.float32
-    assert (dst / "report" / "summary.md").read_text().count(f"| late | {activation} |") == 1
+    assert (dst / "report" / "summary.md").read_text().count(f"| {activation} ") == 1
     return by_step
 
 
@@ -137,7 +137,7 @@ def test_main_logs_everything_to_a_postgresql_backed_server(postgres_server, tmp
     assert len(runs) == 5 and main.info.status == "FINISHED"
     by_step = check_chain_on_server(uri, env, main, main.info.run_id, tmp_path / "download", "scaled_tanh")
     client = mlflow.MlflowClient(uri)
-    assert [m.step for m in client.get_metric_history(by_step["train"].info.run_id, "gate_scale")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(by_step["train"].info.run_id, "gate_scale")] == [1, 2]
 
 
 def test_eight_train_runs_log_at_once(server, tmp_path):
@@ -157,7 +157,7 @@ def test_eight_train_runs_log_at_once(server, tmp_path):
     client = mlflow.MlflowClient(server.uri)
     for run in runs:
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1]
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2]
         assert {"test_acc", "test_top5"} <= set(run.data.metrics)
         assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt", "checkpoints/last.pt"]
 
@@ -176,6 +176,16 @@ def test_unreachable_server_fails_fast_with_one_line(tmp_path):
             assert result.returncode != 0 and elapsed < 15, (uri, elapsed)
             lines = [line for line in result.stderr.splitlines() if line.strip()]
             assert len(lines) == 1 and lines[0].startswith("Error:") and uri in lines[0], result.stderr
+            # `mlflow run` as the README tells users to start it against a server: the same one line
+            start = time.monotonic()
+            result = subprocess.run([sys.executable, "-m", "pipeline", "mlflow-run", str(REPO), "-e", "train",
+                                     "--env-manager", "local", "-P", "dataset=fake", "-P", "weights=none"],
+                                    capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                                    env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+            elapsed = time.monotonic() - start
+            output = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+            assert result.returncode != 0 and elapsed < 20, (uri, elapsed)
+            assert len(output) < 5 and "Traceback" not in result.stderr and uri in output[-1], output
 
 
 def chromium_driver(width=1800, height=1100):

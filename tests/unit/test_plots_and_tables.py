@@ -1,90 +1,163 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from pipeline import plots
-from pipeline.steps.report import Result, summary_table, to_latex, to_markdown
+from pipeline.steps.report import GROUP_KEYS, Result, distinct_seeds, figure_groups, summary_table, to_latex, to_markdown
 
 
 def labelled_lines(ax):
     return [line for line in ax.get_lines() if not line.get_label().startswith("_")]
 
 
-def test_kde_has_one_line_per_activation_and_survives_constant_and_sparse_weights():
+def test_weight_distributions_one_panel_per_gate_family_on_each_support():
     rng = np.random.default_rng(0)
     sparse = np.zeros((50, 512))
-    sparse[:, 0] = 1.0  # sparsemax-like: two distinct values only
+    sparse[:, :4] = rng.dirichlet(np.ones(4), 50)  # sparsemax-like: mostly exact zeros
     weights = {
         "sigmoid": rng.random((50, 512)),
+        "scaled_tanh": rng.beta(5, 2, (50, 512)),
         "softmax": np.full((50, 512), 1 / 512),  # constant: gaussian_kde would raise
         "sparsemax": sparse,
         "swish": rng.normal(0.2, 1.0, (50, 512)),
     }
-    fig = plots.plot_kde(weights)
-    ax = fig.axes[0]
-    lines = labelled_lines(ax)
-    assert [line.get_label().split(" ")[0] for line in lines] == list(weights)
-    assert "constant" in lines[1].get_label()
-    assert ax.get_title() and "weight" in ax.get_xlabel() and "density" in ax.get_ylabel()
-    density = lines[0].get_ydata()
-    grid = lines[0].get_xdata()
-    assert np.all(density >= 0) and np.trapezoid(density, grid) == pytest.approx(1.0, abs=0.05)
+    fig = plots.plot_weight_distributions(weights)
+    bounded, sum_to_one, unbounded = fig.axes
+    assert "bounded" in bounded.get_title() and "sum-to-one" in sum_to_one.get_title() and "swish" in unbounded.get_title()
+    assert bounded.get_xlim() == (0.0, 1.0)  # the bounded gates' support, no density outside it
+    assert [ln.get_label() for ln in labelled_lines(bounded)] == ["sigmoid", "scaled_tanh"]
+    labels = [ln.get_label() for ln in labelled_lines(sum_to_one)]
+    assert labels[0].startswith("softmax") and "constant 1" in labels[0]  # weight × C = 1: uniform
+    assert labels[1] == "sparsemax (99.2 % exactly 0)"  # 508 of 512 channels
+    assert sum_to_one.get_xscale() == "log"  # weights × C span decades; 1 = uniform is on the axis
+    lo, hi = sum_to_one.get_xlim()
+    assert lo < 1 < hi and hi > np.percentile(sparse[sparse > 0] * 512, 99)
+    lo, hi = unbounded.get_xlim()
+    assert lo < -2 and hi > 2  # swish keeps its own axis
+    # a reflected KDE of uniform weights integrates to 1 on [0, 1] and stays flat up to the edges
+    sigmoid = labelled_lines(bounded)[0]
+    grid, density = sigmoid.get_xdata(), sigmoid.get_ydata()
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=0.03)
+    assert density[0] == pytest.approx(1.0, abs=0.2) and density[-1] == pytest.approx(1.0, abs=0.2)
 
 
-def test_radar_values_lie_in_unit_interval():
-    rows = {
-        "sigmoid": {"avg_score": 0.6458, "focus_pct": 64.45, "sparsity": 0, "gini": 0.3542, "entropy": 0.95,
-                    "focus_area_ratio": 0.4, "test_acc": 89.91, "test_map": 0.93},
-        "swish": {"avg_score": 1.2777, "focus_pct": 25.2, "sparsity": 0, "gini": 0.8966, "entropy": float("nan"),
-                  "focus_area_ratio": 0.7, "test_acc": 89.54, "test_map": 0.92},
+def test_gate_metric_panels_have_fixed_ranges_and_drop_constant_metrics():
+    values = {
+        "sigmoid": {"test_acc": [89.9, 90.3, 90.1], "gini": [0.35, 0.36, 0.34], "sparsity": [0, 0, 0],
+                    "entropy": [0.9, 0.91, 0.92]},
+        "sparsemax": {"test_acc": [46.5, 50.0, 48.0], "gini": [0.99, 0.99, 0.98], "sparsity": [0.99, 0.98, 0.99],
+                      "entropy": [0.1, 0.1, 0.12]},
+        "softmax": {"test_acc": [83.5, 84.0, 83.0], "gini": [0.99, 0.99, 0.99], "sparsity": [0, 0, 0],
+                    "entropy": [0.99, 0.99, 0.99]},
     }
-    fig = plots.plot_radar(rows)
-    ax = fig.axes[0]
-    lines = labelled_lines(ax)
-    assert len(lines) == 2
-    for line in lines:
-        values = np.asarray(line.get_ydata())
-        assert values.min() >= 0 and values.max() <= 1
-    np.testing.assert_allclose(plots.radar_values(rows["sigmoid"])[:2], [0.6458, 0.6445])
-    assert plots.radar_values(rows["swish"])[0] == 1.0  # clipped to the stated range
-    assert all("[" in t.get_text() for t in ax.get_xticklabels())  # ranges are stated
+    fig = plots.plot_gate_metrics(values)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_xlabel() for ax in panels] == ["test accuracy (%)", "Gini of |w|", "entropy of |w| / log C",
+                                                  "weights exactly 0 (%)"]
+    assert [ax.get_xlim() for ax in panels] == [(-3, 103), (-0.03, 1.03), (-0.03, 1.03), (-3, 103)]
+    assert "test_map" in fig._suptitle.get_text()  # no value for any gate: named, not drawn
+    acc = panels[0]
+    # the CI bar of sigmoid: mean ± t(0.975, 2) · s / √3
+    v = np.array([89.9, 90.3, 90.1])
+    half = stats.t.ppf(0.975, 2) * v.std(ddof=1) / np.sqrt(3)
+    bars = [ln.get_xdata() for ln in acc.get_lines() if len(ln.get_xdata()) == 2]
+    assert any(np.allclose(b, [v.mean() - half, v.mean() + half]) for b in bars)
+    sparsity = panels[3]  # fractions drawn in percent
+    means = [ln.get_xdata()[0] for ln in sparsity.get_lines() if ln.get_marker() == "D"]
+    assert max(means) == pytest.approx(100 * np.mean([0.99, 0.98, 0.99]))
+    one_metric = {"a": {"gini": [0.5]}, "b": {"gini": [0.5]}}
+    assert plots.plot_gate_metrics(one_metric) is None  # equal for every gate: nothing to draw
 
 
 def test_curves_gate_parameters_gradient_flow_and_grid(tmp_path):
     histories = {"sigmoid": {"train_loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "train_acc": [60, 80], "val_acc": [55, 75]}}
     fig = plots.plot_curves(histories)
     assert [ax.get_xlabel() for ax in fig.axes] == ["epoch", "epoch"]
-    assert "%" in fig.axes[1].get_ylabel() and len(labelled_lines(fig.axes[0])) == 2
+    assert "%" in fig.axes[1].get_ylabel() and list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2]
     fig = plots.plot_gate_parameters({"scaled_tanh": {"gate_scale": [1.0, 1.2]}, "sigmoid": {}})
     assert fig.axes[0].get_title() == "gate_scale" and len(labelled_lines(fig.axes[0])) == 1
-    fig = plots.plot_gradient_flow({"sigmoid": (["a", "b", "c"], [1e-3, 1e-2, 0.0])})
-    assert fig.axes[0].get_yscale() == "log"
-    images = np.zeros((2, 3, 8, 8), dtype=np.uint8)
-    maps = {"sigmoid": np.full((2, 2, 2), 0.5), "softmax": np.zeros((2, 2, 2))}
+    assert plots.plot_gate_parameters({"sigmoid": {}, "swish": {}}) is None  # no placeholder figure
+    names = ["conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight", "cbam.channel.mlp.0.weight",
+             "layer4.1.conv2.weight", "fc.weight"]
+    fig = plots.plot_gradient_flow({"sigmoid": (names, [1e-3, 1e-2, 0.0, 1e-4, 1e-5, 1e-3, 1e-2])})
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["stem", "layer1", "cbam", "layer4", "fc"]
+    assert [t.get_text().split("\n")[1] for t in ax.get_xticklabels()] == ["(2)", "(2)", "(1)", "(1)", "(1)"]
+    assert plots.plot_gradient_flow({}) is None
+    images = np.zeros((3, 3, 8, 8), dtype=np.uint8)
+    maps = {"sigmoid": np.full((3, 2, 2), 0.5), "softmax": np.zeros((3, 2, 2))}
     fig = plots.plot_spatial_grid(images, maps)
     image_axes = [ax for ax in fig.axes if ax.images]
-    assert len(image_axes) == 2 * 3 * 2
-    # one colour scale for every map
-    assert {tuple(im.get_clim()) for ax in image_axes for im in ax.images[1:] if im.get_cmap().name == "inferno"} \
-        == {(0.0, 1.0)}
+    assert len(image_axes) == 3 * 3  # a row of images, then a row per gate
+    overlays = [im for ax in image_axes for im in ax.images if im.get_cmap().name == "inferno"]
+    assert len(overlays) == 6 and {tuple(im.get_clim()) for im in overlays} == {(0.0, 1.0)}
+    assert all(ax.images[0].get_cmap().name == "gray" for ax in image_axes[3:])  # the image under each map
+    assert len(fig.axes) == 10  # and one colour bar
+    assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH_IN
     paths = plots.save_figure(fig, tmp_path / "grid")
     assert open(paths[0], "rb").read(4) == b"%PDF" and open(paths[1], "rb").read(4) == b"\x89PNG"
 
 
-def result(activation, seed, **metrics):
-    return Result(activation, "late", str(seed), metrics, "t", "p", "m")
+CONFIG = {"dataset": "digits", "image_size": "64", "epochs": "2", "weights": "none", "lr": "0.001", "batch_size": "64",
+          "val_fraction": "0.1", "num_images": "-1", "gate_norm": "", "position": "late"}
 
 
-def test_summary_table_mean_and_std_over_seeds_and_formats():
+def result(activation, seed, start=0, **metrics):
+    config = {**CONFIG, "activation": activation, **{k: metrics.pop(k) for k in list(metrics) if k in GROUP_KEYS}}
+    return Result(config, str(seed), metrics, "t", "p", "m", start)
+
+
+def test_summary_table_ci_over_seeds_and_compact_formats():
     results = [result("swish", 0, gini=0.5, test_acc=90.0), result("swish", 1, gini=0.7, test_acc=92.0),
-               result("sigmoid", 0, gini=0.3542, test_acc=89.91)]
+               result("sigmoid", 0, gini=0.3542, test_acc=89.91, sparsity=0.0125)]
     table = summary_table(results)
     assert list(table["activation"]) == ["sigmoid", "swish"]  # registry order
     swish = table.iloc[1]
     assert swish["gini"] == pytest.approx(0.6) and swish["gini_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
-    assert swish["seeds"] == 2 and np.isnan(table.iloc[0]["gini_std"])
-    md = to_markdown(table)
-    assert "| late | sigmoid | 1 | n/a | n/a | n/a | 0.3542 | 89.91 |" in md
-    assert "0.6 ± 0.14" in md
-    tex = to_latex(table, "caption")
+    half = stats.t.ppf(0.975, 1) * np.std([0.5, 0.7], ddof=1) / np.sqrt(2)
+    assert swish["gini_ci95_low"] == pytest.approx(0.6 - half) and swish["gini_ci95_high"] == pytest.approx(0.6 + half)
+    assert swish["seeds"] == 2 and np.isnan(table.iloc[0]["gini_std"]) and table.iloc[0]["gini_n"] == 1
+    md = to_markdown(table, "test")
+    assert "Constant across this report: dataset digits, 64 px, 2 epochs, weights none, lr 0.001, " \
+           "batch size 64, val. fraction 0.1, all test images probed, position late." in md
+    rows = [line for line in md.splitlines() if line.startswith("| s")]
+    assert [c.strip() for c in rows[0].split("|")[1:-1]] == ["sigmoid", "1", "89.9", "0.354", "n/a", "1.2", "n/a", "n/a"]
+    # one decimal convention per column: accuracy 1 decimal, Gini 3, the CI half-width alike
+    assert f"91.0 ± {stats.t.ppf(0.975, 1) * np.std([90, 92], ddof=1) / np.sqrt(2):.1f}" in rows[1]
+    assert f"0.600 ± {half:.3f}" in rows[1]
+    assert len({len(line) for line in md.splitlines() if line.startswith("|")}) == 1  # aligned
+    tex = to_latex(table, "source: sweep run abc")
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"$\pm$" in tex
+    caption = next(line for line in tex.splitlines() if line.startswith(r"\caption"))
+    assert "abc" not in caption and "digits" in caption  # the run id only in a comment
+    assert tex.splitlines()[0] == "% source: sweep run abc"
+
+
+def test_unlike_runs_are_never_pooled_and_a_seed_counts_once():
+    results = [result("swish", 0, gini=0.5), result("swish", 0, gini=0.9, dataset="fake", image_size="32", epochs="1"),
+               result("swish", 1, gini=0.7), result("swish", 1, start=5, gini=0.8)]  # a rerun of seed 1: newest counts
+    table = summary_table(distinct_seeds(results))
+    assert len(table) == 2 and list(table["dataset"]) == ["digits", "fake"]  # sorted by dataset first
+    assert list(table["seeds"]) == [2, 1]
+    assert table.iloc[0]["gini"] == pytest.approx((0.5 + 0.8) / 2)  # seed 1's newest run
+    md = to_markdown(table)
+    header = next(line for line in md.splitlines() if line.startswith("| "))
+    assert [h.strip() for h in header.split("|")[1:5]] == ["dataset", "image size (px)", "epochs", "gate"]
+    assert "Constant across this report: weights none" in md
+    groups = figure_groups([r for r in results if r.start_time == 0])
+    assert set(groups) == {"digits_64px_2ep_late", "fake_32px_1ep_late"}
+
+
+def test_summary_csv_has_every_number(tmp_path):
+    results = [result("sigmoid", s, gini=g, test_acc=a) for s, g, a in ((0, 0.3, 88.0), (1, 0.4, 90.0), (2, 0.35, 89.0))]
+    table = summary_table(results)
+    table.to_csv(tmp_path / "s.csv", index=False)
+    back = pd.read_csv(tmp_path / "s.csv")
+    n, mean, std = 3, 89.0, 1.0
+    half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)
+    row = back.iloc[0]
+    assert row["test_acc"] == pytest.approx(mean) and row["test_acc_std"] == pytest.approx(std)
+    assert row["test_acc_ci95_low"] == pytest.approx(mean - half) and row["test_acc_ci95_high"] == pytest.approx(mean + half)
+    assert row["seeds"] == 3 and row["seed_list"] == "0 1 2"
