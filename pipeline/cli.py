@@ -241,8 +241,19 @@ def mlflow_run(ctx: click.Context) -> None:
 
     `mlflow run` creates its run before the entry point starts, so a server that is down keeps it
     in MLflow's HTTP retries for minutes and ends in a long traceback; here it fails in seconds
-    with one line naming the URI (the check runs before this command, as for every step)."""
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "run", *ctx.args])
+    with one line naming the URI (the check runs before this command, as for every step).
+    Without ``--experiment-name``/``--experiment-id`` (or the MLFLOW_EXPERIMENT_* variables) the
+    run goes to the dataset's experiment, ``cbam-gates-<dataset>``, as the steps' own runs do."""
+    args = list(ctx.args)
+    chosen = any(a.split("=")[0] in ("--experiment-name", "--experiment-id") for a in args) or \
+        os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if not chosen:
+        dataset = cfg.TrainConfig().dataset
+        for flag, value in zip(args, args[1:]):
+            if flag in ("-P", "--param-list") and value.startswith("dataset="):
+                dataset = value.split("=", 1)[1]
+        args += ["--experiment-name", cfg.default_experiment(dataset)]
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "run", *args])
 
 
 def _interrupt_once(signum, frame):

@@ -29,6 +29,13 @@ EXECUTORS = ("inline", "process")
 RERUNNABLE = (*contracts.CHAIN, contracts.REPORT)  # in order: a rerun reruns all after it
 
 
+
+def default_experiment(dataset: str) -> str:
+    """Where runs of ``dataset`` go unless the user names an experiment (MLFLOW_EXPERIMENT_NAME,
+    MLFLOW_EXPERIMENT_ID, ``mlflow run --experiment-name``): one experiment per dataset, so a
+    report of an experiment compares like with like by default."""
+    return f"cbam-gates-{dataset}"
+
 def option(default, help: str = "", **kwargs):
     """A config field with its command-line help text."""
     return field(default=default, metadata={"help": help}, **kwargs)
@@ -210,6 +217,12 @@ class TrainConfig(StepConfig):
         return PrepareConfig(dataset=self.dataset, data_dir=self.data_dir, val_fraction=self.val_fraction,
                              seed=self.seed)
 
+    def label(self) -> str:
+        return f"{self.activation} · {self.position} · {self.dataset} {self.image_size}px {self.epochs}ep · seed{self.seed}"
+
+    def experiment(self) -> str:
+        return default_experiment(self.dataset)
+
 
 @dataclass(frozen=True)
 class ProbeConfig(StepConfig):
@@ -271,7 +284,13 @@ class MainConfig(StepConfig):
         return ProbeConfig(train_run_id=train_run_id, num_images=self.num_images, device=self.train.device)
 
     def label(self) -> str:
-        return f"{self.train.position}/{self.train.activation}/seed{self.train.seed}"
+        """The main run's name: the gate first (what a run list truncates last), then what
+        tells configurations apart: ``swish · late · digits 64px 2ep · seed0``."""
+        return self.train.label()
+
+    def step_run_name(self, step: str) -> str:
+        """A step run's name under its main run: ``swish · train · seed0``."""
+        return f"{self.train.activation} · {step} · seed{self.train.seed}"
 
 
 @dataclass(frozen=True)

@@ -47,14 +47,26 @@ def log_params_once(params: dict[str, Any]) -> None:
         mlflow.log_params(new)
 
 
-def ensure_experiment() -> str | None:
-    """The id of the experiment named by ``MLFLOW_EXPERIMENT_NAME``, created if missing.
+#: Experiment tag MLflow 3's UI reads to open an experiment on its runs (machine learning)
+#: rather than on its GenAI pages (traces).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def ensure_experiment(default: str | None = None) -> str | None:
+    """The id of the experiment to start a top-level run in, created if missing: the one named
+    by ``MLFLOW_EXPERIMENT_NAME``, else ``default`` (``cbam-gates-<dataset>``). None where the
+    experiment is chosen already (``MLFLOW_EXPERIMENT_ID``, a run `mlflow run` created, an
+    experiment set with ``mlflow.set_experiment``) or nothing names one (MLflow's default).
 
     MLflow's own get-or-create races when several processes start at once against a new
     experiment name (all but one fail with RESOURCE_ALREADY_EXISTS); here the losers of
-    that race simply look the experiment up again. None: no name given (MLflow's default)."""
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
-    if not name or os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID"):
+    that race simply look the experiment up again."""
+    from mlflow.tracking import fluent
+
+    if os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return None
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or (None if fluent._active_experiment_id else default)
+    if not name:
         return None
     client = mlflow.MlflowClient()
     for _ in range(5):
@@ -62,11 +74,41 @@ def ensure_experiment() -> str | None:
         if exp is not None:
             return exp.experiment_id
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException as exc:
             if "RESOURCE_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                 raise
     raise PipelineError(f"cannot create or find the experiment {name!r}")
+
+
+def experiment_of(run) -> str:
+    """The name of the experiment ``run`` is in: a step started on its own from an upstream run
+    goes where that run is, unless the user names an experiment."""
+    return mlflow.MlflowClient().get_experiment(run.info.experiment_id).name
+
+
+def report_folder(out: str | Path, experiment: str, run_name: str) -> Path:
+    """``out/<experiment>/<run name>/``, emptied: a rerun of the same configuration replaces its
+    report instead of adding a folder (names made file-system safe: ``swish_late_digits_64px_2ep_seed0``)."""
+    import re
+    import shutil
+
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9.,=+-]+", "_", text.replace(" · ", "_")).strip("_") or "run"
+
+    folder = Path(out) / safe(experiment) / safe(run_name)
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def tag_experiment_kind(experiment_id: str) -> None:
+    """Mark the experiment as machine learning for MLflow's UI (once; it may have been created
+    by `mlflow run --experiment-name` or by hand)."""
+    client = mlflow.MlflowClient()
+    if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) is None:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 @contextmanager
@@ -78,20 +120,27 @@ def step_run(
     tags: dict[str, str] | None = None,
     run_id: str | None = None,
     parent_run_id: str | None = None,
+    experiment: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start the step's run and always end it: nested under the active run if there is one
     (``main`` and ``sweep`` chaining in-process), under ``parent_run_id`` (a sweep's worker
     process), or continuing ``run_id`` (a resume) or the run ``mlflow run`` created.
 
-    Logs ``params`` (flat) once, ``config`` (typed; default ``params``) as ``config.json``, and
+    A top-level run goes to ``experiment`` (a name; see :func:`ensure_experiment`) unless the
+    user chose one. Logs ``params`` (flat) once, ``config`` (typed; default ``params``) as ``config.json``, and
     the step and code-version tags. Exceptions end it FAILED, Ctrl-C and SIGTERM (as
     KeyboardInterrupt) KILLED; both re-raise.
     """
     nested = mlflow.active_run() is not None
-    experiment_id = None if nested or run_id else ensure_experiment()
+    if nested:  # MLflow puts a nested run in its default experiment, not its parent's
+        experiment_id = mlflow.active_run().info.experiment_id
+    else:
+        experiment_id = None if run_id or parent_run_id else ensure_experiment(experiment)
     run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, experiment_id=experiment_id,
                            parent_run_id=parent_run_id)
     try:
+        if not nested:
+            tag_experiment_kind(run.info.experiment_id)
         version = {contracts.CODE_VERSION_TAG: code_version(step)} if step in contracts.STEP_MODULES else {}
         mlflow.set_tags({STEP_TAG: step, **version, **(tags or {})})
         if run_name:  # also when continuing the run that `mlflow run` created

@@ -34,7 +34,7 @@ from pipeline.contracts import (
     reuse_key,
 )
 from pipeline.metrics import notebook_gini, per_image_metrics, summarise
-from pipeline.tracking import download_artifact, get_step_run, step_run
+from pipeline.tracking import download_artifact, experiment_of, get_step_run, step_run
 
 log = logging.getLogger("pipeline")
 
@@ -73,7 +73,8 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None, run
               "seed": probe_run.data.params.get("seed", "")}
     tags = {UPSTREAM_TAGS[PROBE_ATTENTION]: config.probe_run_id, UPSTREAM_TAGS[TRAIN]: meta["source_run_id"],
             REUSE_KEY_TAG: reuse_key(COMPUTE_METRICS, config.to_dict())}
-    with step_run(COMPUTE_METRICS, params, config.to_dict(), run_name=run_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
+    with step_run(COMPUTE_METRICS, params, config.to_dict(), run_name=run_name or f"{meta['activation']} · compute-metrics",
+                  tags=tags, experiment=experiment_of(probe_run)) as run, tempfile.TemporaryDirectory() as tmp:
         logged = {}
         for name, stats in summary.items():
             logged[name] = stats["mean"]

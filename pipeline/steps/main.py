@@ -34,7 +34,7 @@ from pipeline.contracts import (
     UPSTREAM_TAGS,
     reuse_key,
 )
-from pipeline.tracking import download_artifact, find_reusable_run, step_run
+from pipeline.tracking import download_artifact, experiment_of, find_reusable_run, report_folder, step_run
 
 if TYPE_CHECKING:
     from pipeline.data import DatasetCache
@@ -62,7 +62,7 @@ class Chain:
 
     experiment_id: str
     forced: set[str]
-    label: str
+    name: Callable[[str], str]  # step -> its run's name
     run_ids: dict[str, str] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
 
@@ -77,7 +77,7 @@ class Chain:
                 self.reused.append(step)
                 return None
         log.info("%s: %s", step, "running again (rerun)" if step in self.forced else "starting a new run")
-        result = run(f"{step} · {self.label}")
+        result = run(self.name(step))
         self.run_ids[step] = result if isinstance(result, str) else result.run_id
         return result
 
@@ -108,8 +108,8 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
     (a sweep writes one for all its configurations instead)."""
     t = config.train
     with step_run(MAIN, config.params(), config.to_dict(), run_name=config.label(),
-                  parent_run_id=parent_run_id) as run:
-        chain = Chain(run.info.experiment_id, config.forced_steps(), config.label())
+                  parent_run_id=parent_run_id, experiment=t.experiment()) as run:
+        chain = Chain(run.info.experiment_id, config.forced_steps(), config.step_run_name)
 
         def dataset():  # loaded (once per process) only if a step has to run
             nonlocal datasets
@@ -141,7 +141,7 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
         mlflow.log_metrics(mlflow.MlflowClient().get_run(metrics_id).data.metrics)
         where = ""
         if report:
-            out = Path(config.out) / f"main-{run.info.run_id}"
+            out = report_folder(config.out, experiment_of(run), config.label())
             write_main_report(metrics_id, out, run.info.experiment_id, REPORT not in chain.forced)
             where = f"; report in {out}"
         log.info("main %s (%s): %d of 4 steps reused (%s)%s", run.info.run_id, config.label(), len(chain.reused),

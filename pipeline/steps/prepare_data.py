@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from pipeline.config import PrepareConfig
+from pipeline.config import PrepareConfig, default_experiment
 from pipeline.contracts import DATASET_DIGEST_TAG, DATASET_JSON, PREPARE_DATA, REUSE_KEY_TAG, VAL_INDICES, reuse_key
 from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_validation
 from pipeline.tracking import step_run
@@ -63,7 +63,8 @@ def run_prepare(config: PrepareConfig, dataset: Dataset | None = None, run_name:
     params = {**config.params(), "train_size": len(splits.train), "val_size": len(splits.val),
               "test_size": len(dataset.test), "num_classes": len(dataset.classes)}
     tags = {DATASET_DIGEST_TAG: digest, REUSE_KEY_TAG: reuse_key(PREPARE_DATA, config.to_dict())}
-    with step_run(PREPARE_DATA, params, config.to_dict(), run_name=run_name, tags=tags) as run, \
+    with step_run(PREPARE_DATA, params, config.to_dict(), run_name=run_name or f"{config.dataset} · prepare-data", tags=tags,
+                  experiment=default_experiment(config.dataset)) as run, \
             tempfile.TemporaryDirectory() as tmp:
         for part, data in (("train", splits.train), ("validation", splits.val), ("test", splits.test)):
             mlflow.log_input(_mlflow_dataset(dataset, part, data.images, data.labels, digest), context=part)

@@ -40,7 +40,7 @@ from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.metrics import mean_average_precision
 from pipeline.models import CBAMResNet18
-from pipeline.tracking import download_artifact, get_step_run, step_run
+from pipeline.tracking import download_artifact, experiment_of, get_step_run, step_run
 from pipeline.training import score_logits
 
 log = logging.getLogger("pipeline")
@@ -103,7 +103,8 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
               "position": model.config.position, "dataset": dataset_name, "image_size": image_size,
               "seed": train_params.get("seed", "")}
     tags = {UPSTREAM_TAGS[TRAIN]: config.train_run_id, REUSE_KEY_TAG: reuse_key(PROBE_ATTENTION, config.to_dict())}
-    with step_run(PROBE_ATTENTION, params, config.to_dict(), run_name=run_name, tags=tags) as run, \
+    with step_run(PROBE_ATTENTION, params, config.to_dict(), run_name=run_name or f"{model.config.activation} · probe-attention",
+                  tags=tags, experiment=experiment_of(train_run)) as run, \
             tempfile.TemporaryDirectory() as tmp:
         attention = read_attention(model.to(device), probed, image_size, config.batch_size)
         labels = probed.labels.cpu().numpy()

@@ -54,7 +54,7 @@ from pipeline.contracts import (
 )
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError, one_line
-from pipeline.tracking import download_artifact, step_run
+from pipeline.tracking import download_artifact, report_folder, step_run
 
 log = logging.getLogger("pipeline")
 
@@ -389,7 +389,17 @@ def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "repo
     return {"table": table, "figures": figures, "results": results}
 
 
-def metrics_runs_of(config: ReportConfig) -> tuple[list[str], str]:
+@dataclass
+class Source:
+    """What a report covers: its compute-metrics runs, a title, and where its run goes."""
+
+    metrics_run_ids: list[str]
+    title: str
+    experiment: str  # name
+    name: str  # of the report run and its folder
+
+
+def metrics_runs_of(config: ReportConfig) -> Source:
     client = mlflow.MlflowClient()
     if config.experiment_name:
         exp = client.get_experiment_by_name(config.experiment_name)
@@ -397,7 +407,8 @@ def metrics_runs_of(config: ReportConfig) -> tuple[list[str], str]:
             raise PipelineError(f"experiment {config.experiment_name!r} does not exist")
         runs = client.search_runs([exp.experiment_id], f"tags.`{STEP_TAG}` = '{COMPUTE_METRICS}' and "
                                   "attributes.status = 'FINISHED'")
-        return [r.info.run_id for r in runs], f"experiment {config.experiment_name}"
+        return Source([r.info.run_id for r in runs], f"experiment {config.experiment_name}", exp.name,
+                      "report · experiment")
     run_id = config.sweep_run_id or config.main_run_id
     step = SWEEP if config.sweep_run_id else MAIN
     try:
@@ -406,22 +417,28 @@ def metrics_runs_of(config: ReportConfig) -> tuple[list[str], str]:
         raise PipelineError(f"run {run_id!r} does not exist in the tracking store {mlflow.get_tracking_uri()!r}") from None
     if run.data.tags.get(STEP_TAG) != step:
         raise PipelineError(f"run {run_id!r} is not a {step} run")
+    experiment = client.get_experiment(run.info.experiment_id).name
+    name = f"report · {run.info.run_name or run_id}"
     if step == MAIN:
-        return [run.data.tags[UPSTREAM_TAGS[COMPUTE_METRICS]]], f"main run {run_id}"
+        metrics_id = run.data.tags.get(UPSTREAM_TAGS[COMPUTE_METRICS])
+        if not metrics_id or run.info.status != "FINISHED":
+            raise PipelineError(f"main run {run_id!r} is {run.info.status} and has no compute-metrics run to "
+                                "report on; run it again (python -m pipeline main ...) or report another run")
+        return Source([metrics_id], f"main run {run_id}", experiment, name)
     children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}' and "
                                   "attributes.status = 'FINISHED'")
     key = UPSTREAM_TAGS[COMPUTE_METRICS]
     ids = [c.data.tags[key] for c in children if key in c.data.tags]
-    return ids, f"sweep run {run_id}"
+    return Source(ids, f"sweep run {run_id}", experiment, name)
 
 
 def run_report(config: ReportConfig) -> str:
-    ids, title = metrics_runs_of(config)
-    if not ids:
-        raise PipelineError(f"{title} has no finished compute-metrics runs to report on")
-    with step_run(REPORT, config.params()) as run:
-        out = Path(config.out) / f"report-{run.info.run_id}"
-        write_report(ids, out, title)
+    source = metrics_runs_of(config)
+    if not source.metrics_run_ids:
+        raise PipelineError(f"{source.title} has no finished compute-metrics runs to report on")
+    with step_run(REPORT, config.params(), run_name=source.name, experiment=source.experiment) as run:
+        out = report_folder(config.out, source.experiment, source.name)
+        write_report(source.metrics_run_ids, out, source.title)
         mlflow.log_artifacts(str(out), REPORT_DIR)
         log.info("report written to %s", out)
         return run.info.run_id

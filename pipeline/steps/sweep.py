@@ -8,7 +8,6 @@ sweep goes on, listing the failures at the end.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import mlflow
 
@@ -16,7 +15,7 @@ from pipeline.config import SweepConfig
 from pipeline.contracts import COMPUTE_METRICS, FAILED_TAG, REPORT_DIR, SWEEP, UPSTREAM_TAGS
 from pipeline.errors import PipelineError
 from pipeline.executors import Outcome, make_executor
-from pipeline.tracking import step_run
+from pipeline.tracking import experiment_of, report_folder, step_run
 
 log = logging.getLogger("pipeline")
 
@@ -26,9 +25,11 @@ def run_sweep(config: SweepConfig) -> str:
 
     configurations = config.configurations()
     n = len(configurations)
-    name = (f"sweep {','.join(config.positions)} x {','.join(config.activations)} x seeds "
-            f"{','.join(map(str, config.seeds))} ({n} runs)")[:250]
-    with step_run(SWEEP, config.params(), config.to_dict(), run_name=name) as run:
+    t = config.main.train
+    name = (f"sweep · {','.join(config.activations)} · {','.join(config.positions)} · seeds "
+            f"{','.join(map(str, config.seeds))} · {t.dataset} {t.image_size}px {t.epochs}ep")[:250]
+    with step_run(SWEEP, config.params(), config.to_dict(), run_name=name,
+                  experiment=config.main.train.experiment()) as run:
         sweep_id = run.info.run_id
         executor = make_executor(config.executor, config.jobs)
         log.info("sweep %s: %d configurations, executor %s", sweep_id, n, config.executor)
@@ -48,7 +49,7 @@ def run_sweep(config: SweepConfig) -> str:
         metrics_ids = [client.get_run(o.main_run_id).data.tags.get(UPSTREAM_TAGS[COMPUTE_METRICS]) for o in finished]
         metrics_ids = [m for m in metrics_ids if m]
         if metrics_ids:
-            out = Path(config.main.out) / f"sweep-{sweep_id}"
+            out = report_folder(config.main.out, experiment_of(run), name)
             write_report(metrics_ids, out, title=f"sweep run {sweep_id}")
             mlflow.log_artifacts(str(out), REPORT_DIR)
         if failed and not finished:

@@ -146,7 +146,8 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
     tags = {REUSE_KEY_TAG: reuse_key(TRAIN, config.to_dict())}
     if config.prepare_run_id:
         tags[UPSTREAM_TAGS[PREPARE_DATA]] = config.prepare_run_id
-    with step_run(TRAIN, params, config.to_dict(), run_name=run_name, tags=tags, run_id=resume_run_id or None) as run, \
+    with step_run(TRAIN, params, config.to_dict(), run_name=run_name or config.label(), tags=tags,
+                  run_id=resume_run_id or None, experiment=config.experiment()) as run, \
             tempfile.TemporaryDirectory() as tmp:
         run_id = run.info.run_id
         configure(device)

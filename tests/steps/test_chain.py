@@ -30,7 +30,10 @@ def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_
     first = run_main(config)
     client = mlflow.MlflowClient()
     main = client.get_run(first)
-    assert main.info.status == "FINISHED" and main.data.tags["mlflow.runName"] == "late/softmax/seed0"
+    assert main.info.status == "FINISHED" and main.data.tags["mlflow.runName"] == "softmax · late · fake 32px 1ep · seed0"
+    # runs go to the dataset's experiment, marked as machine learning for the UI
+    experiment = client.get_experiment(main.info.experiment_id)
+    assert experiment.name == "cbam-gates-fake" and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     kids = children(tracking_uri, first)
     assert set(kids) == set(CHAIN) and all(k.info.status == "FINISHED" for k in kids.values())
     assert main.data.tags["pipeline.reused_steps"] == "none"
@@ -44,7 +47,11 @@ def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_
     assert main.data.metrics["gini"] == kids["compute-metrics"].data.metrics["gini"]
     # the probe saw the trained model: its accuracy is train's test accuracy on the same images
     assert kids["probe-attention"].data.metrics["test_acc"] == pytest.approx(kids["train"].data.metrics["test_acc"])
-    assert (tmp_path / "out" / f"main-{first}" / "summary.md").is_file()
+    # the gate first in every run name
+    assert {k.info.run_name for k in kids.values()} == {f"softmax · {step} · seed0" for step in CHAIN}
+    folder = tmp_path / "out" / "cbam-gates-fake" / "softmax_late_fake_32px_1ep_seed0"
+    first_summary = (folder / "summary.md").read_text()
+    (folder / "stale.png").write_text("")  # from an older report of this configuration
 
     # again: all four reused, no new step run
     caplog.clear()
@@ -54,8 +61,10 @@ def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_
     assert caplog.text.count("reusing finished run") == 4
     # the report of the same metrics run by the same report code is copied, not drawn again
     assert f"reusing the report of main run {first}" in caplog.text
-    assert (tmp_path / "out" / f"main-{second}" / "summary.md").read_text() == \
-        (tmp_path / "out" / f"main-{first}" / "summary.md").read_text()
+    # into the same folder (a rerun of a configuration replaces its report, no new folder)
+    assert (folder / "summary.md").read_text() == first_summary and not (folder / "stale.png").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["cbam-gates-fake"]
+    assert [p.name for p in (tmp_path / "out" / "cbam-gates-fake").iterdir()] == [folder.name]
     assert "report/summary.md" in {a.path for a in client.list_artifacts(second, "report")}
 
     # rerun=train: prepare-data reused, train and everything downstream run again
@@ -99,16 +108,47 @@ def test_inline_sweep_runs_every_configuration_under_one_sweep_run(tracking_uri,
              if r.data.tags.get("mlflow.parentRunId") == sweep_id}
     status = {name: r.info.status for name, r in mains.items()}
     # position none has no attention to probe: those configurations fail, the others go on
-    assert status == {"late/sigmoid/seed0": "FINISHED", "late/swish/seed0": "FINISHED",
-                      "none/sigmoid/seed0": "FAILED", "none/swish/seed0": "FAILED"}
+    assert status == {"sigmoid · late · fake 32px 1ep · seed0": "FINISHED", "swish · late · fake 32px 1ep · seed0": "FINISHED",
+                      "sigmoid · none · fake 32px 1ep · seed0": "FAILED", "swish · none · fake 32px 1ep · seed0": "FAILED"}
     assert sweep.data.metrics["failed_configurations"] == 2
-    assert sweep.data.tags["pipeline.failed"] == "none/sigmoid/seed0,none/swish/seed0"
+    assert sweep.data.tags["pipeline.failed"] == "sigmoid · none · fake 32px 1ep · seed0,swish · none · fake 32px 1ep · seed0"
+    assert sweep.info.run_name == "sweep · sigmoid,swish · late,none · seeds 0 · fake 32px 1ep"
     # one prepare-data run serves every configuration (same data, split and seed)
-    assert set(children(tracking_uri, mains["late/sigmoid/seed0"].info.run_id)) == set(CHAIN)
-    assert set(children(tracking_uri, mains["late/swish/seed0"].info.run_id)) == set(CHAIN[1:])
-    assert mains["late/swish/seed0"].data.tags["pipeline.reused_steps"] == "prepare-data"
+    assert set(children(tracking_uri, mains["sigmoid · late · fake 32px 1ep · seed0"].info.run_id)) == set(CHAIN)
+    assert set(children(tracking_uri, mains["swish · late · fake 32px 1ep · seed0"].info.run_id)) == set(CHAIN[1:])
+    assert mains["swish · late · fake 32px 1ep · seed0"].data.tags["pipeline.reused_steps"] == "prepare-data"
     assert len([r for r in step_runs(tracking_uri) if r.data.tags["pipeline.step"] == "prepare-data"]) == 1
     assert all(r.info.status != "RUNNING" for r in all_runs(tracking_uri))
-    table = (tmp_path / "out" / f"sweep-{sweep_id}" / "summary.md").read_text()
+    table = (tmp_path / "out" / "cbam-gates-fake" / "sweep_sigmoid,swish_late,none_seeds_0_fake_32px_1ep"
+             / "summary.md").read_text()
     assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| s")] == \
         ["sigmoid", "swish"]
+
+
+def test_report_of_an_experiment_never_pools_unlike_runs(tracking_uri, tmp_path, monkeypatch):
+    # both runs in one experiment the user named (the easy way to mix them): a digits run and a
+    # fake run of the same gate and seed are two rows of one seed each, never "2 seeds"
+    from pipeline.config import ReportConfig
+    from pipeline.steps.report import run_report
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mixed")
+    out = tmp_path / "out"
+    for dataset, size in (("digits", 32), ("fake", 32)):
+        run_main(MainConfig.from_options(activation="sigmoid", dataset=dataset, weights="none", image_size=size,
+                                         epochs=1, batch_size=64, device="cpu", num_images=16, out=str(out)),
+                 report=False)
+    report_id = run_report(ReportConfig(experiment_name="mixed", out=str(out)))
+    assert mlflow.MlflowClient().get_run(report_id).info.run_name == "report · experiment"
+    folder = out / "mixed" / "report_experiment"
+    table = (folder / "summary.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| dataset"))
+    assert [c.strip() for c in header.split("|")[1:4]] == ["dataset", "gate", "seeds"]
+    rows = [[c.strip() for c in line.split("|")[1:4]] for line in table.splitlines()
+            if line.startswith(("| digits", "| fake"))]
+    assert rows == [["digits", "sigmoid", "1"], ["fake", "sigmoid", "1"]]
+    assert "Constant across this report: 32 px, 1 epoch," in table
+    import pandas as pd
+
+    csv = pd.read_csv(folder / "summary.csv")
+    assert list(csv["seeds"]) == [1, 1] and sorted(csv["dataset"]) == ["digits", "fake"]
+    assert {p.name for p in folder.glob("weights_*.png")} == {"weights_digits_late.png", "weights_fake_late.png"}

@@ -51,7 +51,9 @@ def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_e
     inputs = by_step["prepare-data"].inputs.dataset_inputs
     assert {i.dataset.name for i in inputs} == {"fake-train", "fake-validation", "fake-test"}
     # the report: local files and artefacts of the parent run
-    report_dir = out / f"main-{parent.info.run_id}"
+    # plain `mlflow run` without --experiment-name: MLflow's Default experiment
+    report_dir = out / "Default" / "swish_late_fake_64px_2ep_seed0"
+    assert parent.info.run_name == "swish · late · fake 64px 2ep · seed0"
     for name in ("summary.md", "summary.csv", "summary.tex", "weights_late.pdf", "weights_late.png", "metrics_late.png",
                  "curves_late.pdf", "gradient_flow_late.png", "spatial_maps_late.png"):
         assert (report_dir / name).stat().st_size > 0, name
@@ -84,11 +86,13 @@ def test_sweep_goes_on_past_failures_and_reports_the_rest(project_env):
     status = {m.data.tags["mlflow.runName"]: m.info.status for m in mains}
     # position none has no attention to probe: those configurations fail, the others finish
     errors = "\n".join(line for line in result.stderr.splitlines() if "Error" in line)
-    assert status == {"late/sigmoid/seed0": "FINISHED", "late/swish/seed0": "FINISHED",
-                      "none/sigmoid/seed0": "FAILED", "none/swish/seed0": "FAILED"}, errors[-3000:]
+    assert status == {"sigmoid · late · fake 32px 1ep · seed0": "FINISHED", "swish · late · fake 32px 1ep · seed0": "FINISHED",
+                      "sigmoid · none · fake 32px 1ep · seed0": "FAILED", "swish · none · fake 32px 1ep · seed0": "FAILED"}, \
+        errors[-3000:]
     assert sweep.data.metrics["failed_configurations"] == 2
-    assert "none/sigmoid/seed0" in result.stderr and "2 of 4 configurations failed" in result.stderr
-    table = (out / f"sweep-{sweep.info.run_id}" / "summary.md").read_text()
+    assert "sigmoid · none · fake 32px 1ep · seed0" in result.stderr and "2 of 4 configurations failed" in result.stderr
+    folder = out / "Default" / "sweep_sigmoid,swish_late,none_seeds_0_fake_32px_1ep"
+    table = (folder / "summary.md").read_text()
     assert "Constant across this report: dataset fake, 32 px, 1 epoch," in table
     rows = [line for line in table.splitlines() if line.startswith("| s")]
     assert [row.split("|")[1].strip() for row in rows] == ["sigmoid", "swish"]
@@ -105,5 +109,5 @@ def test_sweep_goes_on_past_failures_and_reports_the_rest(project_env):
             key = {"test acc. (%)": "test_acc", "Gini": "gini", "entropy": "entropy", "sparsity (%)": "sparsity",
                    "focus (%)": "focus_pct", "focus area (%)": "focus_area_ratio"}[col]
             assert cells[col] == f"{logged[key] * scale:.{decimals}f}", (cells["gate"], col)
-    csv = pd.read_csv(out / f"sweep-{sweep.info.run_id}" / "summary.csv")
+    csv = pd.read_csv(folder / "summary.csv")
     assert csv.set_index("activation")["gini"]["swish"] == pytest.approx(metrics_runs["swish"].data.metrics["gini"])

@@ -66,14 +66,15 @@ def test_process_executor_runs_each_configuration_in_a_worker(tracking_uri, tmp_
     sweep_id = result.stdout.strip().splitlines()[-1]
     runs = all_runs(tracking_uri)
     mains = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep_id]
-    assert sorted(r.data.tags["mlflow.runName"] for r in mains) == ["late/sigmoid/seed0", "late/swish/seed0"]
+    assert sorted(r.data.tags["mlflow.runName"] for r in mains) == ["sigmoid · late · fake 32px 1ep · seed0",
+                                                                     "swish · late · fake 32px 1ep · seed0"]
     assert all(r.info.status == "FINISHED" for r in runs)
     for main in mains:  # each main holds its own chain (the two workers raced to prepare the data)
         steps = {r.data.tags["pipeline.step"] for r in runs if r.data.tags.get("mlflow.parentRunId") == main.info.run_id}
         assert {"train", "probe-attention", "compute-metrics"} <= steps
     # worker processes printed their own logs; the sweep wrote one report for both
     assert result.stderr.count("started in worker process") == 2
-    assert (tmp_path / "out" / f"sweep-{sweep_id}" / "summary.md").is_file()
+    assert (tmp_path / "out" / "cbam-gates-fake" / "sweep_sigmoid,swish_late_seeds_0_fake_32px_1ep" / "summary.md").is_file()
 
 
 @pytest.mark.parametrize("executor", ["inline", "process"])

@@ -233,11 +233,11 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     runs = runs_of(server.uri, experiment)
     mains = {r.info.run_name: r for r in runs if r.data.tags.get("pipeline.step") == "main"}
-    assert set(mains) == {"late/scaled_tanh/seed0", "late/swish/seed0"}
+    assert set(mains) == {"scaled_tanh · late · fake 32px 2ep · seed0", "swish · late · fake 32px 2ep · seed0"}
     experiment_id = runs[0].info.experiment_id
     # the SQLite-backed server holds the whole chain of a configuration, and the sweep's report
     [sweep] = [r for r in runs if r.data.tags.get("pipeline.step") == "sweep"]
-    check_chain_on_server(server.uri, env, mains["late/scaled_tanh/seed0"], sweep.info.run_id, tmp_path / "download",
+    check_chain_on_server(server.uri, env, mains["scaled_tanh · late · fake 32px 2ep · seed0"], sweep.info.run_id, tmp_path / "download",
                           "scaled_tanh")
     shots = Path(os.environ.get("PIPELINE_SCREENSHOTS", tmp_path / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
@@ -247,17 +247,17 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
         # the sweep's runs in the experiment's run table
         driver.get(f"{server.uri}/#/experiments/{experiment_id}/runs")
         wait_for_text(driver, "Run Name")
-        wait_for_text(driver, "sweep late x scaled_tanh,swish")
+        wait_for_text(driver, "sweep · scaled_tanh,swish · late · seeds 0 · fake 32px 2ep")
         # the sweep's configurations are child runs, folded under it: unfold them
         expanders = driver.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
         assert expanders, "no expander next to the sweep run"
         expanders[0].click()
-        body = wait_for_text(driver, "late/swish/seed0")
-        assert "late/scaled_tanh/seed0" in body
+        body = wait_for_text(driver, "swish · late · fake 32px 2ep · seed0")
+        assert "scaled_tanh · late · fake 32px 2ep · seed0" in body
         driver.save_screenshot(str(shots / "runs.png"))
 
         # the comparison of the two configurations
-        ids = [mains["late/scaled_tanh/seed0"].info.run_id, mains["late/swish/seed0"].info.run_id]
+        ids = [mains["scaled_tanh · late · fake 32px 2ep · seed0"].info.run_id, mains["swish · late · fake 32px 2ep · seed0"].info.run_id]
         driver.get(f"{server.uri}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment_id])}")
         body = wait_for_text(driver, "Comparing 2 Runs")
         body = wait_for_text(driver, "gini")
@@ -265,7 +265,7 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
         (shots / "compare.txt").write_text(body)
         # run names, parameters, and the project's metrics with their logged values (the UI's
         # metric table is virtualised: the first rows are rendered, alphabetically)
-        for name in ("late/scaled_tanh/seed0", "late/swish/seed0", "activation", "Metrics", "avg_score", "entropy",
+        for name in ("scaled_tanh · late · fake 32px 2ep · seed0", "swish · late · fake 32px 2ep · seed0", "activation", "Metrics", "avg_score", "entropy",
                      "entropy_std", "first_image/entropy", "gini"):
             assert name in body, name
         for run in mains.values():

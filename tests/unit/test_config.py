@@ -88,7 +88,7 @@ def test_the_sweep_logs_its_lists_and_no_single_configuration():
     assert params["activations"] == ("swish", "softmax") and params["seeds"] == (0, 1)
     assert not {"activation", "position", "seed", "prepare_run_id"} & set(params)
     labels = [c.label() for c in sweep.configurations()]
-    assert labels == ["late/swish/seed0", "late/swish/seed1", "late/softmax/seed0", "late/softmax/seed1"]
+    assert labels == [f"{gate} · late · digits 64px 2ep · seed{seed}" for gate in ("swish", "softmax") for seed in (0, 1)]
     first = sweep.configurations()[0]
     assert (first.train.dataset, first.train.image_size, first.train.epochs) == ("digits", 64, 2)
     assert "prepare_run_id" not in first.params()
