@@ -132,6 +132,8 @@ def serve(port: int, store: str, host: str = DEFAULT_HOST, backend_store_uri: st
     running = start_server(store, port, host, backend_store_uri or None, workers=workers)
     click.echo(f"MLflow tracking server running (pid {running.process.pid}), log: {running.log_path}", err=True)
     click.echo(f"export MLFLOW_TRACKING_URI={running.uri}")
+    click.echo(f"MLflow UI: {running.uri}/#/experiments?workflowType=machine_learning (each main and sweep "
+               "logs the link to its experiment's comparison view)", err=True)
     try:
         while running.process.poll() is None:
             time.sleep(0.5)

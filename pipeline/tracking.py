@@ -3,6 +3,7 @@ FAILED or KILLED, never left RUNNING), parameters logged once, and checked look-
 upstream runs and their artefacts."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from contextlib import contextmanager
@@ -103,12 +104,48 @@ def report_folder(out: str | Path, experiment: str, run_name: str) -> Path:
     return folder
 
 
-def tag_experiment_kind(experiment_id: str) -> None:
-    """Mark the experiment as machine learning for MLflow's UI (once; it may have been created
-    by `mlflow run --experiment-name` or by hand)."""
+#: The experiment view the project shares through an experiment tag (MLflow's "share view"):
+#: main runs only, ranked by test accuracy (MLflow lists runs flat, not folded under their sweep,
+#: when they are sorted by a metric), with the columns a comparison needs.
+VIEW_KEY = "cbam-gates"
+VIEW_STATE = {
+    "searchFilter": f"tags.`{STEP_TAG}` = '{contracts.MAIN}'", "orderByKey": "metrics.`test_acc`",
+    "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
+    "modelVersionFilter": "All Runs",
+    "selectedColumns": [*(f"params.`{k}`" for k in ("activation", "position", "dataset", "image_size", "epochs", "seed")),
+                        *(f"metrics.`{k}`" for k in ("test_acc", "gini", "entropy", "sparsity"))],
+    "runsExpanded": {}, "runsPinned": [], "runsHidden": [], "runListHidden": False,
+}
+
+
+def prepare_experiment(experiment_id: str) -> None:
+    """Make the experiment open well in MLflow's UI (once per change; it may have been created
+    by `mlflow run --experiment-name` or by hand): marked as machine learning (runs, not GenAI
+    traces) and holding the project's shared view (:data:`VIEW_STATE`, see :func:`view_url`)."""
     client = mlflow.MlflowClient()
-    if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) is None:
+    tags = client.get_experiment(experiment_id).tags
+    if tags.get(EXPERIMENT_KIND_TAG) is None:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    view = json.dumps(VIEW_STATE)
+    if tags.get(f"mlflow.sharedViewState.{VIEW_KEY}") != view:
+        client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", view)
+
+
+def view_url(experiment_id: str, server: str | None = None) -> str:
+    """The MLflow UI page of the experiment's comparison view. ``server``: the UI's address
+    (default: the tracking URI when it is a server, else ``mlflow ui``'s http://127.0.0.1:5000)."""
+    uri = server or mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
+
+def log_view_hint(experiment_id: str) -> None:
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        log.info("compare the runs in the MLflow UI: %s", view_url(experiment_id))
+    else:
+        log.info("compare the runs in the MLflow UI: mlflow ui --backend-store-uri %s, then open %s",
+                 uri, view_url(experiment_id))
 
 
 @contextmanager
@@ -140,7 +177,7 @@ def step_run(
                            parent_run_id=parent_run_id)
     try:
         if not nested:
-            tag_experiment_kind(run.info.experiment_id)
+            prepare_experiment(run.info.experiment_id)
         version = {contracts.CODE_VERSION_TAG: code_version(step)} if step in contracts.STEP_MODULES else {}
         mlflow.set_tags({STEP_TAG: step, **version, **(tags or {})})
         if run_name:  # also when continuing the run that `mlflow run` created

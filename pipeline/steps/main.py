@@ -34,7 +34,14 @@ from pipeline.contracts import (
     UPSTREAM_TAGS,
     reuse_key,
 )
-from pipeline.tracking import download_artifact, experiment_of, find_reusable_run, report_folder, step_run
+from pipeline.tracking import (
+    download_artifact,
+    experiment_of,
+    find_reusable_run,
+    log_view_hint,
+    report_folder,
+    step_run,
+)
 
 if TYPE_CHECKING:
     from pipeline.data import DatasetCache
@@ -146,4 +153,6 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
             where = f"; report in {out}"
         log.info("main %s (%s): %d of 4 steps reused (%s)%s", run.info.run_id, config.label(), len(chain.reused),
                  ", ".join(chain.reused) or "none", where)
+        if report:  # a configuration of its own, not one of a sweep's
+            log_view_hint(run.info.experiment_id)
         return run.info.run_id

@@ -15,7 +15,7 @@ from pipeline.config import SweepConfig
 from pipeline.contracts import COMPUTE_METRICS, FAILED_TAG, REPORT_DIR, SWEEP, UPSTREAM_TAGS
 from pipeline.errors import PipelineError
 from pipeline.executors import Outcome, make_executor
-from pipeline.tracking import experiment_of, report_folder, step_run
+from pipeline.tracking import experiment_of, log_view_hint, report_folder, step_run
 
 log = logging.getLogger("pipeline")
 
@@ -60,4 +60,5 @@ def run_sweep(config: SweepConfig) -> str:
                         "\n".join(f"  {o.label} (run {o.main_run_id}): {o.error}" for o in failed))
         else:
             log.info("sweep %s: all %d configurations finished", sweep_id, len(finished))
+        log_view_hint(run.info.experiment_id)
         return sweep_id

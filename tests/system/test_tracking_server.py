@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.server import free_port, health, start_server
+from pipeline.tracking import view_url
 from conftest import REPO, run_cli
 
 STEPS = ["prepare-data", "train", "probe-attention", "compute-metrics"]
@@ -244,16 +245,32 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
 
     driver = chromium_driver()
     try:
-        # the sweep's runs in the experiment's run table
-        driver.get(f"{server.uri}/#/experiments/{experiment_id}/runs")
-        wait_for_text(driver, "Run Name")
-        wait_for_text(driver, "sweep · scaled_tanh,swish · late · seeds 0 · fake 32px 2ep")
-        # the sweep's configurations are child runs, folded under it: unfold them
-        expanders = driver.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
-        assert expanders, "no expander next to the sweep run"
-        expanders[0].click()
+        # marked as machine learning; MLflow 3.17's UI follows its GenAI / Model training switch,
+        # which a link's workflowType sets (and the browser keeps)
+        experiment_tags = mlflow.MlflowClient(server.uri).get_experiment(experiment_id).tags
+        assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"
+        driver.get(f"{server.uri}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+        body = wait_for_text(driver, "Run Name")
+        assert "sweep · scaled_tanh,swish" in body
+        # the comparison view the sweep's log points to: main runs only, flat, ranked by test
+        # accuracy, the gate first in each name, the comparison's columns shown
+        view = view_url(experiment_id, server.uri)
+        assert view in result.stderr
+        driver.get(view)
         body = wait_for_text(driver, "swish · late · fake 32px 2ep · seed0")
-        assert "scaled_tanh · late · fake 32px 2ep · seed0" in body
+        for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-label*='lose']"):  # the assistant panel
+            if button.is_displayed():
+                button.click()
+                time.sleep(1)
+                break
+        body = wait_for_text(driver, "swish · late · fake 32px 2ep · seed0")
+        assert "scaled_tanh · late · fake 32px 2ep · seed0" in body and "sweep ·" not in body
+        driver.save_screenshot(str(shots / "runs.png"))
+        for column in ("test_acc", "gini", "entropy", "sparsity", "activation", "dataset", "epochs"):
+            assert column in body, (column, body[-3000:])
+        names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']") if "·" in e.text]
+        ranked = sorted(mains.values(), key=lambda r: -r.data.metrics["test_acc"])
+        assert [n.split(" · ")[0] for n in names[:2]] == [r.info.run_name.split(" · ")[0] for r in ranked]
         driver.save_screenshot(str(shots / "runs.png"))
 
         # the comparison of the two configurations
