@@ -39,7 +39,7 @@ from pipeline.contracts import (
 )
 from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_validation, splits_from_val_indices
 from pipeline.devices import configure, flag_on, memory_format, resolve_device
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 from pipeline.models import CBAMResNet18, ModelConfig, build_model
 from pipeline.tracking import download_artifact, get_step_run, step_run
 from pipeline.training import Evaluation, GradientFlow, evaluate, seed_everything, train_one_epoch
@@ -240,4 +240,18 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
                             "test_loss": test_eval.loss, "best_epoch": best_epoch})
         log.info("best epoch %d (val_acc %.2f%%): test_acc %.2f%%, test_top5 %.2f%%",
                  best_epoch, best_acc, test_eval.acc, test_eval.top5)
+    if not config.keep_last_checkpoint:  # only once the run is FINISHED: until then it is the resume point
+        drop_last_checkpoint(run_id)
     return TrainResult(run_id, best_model, test_eval)
+
+
+def drop_last_checkpoint(run_id: str) -> None:
+    """Delete ``checkpoints/last.pt`` of a finished run from its artefact store (any store MLflow
+    can delete from: local, the tracking server's proxied artefacts, S3, ...)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        get_artifact_repository(mlflow.get_run(run_id).info.artifact_uri).delete_artifacts(LAST_CHECKPOINT)
+        log.info("train %s: dropped %s (keep_last_checkpoint=false; best.pt is kept)", run_id, LAST_CHECKPOINT)
+    except Exception as exc:  # the run is finished and complete; only the space is not freed
+        log.warning("train %s: could not delete %s: %s", run_id, LAST_CHECKPOINT, one_line(exc))

@@ -67,3 +67,14 @@ def test_parametric_and_alpha_gates_log_their_values(tracking_uri):
         history = client.get_metric_history(run_id, key)
         assert [m.step for m in history] == [1]
         assert history[0].value > (1.0 if key == "gate_alpha" else 0.0)
+
+
+def test_keep_last_checkpoint_false_drops_last_pt_once_finished(tracking_uri):
+    run_id = run_train(fake_config(epochs=1, keep_last_checkpoint=False)).run_id
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    kept = run_train(fake_config(epochs=1)).run_id  # the default keeps the resume point
+    assert [a.path for a in client.list_artifacts(kept, "checkpoints")] == ["checkpoints/best.pt",
+                                                                            "checkpoints/last.pt"]
+

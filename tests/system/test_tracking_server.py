@@ -101,7 +101,7 @@ def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst
     expected = {"activation": activation, "position": "late", "dataset": "fake", "weights": "none",
                 "image_size": "32", "epochs": "2", "batch_size": "64", "lr": "0.001", "seed": "0",
                 "val_fraction": "0.1", "device": "auto", "amp": "false", "channels_last": "auto", "fused_adam": "auto",
-                "data_dir": "data", "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "288",
+                "keep_last_checkpoint": "true", "data_dir": "data", "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "288",
                 "val_size": "32", "test_size": "80", "num_classes": "10"}
     assert train.data.params == expected
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
@@ -146,7 +146,8 @@ def test_eight_train_runs_log_at_once(server, tmp_path):
     env = {**client_env(server.uri, experiment), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--dataset", "fake", "--weights", "none",
                                "--image-size", "32", "--epochs", "2", "--batch-size", "32", "--device", "cpu",
-                               "--seed", str(seed), "--activation", ["sigmoid", "swish"][seed % 2]],
+                               "--seed", str(seed), "--activation", ["sigmoid", "swish"][seed % 2],
+                               "--keep-last-checkpoint", ["true", "false"][seed % 2]],  # deleted through the server
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for seed in range(n)]
     outputs = [p.communicate(timeout=900) for p in procs]
@@ -160,7 +161,8 @@ def test_eight_train_runs_log_at_once(server, tmp_path):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2]
         assert {"test_acc", "test_top5"} <= set(run.data.metrics)
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt", "checkpoints/last.pt"]
+        kept = ["checkpoints/best.pt", "checkpoints/last.pt"][:2 - int(run.data.params["seed"]) % 2]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == kept
 
 
 def test_unreachable_server_fails_fast_with_one_line(tmp_path):
