@@ -158,6 +158,13 @@ def _order(results: list[Result]) -> list[Result]:
                                           _sortable("seed", r.seed)))
 
 
+def stats_t(n: int) -> float:
+    """Student t's 97.5 % quantile with n - 1 degrees of freedom (the 95 % CI's multiplier)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1))
+
+
 def ci95(values) -> tuple[int, float, float, float, float]:
     """n, mean, sample std (ddof = 1), and the 95 % Student-t confidence interval of the mean
     of the finite values; std and CI are NaN below two values."""
@@ -250,8 +257,11 @@ def to_markdown(table: pd.DataFrame, title: str = "report") -> str:
     rule = "|" + "|".join(":" + "-" * (w + 1) if i < text_columns else "-" * (w + 1) + ":"
                           for i, w in enumerate(widths)) + "|"
     constant = constants_text(table)
+    few = sorted({int(n) for n in table["seeds"] if 2 <= n < 4})
+    caution = "".join(f" With {n} seeds the interval is mean ± {stats_t(n):.1f} · s/√{n}: wide; run more seeds "
+                      "for a claim." for n in few)
     lines = [f"# Summary: {title}", "", f"{len(table)} configurations. Constant across this report: {constant or 'nothing'}.",
-             "", line(header), rule, *(line(r) for r in rows), "", FOOTNOTE]
+             "", line(header), rule, *(line(r) for r in rows), "", FOOTNOTE + caution]
     return "\n".join(lines) + "\n"
 
 

@@ -57,6 +57,7 @@ def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_e
     for name in ("summary.md", "summary.csv", "summary.tex", "weights_late.pdf", "weights_late.png", "metrics_late.png",
                  "curves_late.pdf", "gradient_flow_late.png", "spatial_maps_late.png"):
         assert (report_dir / name).stat().st_size > 0, name
+    assert not list(report_dir.glob("gate_parameters*"))  # swish learns no parameter: no empty figure
     artefacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "report")}
     assert "report/summary.md" in artefacts and "report/weights_late.pdf" in artefacts
     assert parent.data.metrics["gini"] == by_step["compute-metrics"].data.metrics["gini"]

@@ -112,7 +112,9 @@ def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst
     assert names == {f"attention/{n}" for n in ("channel_weights.npy", "spatial_maps.npy", "labels.npy",
                                                 "logits.npy", "meta.json")}
     report = {a.path for a in client.list_artifacts(report_run_id, "report")}
-    assert {"report/summary.md", "report/weights_late.pdf", "report/spatial_maps_late.png"} <= report
+    figures = {f"report/{stem}_late.{ext}" for stem in ("weights", "metrics", "curves", "gradient_flow", "spatial_maps",
+                                                        "gate_parameters") for ext in ("pdf", "png")}
+    assert {"report/summary.md", "report/summary.csv", "report/summary.tex", *figures} <= report  # scaled_tanh learns a scale
     assert {"gini", "entropy", "test_map"} <= set(by_step["compute-metrics"].data.metrics)
     for run_id, path in ((probe_id, "attention"), (report_run_id, "report")):
         done = subprocess.run(["mlflow", "artifacts", "download", "--run-id", run_id, "--artifact-path", path,
@@ -277,7 +279,8 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
 
         # the comparison of the two configurations
         ids = [mains["scaled_tanh · late · fake 32px 2ep · seed0"].info.run_id, mains["swish · late · fake 32px 2ep · seed0"].info.run_id]
-        driver.get(f"{server.uri}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment_id])}")
+        driver.get(f"{server.uri}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment_id])}"
+                   "&workflowType=machine_learning")
         body = wait_for_text(driver, "Comparing 2 Runs")
         body = wait_for_text(driver, "gini")
         driver.save_screenshot(str(shots / "compare.png"))
