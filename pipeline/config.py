@@ -338,11 +338,13 @@ class ReportConfig(StepConfig):
     sweep_run_id: str = option("", "Report the finished configurations of this sweep run.")
     main_run_id: str = option("", "Report this main run.")
     out: str = option("out", "Local folder for the report files.")
+    reference: str = option("sigmoid", "The gate every other gate is compared with, paired over the seeds both have.")
 
     def __post_init__(self):
         given = [x for x in (self.experiment_name, self.sweep_run_id, self.main_run_id) if x]
         if len(given) != 1:
             raise PipelineError("give exactly one source: experiment_name, sweep_run_id or main_run_id")
+        check_choice("reference gate", self.reference, contracts.GATE_NAMES)
 
 
 #: Each MLproject entry point / command and the config it builds.

@@ -172,12 +172,13 @@ def metric_values(values: dict[str, dict[str, list[float]]]) -> tuple[list[str],
     return shown, constant
 
 
-def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "Metrics per gate") -> Figure | None:
+def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "Metrics per gate",
+                      reference: str | None = None) -> Figure | None:
     """Small multiples, one panel per metric on its fixed, whole range (:data:`METRIC_AXES`):
     each seed as a dot, the mean as a bar's end with the 95 % CI (Student t) where there are
-    two seeds or more. Metrics equal for every gate are left out and named under the title."""
-    from scipy import stats
-
+    two seeds or more; the ``reference`` gate's CI shaded across the panel, so a gate's mean
+    outside the band stands out. Metrics equal for every gate are left out and named under the
+    title."""
     shown, constant = metric_values(values)
     if not shown:
         return None
@@ -190,6 +191,9 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "M
     y = np.arange(len(gates))[::-1]
     for ax, metric in zip(axes.ravel(), shown):
         label, lower, upper, scale = METRIC_AXES[metric]
+        band = _ci(values.get(reference, {}).get(metric, []), scale) if reference in values else None
+        if band is not None:
+            ax.axvspan(*band, color=colours[reference], alpha=0.15, zorder=0, linewidth=0)
         for yi, gate in zip(y, gates):
             v = np.asarray(values[gate].get(metric, []), dtype=np.float64) * scale
             v = v[np.isfinite(v)]
@@ -199,9 +203,9 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "M
                        linewidths=0.5, zorder=3, clip_on=False)
             mean = v.mean()
             ax.plot([mean], [yi], marker="D", markersize=4, color=colours[gate], zorder=4, clip_on=False)
-            if v.size >= 2:
-                half = stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
-                ax.plot([mean - half, mean + half], [yi, yi], color=colours[gate], linewidth=1.5)
+            ci = _ci(v, 1.0)
+            if ci is not None:
+                ax.plot(list(ci), [yi, yi], color=colours[gate], linewidth=1.5)
         margin = 0.03 * (upper - lower)  # the range is fixed; markers at its ends stay whole
         ax.set_xlim(lower - margin, upper + margin)
         ax.set_xlabel(label)
@@ -212,10 +216,24 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "M
     for ax in axes.ravel()[len(shown):]:
         ax.set_visible(False)
     note = "dots: seeds; diamond: mean; bar: 95 % CI (t, n ≥ 2)"
+    if reference in values:
+        note += f"; shaded: {reference}'s CI"
     if constant:
         note += f"; equal for every gate, not shown: {', '.join(constant)}"
     fig.suptitle(f"{title}\n{note}")
     return fig
+
+
+def _ci(values, scale: float) -> tuple[float, float] | None:
+    """The 95 % Student-t CI of the mean of the finite ``values`` × ``scale`` (None below two)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64) * scale
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return None
+    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return float(v.mean()) - half, float(v.mean()) + half
 
 
 def plot_curves(histories: dict[str, dict[str, list[float]]], title: str = "Training curves") -> Figure:

@@ -265,10 +265,12 @@ def to_markdown(table: pd.DataFrame, title: str = "report") -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_latex(table: pd.DataFrame, source: str = "") -> str:
-    def tex(text: str) -> str:
-        return text.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
+def _tex(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
 
+
+def to_latex(table: pd.DataFrame, source: str = "") -> str:
+    tex = _tex
     header, rows, text_columns = _table_cells(table)
     caption = (f"Attention metrics by gate ({constants_text(table)}). Mean ± half-width of the 95 % "
                "confidence interval over seeds (Student t).")
@@ -279,6 +281,137 @@ def to_latex(table: pd.DataFrame, source: str = "") -> str:
     lines += [" & ".join(tex(c) for c in r) + r" \\" for r in rows]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (NaN stays NaN and does not count)."""
+    finite = [(p, i) for i, p in enumerate(p_values) if np.isfinite(p)]
+    m = len(finite)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(finite)):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_comparisons(results: list[Result], reference: str) -> pd.DataFrame:
+    """Every gate against ``reference`` in each group of runs that differ only by gate and seed,
+    paired over the seeds both have: per metric of the compact table, the mean difference
+    (gate - reference) with its 95 % t CI, the paired t-test p-value, the Wilcoxon signed-rank
+    p-value (n >= 6 pairs), and both t p-values Holm-corrected across the group's gates."""
+    from scipy import stats
+
+    groups: dict[tuple, dict[str, dict[str, Result]]] = {}
+    for r in _order(results):
+        groups.setdefault(r.key(without=("activation",)), {}).setdefault(r.activation, {})[r.seed] = r
+    keys = [k for k in GROUP_KEYS if k != "activation"]
+    rows: list[dict[str, Any]] = []
+    for key, gates in groups.items():
+        if reference not in gates:
+            if len(gates) > 1:
+                log.warning("report: no %s runs among %s: no paired comparison there", reference,
+                            ", ".join(f"{k}={v}" for k, v in zip(keys, key) if v != ""))
+            continue
+        ref = gates[reference]
+        group_rows = []
+        for gate, runs in gates.items():
+            if gate == reference:
+                continue
+            seeds = [s for s in runs if s in ref]
+            for metric in MAIN_COLUMNS:
+                a = np.array([runs[s].metrics.get(metric, np.nan) for s in seeds], dtype=np.float64)
+                b = np.array([ref[s].metrics.get(metric, np.nan) for s in seeds], dtype=np.float64)
+                ok = np.isfinite(a) & np.isfinite(b)
+                a, b = a[ok], b[ok]
+                d = a - b
+                n = int(d.size)
+                row: dict[str, Any] = {**dict(zip(keys, key)), "gate": gate, "reference": reference,
+                                       "metric": metric, "pairs": n,
+                                       "seeds": " ".join(s for s, good in zip(seeds, ok) if good),
+                                       "mean_diff": float(d.mean()) if n else math.nan, "diff_std": math.nan,
+                                       "ci95_low": math.nan, "ci95_high": math.nan, "p_ttest": math.nan,
+                                       "p_wilcoxon": math.nan}
+                if n >= 2:
+                    sd = float(d.std(ddof=1))
+                    half = stats_t(n) * sd / math.sqrt(n)
+                    row.update(diff_std=sd, ci95_low=row["mean_diff"] - half, ci95_high=row["mean_diff"] + half)
+                    if sd > 0:
+                        row["p_ttest"] = float(stats.ttest_rel(a, b).pvalue)
+                if n >= 6 and np.any(d != 0):
+                    row["p_wilcoxon"] = float(stats.wilcoxon(a, b).pvalue)
+                group_rows.append(row)
+        for metric in MAIN_COLUMNS:
+            these = [r for r in group_rows if r["metric"] == metric]
+            for column in ("p_ttest", "p_wilcoxon"):
+                for r, adjusted in zip(these, holm([r[column] for r in these])):
+                    r[f"{column}_holm"] = adjusted
+        rows += group_rows
+    return pd.DataFrame(rows)
+
+
+def significance(p: float) -> str:
+    if not np.isfinite(p):
+        return ""
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""
+
+
+def _comparison_cells(table: pd.DataFrame, comparisons: pd.DataFrame, reference: str):
+    vary = varying_keys(table)
+    header = [KEY_LABELS[k] for k in vary] + ["gate", "pairs"] + [f"Δ {h}" for h, _, _ in MAIN_COLUMNS.values()]
+    rows = []
+    for _, first in comparisons.drop_duplicates([*vary, "gate"]).iterrows():
+        mine = comparisons[(comparisons["gate"] == first["gate"])
+                           & np.logical_and.reduce([comparisons[k] == first[k] for k in vary] or [True])]
+        cells = [_value(k, first[k]) for k in vary] + [first["gate"], str(int(first["pairs"]))]
+        for metric, (_, scale, decimals) in MAIN_COLUMNS.items():
+            row = mine[mine["metric"] == metric].iloc[0]
+            if not np.isfinite(row["mean_diff"]):
+                cells.append("n/a")
+                continue
+            text = f"{row['mean_diff'] * scale:+.{decimals}f}"
+            if np.isfinite(row["ci95_high"]):
+                text += f" ± {(row['ci95_high'] - row['mean_diff']) * scale:.{decimals}f}"
+            cells.append(text + significance(row["p_ttest_holm"]))
+        rows.append(cells)
+    note = (f"Gate minus {reference}, paired over the seeds both have (pairs): mean difference ± half-width of its "
+            "95 % CI (Student t; percent columns in percentage points). Marks: paired t-test, Holm-corrected "
+            "across the gates of the table: * p < 0.05, ** p < 0.01, *** p < 0.001; no mark: not significant or "
+            "fewer than two pairs (one pair: no interval). Wilcoxon signed-rank p-values (from 6 pairs) and every "
+            "number: comparison.csv.")
+    return header, rows, len(vary) + 1, note
+
+
+def comparison_markdown(table: pd.DataFrame, comparisons: pd.DataFrame, reference: str) -> str:
+    """The paired differences against the reference, one row per gate (and varying key)."""
+    if comparisons.empty:
+        return ""
+    header, rows, text_columns, note = _comparison_cells(table, comparisons, reference)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) if i < text_columns else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join(":" + "-" * (w + 1) if i < text_columns else "-" * (w + 1) + ":"
+                          for i, w in enumerate(widths)) + "|"
+    return "\n".join(["", f"## Against {reference}", "", line(header), rule, *(line(r) for r in rows), "", note]) + "\n"
+
+
+def comparison_latex(table: pd.DataFrame, comparisons: pd.DataFrame, reference: str) -> str:
+    if comparisons.empty:
+        return ""
+    header, rows, text_columns, note = _comparison_cells(table, comparisons, reference)
+    caption = _tex(note.split(" Marks:")[0]) + (
+        r" Marks: paired $t$-test, Holm-corrected across the gates of the table: $^{*}\,p<0.05$, "
+        r"$^{**}\,p<0.01$, $^{***}\,p<0.001$. Wilcoxon signed-rank $p$-values and every number: comparison.csv.")
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{caption}}}",
+             r"\begin{tabular}{" + "l" * text_columns + "r" * (len(header) - text_columns) + "}", r"\toprule",
+             " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(c).replace("*", r"$^{*}$") for c in r).replace(r"$^{*}$$^{*}$$^{*}$", r"$^{***}$")
+              .replace(r"$^{*}$$^{*}$", r"$^{**}$") + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def _history(client, run_id: str, key: str) -> list[float]:
@@ -312,7 +445,7 @@ def describe(r: Result) -> str:
     return f"CBAM {c['position']}, {c['dataset']} {c['image_size']} px, {c['epochs']} epochs"
 
 
-def write_figures(results: list[Result], out: Path, tmp: Path) -> list[str]:
+def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = "sigmoid") -> list[str]:
     client = mlflow.MlflowClient()
     written: list[str] = []
     for name, members in figure_groups(results).items():
@@ -348,7 +481,8 @@ def write_figures(results: list[Result], out: Path, tmp: Path) -> list[str]:
         figures = {
             f"weights_{name}": plots.plot_weight_distributions(weights, f"Channel attention weights, {what} "
                                                                         f"({len(members)} runs)"),
-            f"metrics_{name}": plots.plot_gate_metrics(values, f"Metrics per gate, {what} (up to {seeds} seeds)"),
+            f"metrics_{name}": plots.plot_gate_metrics(values, f"Metrics per gate, {what} (up to {seeds} seeds)",
+                                                          reference=reference),
             f"curves_{name}": plots.plot_curves(histories, f"Training curves, {what} (mean over seeds)"),
             f"gradient_flow_{name}": plots.plot_gradient_flow(flows, f"Gradient flow in the last epoch, {what}"),
             f"gate_parameters_{name}": plots.plot_gate_parameters(gate_params, f"Learnable gate parameters, {what}"),
@@ -380,8 +514,10 @@ def spatial_grid(example: Result, maps: dict[str, np.ndarray], meta: dict[str, d
                                    f"Spatial attention ({h}×{w} map, bilinear to the image), {describe(example)}")
 
 
-def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "report") -> dict[str, Any]:
-    """Write the tables and figures of these compute-metrics runs into ``out``."""
+def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "report",
+                 reference: str = "sigmoid") -> dict[str, Any]:
+    """Write the tables and figures of these compute-metrics runs into ``out``; every gate is
+    compared with ``reference``."""
     results = gather(metrics_run_ids)
     if not results:
         raise PipelineError("no finished compute-metrics runs to report on")
@@ -389,10 +525,12 @@ def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "repo
     out.mkdir(parents=True, exist_ok=True)
     table = summary_table(results)
     table.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(to_markdown(table, title))
-    (out / "summary.tex").write_text(to_latex(table, f"source: {title}"))
+    comparisons = paired_comparisons(results, reference)
+    comparisons.to_csv(out / "comparison.csv", index=False)
+    (out / "summary.md").write_text(to_markdown(table, title) + comparison_markdown(table, comparisons, reference))
+    (out / "summary.tex").write_text(to_latex(table, f"source: {title}") + comparison_latex(table, comparisons, reference))
     with tempfile.TemporaryDirectory() as tmp:
-        figures = write_figures(results, out, Path(tmp))
+        figures = write_figures(results, out, Path(tmp), reference)
     vary = varying_keys(table)
     log.info("report: %d runs, %d rows%s, %d figure files in %s", len(results), len(table),
              f" (apart by {', '.join(vary)})" if vary else "", len(figures), out)
@@ -448,7 +586,7 @@ def run_report(config: ReportConfig) -> str:
         raise PipelineError(f"{source.title} has no finished compute-metrics runs to report on")
     with step_run(REPORT, config.params(), run_name=source.name, experiment=source.experiment) as run:
         out = report_folder(config.out, source.experiment, source.name)
-        write_report(source.metrics_run_ids, out, source.title)
+        write_report(source.metrics_run_ids, out, source.title, config.reference)
         mlflow.log_artifacts(str(out), REPORT_DIR)
         log.info("report written to %s", out)
         return run.info.run_id

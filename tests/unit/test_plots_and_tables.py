@@ -51,8 +51,15 @@ def test_gate_metric_panels_have_fixed_ranges_and_drop_constant_metrics():
         "softmax": {"test_acc": [83.5, 84.0, 83.0], "gini": [0.99, 0.99, 0.99], "sparsity": [0, 0, 0],
                     "entropy": [0.99, 0.99, 0.99]},
     }
-    fig = plots.plot_gate_metrics(values)
+    fig = plots.plot_gate_metrics(values, reference="sigmoid")
     panels = [ax for ax in fig.axes if ax.get_visible()]
+    # the reference's CI shaded across each panel
+    patch = panels[0].patches[0]  # axvspan: a rectangle in data x, axes y
+    band = np.array([patch.get_x(), patch.get_x() + patch.get_width()])
+    ref = np.array([89.9, 90.3, 90.1])
+    ref_half = stats.t.ppf(0.975, 2) * ref.std(ddof=1) / np.sqrt(3)
+    assert (band.min(), band.max()) == pytest.approx((ref.mean() - ref_half, ref.mean() + ref_half))
+    assert "shaded: sigmoid's CI" in fig._suptitle.get_text()
     assert [ax.get_xlabel() for ax in panels] == ["test accuracy (%)", "Gini of |w|", "entropy of |w| / log C",
                                                   "weights exactly 0 (%)"]
     assert [ax.get_xlim() for ax in panels] == [(-3, 103), (-0.03, 1.03), (-0.03, 1.03), (-3, 103)]
@@ -161,3 +168,52 @@ def test_summary_csv_has_every_number(tmp_path):
     assert row["test_acc"] == pytest.approx(mean) and row["test_acc_std"] == pytest.approx(std)
     assert row["test_acc_ci95_low"] == pytest.approx(mean - half) and row["test_acc_ci95_high"] == pytest.approx(mean + half)
     assert row["seeds"] == 3 and row["seed_list"] == "0 1 2"
+
+
+def test_paired_comparisons_against_the_reference_match_an_independent_computation():
+    from pipeline.steps.report import comparison_markdown, paired_comparisons
+
+    rng = np.random.default_rng(3)
+    ref_acc = 90 + rng.normal(0, 1, 7)
+    swish_acc = ref_acc - 1.0 + rng.normal(0, 0.3, 7)
+    results = [result("sigmoid", s, test_acc=ref_acc[s], gini=0.3 + 0.01 * s) for s in range(7)]
+    results += [result("swish", s, test_acc=swish_acc[s], gini=0.7 + 0.02 * s) for s in range(7)]
+    results += [result("softmax", s, test_acc=80.0 + s * s, gini=0.99) for s in (0, 2, 5)]  # seeds missing
+    results += [result("sparsemax", 4, test_acc=40.0, gini=0.99)]  # one seed
+    table = summary_table(results)
+    comparisons = paired_comparisons(results, "sigmoid")
+    acc = comparisons[comparisons["metric"] == "test_acc"].set_index("gate")
+    assert set(acc.index) == {"swish", "softmax", "sparsemax"}
+
+    def expected(diffs):
+        d = np.asarray(diffs)
+        n, mean, sd = d.size, d.mean(), d.std(ddof=1)
+        t = mean / (sd / np.sqrt(n))
+        return mean, stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n), 2 * stats.t.sf(abs(t), n - 1)
+
+    mean, half, p = expected(swish_acc - ref_acc)
+    row = acc.loc["swish"]
+    assert row["pairs"] == 7 and row["mean_diff"] == pytest.approx(mean)
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((mean - half, mean + half))
+    assert row["p_ttest"] == pytest.approx(p)
+    assert row["p_wilcoxon"] == pytest.approx(stats.wilcoxon(swish_acc - ref_acc).pvalue)  # 7 pairs >= 6
+    soft = [80.0 + s * s - ref_acc[s] for s in (0, 2, 5)]  # paired over the common seeds only
+    mean_s, half_s, p_s = expected(soft)
+    row = acc.loc["softmax"]
+    assert row["pairs"] == 3 and row["seeds"] == "0 2 5" and row["mean_diff"] == pytest.approx(mean_s)
+    assert row["ci95_high"] == pytest.approx(mean_s + half_s) and np.isnan(row["p_wilcoxon"])  # < 6 pairs
+    row = acc.loc["sparsemax"]
+    assert row["pairs"] == 1 and row["mean_diff"] == pytest.approx(40.0 - ref_acc[4])
+    assert np.isnan(row["ci95_low"]) and np.isnan(row["p_ttest"])  # one pair: no interval, no test
+    # Holm across the gates with a p-value: the smaller times 2, the larger times 1, monotone
+    ordered = sorted([p, p_s])
+    holm = [min(1, 2 * ordered[0]), max(min(1, 2 * ordered[0]), ordered[1])]
+    got = sorted([acc.loc["swish", "p_ttest_holm"], acc.loc["softmax", "p_ttest_holm"]])
+    assert got == pytest.approx(holm) and np.isnan(acc.loc["sparsemax", "p_ttest_holm"])
+    md = comparison_markdown(table, comparisons, "sigmoid")
+    swish_line = next(line for line in md.splitlines() if line.startswith("| swish"))
+    marks = "***" if holm[ordered.index(p)] < 0.001 else "**" if holm[ordered.index(p)] < 0.01 else "*"
+    assert f"{mean:+.1f} ± {half:.1f}{marks}" in swish_line
+    sparse_line = next(line for line in md.splitlines() if line.startswith("| sparsemax"))
+    assert f"{40.0 - ref_acc[4]:+.1f} " in sparse_line and "±" not in sparse_line.split("|")[3]
+    assert "fewer than two pairs" in md and "Holm" in md
