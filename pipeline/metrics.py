@@ -23,6 +23,14 @@ from scipy.special import xlogy
 
 NEAR_ZERO_RELATIVE = 1e-3
 FOCUS_AREA_FRACTION = 0.5
+#: focus_pct counts channels above the mean by more than this share of the row's largest
+#: magnitude: a constant row's mean can round a hair below its entries (100 copies of 0.1)
+FOCUS_TOLERANCE = 1e-9
+
+
+def _undefined(w: np.ndarray) -> np.ndarray:
+    """Rows holding a NaN or an infinity: every metric of such a row is NaN."""
+    return ~np.isfinite(w).all(axis=1)
 
 
 def _as_2d(weights) -> np.ndarray:
@@ -51,7 +59,7 @@ def gini(weights) -> np.ndarray:
     k = np.arange(1, n + 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         g = 1.0 - 2.0 * (c * (n - k + 0.5)).sum(axis=1) / (total * n)
-    return np.where(total > 0, g, np.nan)
+    return np.where((total > 0) & ~_undefined(_as_2d(weights)), g, np.nan)
 
 
 def entropy(weights) -> np.ndarray:
@@ -70,41 +78,52 @@ def entropy(weights) -> np.ndarray:
         p = a / total
         h = -xlogy(p, p).sum(axis=1)
     h = h / np.log(n) if n > 1 else np.zeros_like(h)
-    return np.where(total[:, 0] > 0, h, np.nan)
+    return np.where((total[:, 0] > 0) & ~_undefined(a), h, np.nan)
 
 
 def avg_score(weights) -> np.ndarray:
     """Mean channel weight of each row (signed). Shape (N, C) -> (N,)."""
-    return _as_2d(weights).mean(axis=1)
+    w = _as_2d(weights)
+    return np.where(_undefined(w), np.nan, w.mean(axis=1))
 
 
 def focus_pct(weights) -> np.ndarray:
     """Percent of channels whose weight is strictly above the row's mean weight (the
-    notebook's ``focus_%``). One-hot of length n -> 100/n; constant row -> 0.
+    notebook's ``focus_%``), by more than :data:`FOCUS_TOLERANCE` of the row's largest
+    magnitude. One-hot of length n -> 100/n; constant row -> 0. NaN row -> NaN.
     Shape (N, C) -> (N,)."""
     w = _as_2d(weights)
-    return 100.0 * (w > w.mean(axis=1, keepdims=True)).mean(axis=1)
+    margin = FOCUS_TOLERANCE * np.abs(w).max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        pct = 100.0 * (w > w.mean(axis=1, keepdims=True) + margin).mean(axis=1)
+    return np.where(_undefined(w), np.nan, pct)
 
 
 def sparsity(weights) -> np.ndarray:
     """Fraction (0..1) of channel weights exactly equal to zero (the notebook's ``sparsity``).
-    Shape (N, C) -> (N,)."""
-    return (_as_2d(weights) == 0).mean(axis=1)
+    NaN row -> NaN. Shape (N, C) -> (N,)."""
+    w = _as_2d(weights)
+    return np.where(_undefined(w), np.nan, (w == 0).mean(axis=1))
 
 
 def near_zero_pct(weights, relative: float = NEAR_ZERO_RELATIVE) -> np.ndarray:
     """Percent of channels with |w| < ``relative`` * max|w| of the row (default 1e-3).
     Catches the almost-zero weights of softmax that ``sparsity`` misses. All-zero row -> NaN.
     Shape (N, C) -> (N,)."""
-    a = np.abs(_as_2d(weights))
+    w = _as_2d(weights)
+    a = np.abs(w)
     peak = a.max(axis=1, keepdims=True)
-    pct = 100.0 * (a < relative * peak).mean(axis=1)
-    return np.where(peak[:, 0] > 0, pct, np.nan)
+    with np.errstate(invalid="ignore"):
+        pct = 100.0 * (a < relative * peak).mean(axis=1)
+    return np.where((peak[:, 0] > 0) & ~_undefined(w), pct, np.nan)
 
 
 def negative_pct(weights) -> np.ndarray:
-    """Percent of negative channel weights (swish can be negative). Shape (N, C) -> (N,)."""
-    return 100.0 * (_as_2d(weights) < 0).mean(axis=1)
+    """Percent of negative channel weights (swish can be negative). NaN row -> NaN.
+    Shape (N, C) -> (N,)."""
+    w = _as_2d(weights)
+    with np.errstate(invalid="ignore"):
+        return np.where(_undefined(w), np.nan, 100.0 * (w < 0).mean(axis=1))
 
 
 def focus_area_ratio(maps, fraction: float = FOCUS_AREA_FRACTION) -> np.ndarray:
@@ -117,8 +136,9 @@ def focus_area_ratio(maps, fraction: float = FOCUS_AREA_FRACTION) -> np.ndarray:
         m = m[None]
     flat = m.reshape(m.shape[0], -1)
     peak = flat.max(axis=1, keepdims=True)
-    ratio = (flat > fraction * peak).mean(axis=1)
-    return np.where(peak[:, 0] > 0, ratio, np.nan)
+    with np.errstate(invalid="ignore"):
+        ratio = (flat > fraction * peak).mean(axis=1)
+    return np.where((peak[:, 0] > 0) & ~_undefined(flat), ratio, np.nan)
 
 
 def notebook_gini(vector) -> float:

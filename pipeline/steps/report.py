@@ -71,6 +71,7 @@ MAIN_COLUMNS = {
     "gini": ("Gini", 1.0, 3),
     "entropy": ("entropy", 1.0, 3),
     "sparsity": ("sparsity (%)", 100.0, 1),
+    "near_zero_pct": ("near 0 (%)", 1.0, 1),
     "focus_pct": ("focus (%)", 1.0, 1),
     "focus_area_ratio": ("focus area (%)", 100.0, 1),
 }
@@ -79,7 +80,8 @@ CSV_METRICS = ("test_acc", "test_top5", "test_map", "gini", "entropy", "sparsity
                "avg_score", "near_zero_pct", "negative_pct")
 GRID_IMAGES = 6
 FOOTNOTE = ("Mean ± half-width of the 95 % confidence interval over seeds (Student t); one seed: the mean alone. "
-            "Gini and entropy (/ log C) of the channel weights' magnitudes; sparsity: channel weights exactly 0; "
+            "Gini and entropy (/ log C) of the channel weights' magnitudes; sparsity: channel weights exactly 0 "
+            "(for bounded gates: float underflow); near 0: below 10^-3 of the image's largest weight; "
             "focus: channels above the image's mean weight; focus area: spatial-map pixels above half the map's "
             "maximum. Every metric with its std and CI bounds: summary.csv.")
 

@@ -106,9 +106,10 @@ def test_sweep_goes_on_past_failures_and_reports_the_rest(project_env):
         logged = metrics_runs[cells["gate"]].data.metrics
         assert cells["seeds"] == "1"
         for col, scale, decimals in (("test acc. (%)", 1, 1), ("Gini", 1, 3), ("entropy", 1, 3),
-                                     ("sparsity (%)", 100, 1), ("focus (%)", 1, 1), ("focus area (%)", 100, 1)):
+                                     ("sparsity (%)", 100, 1), ("near 0 (%)", 1, 1), ("focus (%)", 1, 1),
+                                     ("focus area (%)", 100, 1)):
             key = {"test acc. (%)": "test_acc", "Gini": "gini", "entropy": "entropy", "sparsity (%)": "sparsity",
-                   "focus (%)": "focus_pct", "focus area (%)": "focus_area_ratio"}[col]
+                   "near 0 (%)": "near_zero_pct", "focus (%)": "focus_pct", "focus area (%)": "focus_area_ratio"}[col]
             assert cells[col] == f"{logged[key] * scale:.{decimals}f}", (cells["gate"], col)
     csv = pd.read_csv(folder / "summary.csv")
     assert csv.set_index("activation")["gini"]["swish"] == pytest.approx(metrics_runs["swish"].data.metrics["gini"])

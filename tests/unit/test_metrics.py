@@ -116,3 +116,40 @@ def test_mean_average_precision_equals_scikit_learn():
     sub = scores[labels != 4]
     expected_present = average_precision_score(np.eye(5)[present][:, :4], sub[:, :4], average="macro")
     assert M.mean_average_precision(present, sub, num_classes=5) == pytest.approx(expected_present)
+
+
+def test_a_constant_row_has_no_focus_even_when_its_mean_rounds_below_it():
+    row = np.full((1, 100), 0.1, dtype=np.float32)  # float64 mean of these is a hair below 0.1 + 1.5e-9
+    assert M.focus_pct(row)[0] == 0.0
+    assert M.focus_pct(np.full((1, 512), 1 / 512))[0] == 0.0
+    one_hot = np.zeros((1, 8))
+    one_hot[0, 3] = 1e-12  # a tiny peak is still a peak: the tolerance is relative to the row
+    assert M.focus_pct(one_hot)[0] == pytest.approx(100 / 8)
+
+
+def test_a_row_with_nan_is_nan_for_every_metric():
+    weights = np.full((3, 6), 0.5)
+    weights[1, 2] = np.nan
+    weights[2, 0] = np.inf
+    maps = np.full((3, 2, 2), 0.5)
+    maps[1, 0, 0] = np.nan
+    values = M.per_image_metrics(weights, maps)
+    for name, v in values.items():
+        assert np.isfinite(v[0]), name
+        assert np.isnan(v[1]), name
+        if name != "focus_area_ratio":
+            assert np.isnan(v[2]), name
+
+
+def test_exact_zeros_of_bounded_gates_are_float32_underflow():
+    import torch
+
+    from pipeline.gates import GATES
+
+    x = torch.tensor([[-9.0, -9.5, -10.0, -88.0, -89.0, -104.0]], dtype=torch.float32)
+    tanh = GATES["scaled_tanh"]()(x)[0]
+    assert tanh[0] > 0 and tanh[1] == 0 and tanh[2] == 0  # (tanh(s x) + 1) / 2: exactly 0 from s x ~ -9.1
+    sigmoid = GATES["sigmoid"]()(x)[0]
+    assert sigmoid[3] > 0 and sigmoid[4] == 0 and sigmoid[5] == 0  # exactly 0 below about -88.7
+    sparse = GATES["sparsemax"]()(torch.tensor([[3.0, 1.0, 0.2]]))[0]
+    assert sparse[2] == 0 and sparse[1] == 0  # sparsemax: zero by construction

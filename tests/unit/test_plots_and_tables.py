@@ -130,7 +130,7 @@ def test_summary_table_ci_over_seeds_and_compact_formats():
     assert "Constant across this report: dataset digits, 64 px, 2 epochs, weights none, lr 0.001, " \
            "batch size 64, val. fraction 0.1, all test images probed, position late." in md
     rows = [line for line in md.splitlines() if line.startswith("| s")]
-    assert [c.strip() for c in rows[0].split("|")[1:-1]] == ["sigmoid", "1", "89.9", "0.354", "n/a", "1.2", "n/a", "n/a"]
+    assert [c.strip() for c in rows[0].split("|")[1:-1]] == ["sigmoid", "1", "89.9", "0.354", "n/a", "1.2", "n/a", "n/a", "n/a"]
     # one decimal convention per column: accuracy 1 decimal, Gini 3, the CI half-width alike
     assert f"91.0 ± {stats.t.ppf(0.975, 1) * np.std([90, 92], ddof=1) / np.sqrt(2):.1f}" in rows[1]
     assert f"0.600 ± {half:.3f}" in rows[1]
