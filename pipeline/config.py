@@ -196,6 +196,9 @@ class TrainConfig(StepConfig):
     keep_last_checkpoint: bool = option(True, "Keep checkpoints/last.pt (model, optimizer and RNG state, ~135 MB "
                                         "for ResNet18) once the run FINISHES; it is only needed to resume an "
                                         "interrupted run. best.pt (~45 MB) is always kept.")
+    gate_norm: str = option("none", "none (the notebook's gates) or mean_one: sum-to-one gates (softmax, sparsemax, "
+                            "entmax15, alpha_entmax) multiplied by C so their weights average 1 instead of 1/C; "
+                            "other gates are left unchanged.")
     prepare_run_id: str = option("", "Use the split of this finished prepare-data run (default: split here).")
 
     def __post_init__(self):
@@ -215,13 +218,16 @@ class TrainConfig(StepConfig):
         check_device(self.device)
         check_choice("channels_last", self.channels_last, AUTO_FLAGS)
         check_choice("fused_adam", self.fused_adam, AUTO_FLAGS)
+        check_choice("gate_norm", self.gate_norm, contracts.GATE_NORMS)
 
     def prepare(self) -> PrepareConfig:
         return PrepareConfig(dataset=self.dataset, data_dir=self.data_dir, val_fraction=self.val_fraction,
                              seed=self.seed)
 
     def label(self) -> str:
-        return f"{self.activation} · {self.position} · {self.dataset} {self.image_size}px {self.epochs}ep · seed{self.seed}"
+        norm = "" if self.gate_norm == "none" else f" · {self.gate_norm}"
+        return (f"{self.activation}{norm} · {self.position} · {self.dataset} {self.image_size}px {self.epochs}ep"
+                f" · seed{self.seed}")
 
     def experiment(self) -> str:
         return default_experiment(self.dataset)
@@ -298,13 +304,15 @@ class MainConfig(StepConfig):
 
 @dataclass(frozen=True)
 class SweepConfig(StepConfig):
-    OMIT = ("activation", "position", "seed", "prepare_run_id")
+    OMIT = ("activation", "position", "seed", "gate_norm", "prepare_run_id")
 
     activations: tuple[str, ...] = option(
         ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigmoid", "swish", "entmax15", "alpha_entmax"),
         "Comma list of gates.")
     positions: tuple[str, ...] = option(("late",), "Comma list of positions.")
     seeds: tuple[int, ...] = option((0,), "Comma list of seeds.")
+    gate_norms: tuple[str, ...] = option(("none",), "Comma list of gate normalisations (none, mean_one): "
+                                         "mean_one only changes sum-to-one gates, so other gates run once.")
     executor: str = option("inline", "How configurations run: inline (one after another in this process, "
                            "datasets loaded once) or process (jobs worker processes, spread over the GPUs).")
     jobs: int = option(1, "Configurations at once with executor=process.")
@@ -312,7 +320,8 @@ class SweepConfig(StepConfig):
 
     def __post_init__(self):
         for name, values, valid in (("activations", self.activations, contracts.GATE_NAMES),
-                                    ("positions", self.positions, contracts.POSITIONS), ("seeds", self.seeds, None)):
+                                    ("positions", self.positions, contracts.POSITIONS), ("seeds", self.seeds, None),
+                                    ("gate_norms", self.gate_norms, contracts.GATE_NORMS)):
             if not values:
                 raise PipelineError(f"{name} is empty; give a comma-separated list")
             if len(set(values)) != len(values):
@@ -327,9 +336,17 @@ class SweepConfig(StepConfig):
             raise PipelineError(f"jobs must be at least 1, got {self.jobs}")
 
     def configurations(self) -> list[MainConfig]:
-        """One main config per (position, activation, seed), in that order."""
-        return [replace(self.main, train=replace(self.main.train, position=p, activation=a, seed=s))
-                for p in self.positions for a in self.activations for s in self.seeds]
+        """One main config per (position, activation, gate norm, seed), in that order; a gate that
+        does not sum to one runs with gate_norm none only (mean_one would leave it unchanged)."""
+        from pipeline.contracts import SUM_TO_ONE_GATES
+
+        def norms(gate: str) -> tuple[str, ...]:
+            if gate in SUM_TO_ONE_GATES:
+                return self.gate_norms
+            return ("none",) if "none" in self.gate_norms else self.gate_norms[:1]
+
+        return [replace(self.main, train=replace(self.main.train, position=p, activation=a, gate_norm=g, seed=s))
+                for p in self.positions for a in self.activations for g in norms(a) for s in self.seeds]
 
 
 @dataclass(frozen=True)

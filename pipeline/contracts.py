@@ -14,6 +14,11 @@ GATE_NAMES = ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigm
               "alpha_entmax")
 DATASET_NAMES = ("cifar10", "digits", "fake")
 #: position name -> (ResNet18 stage after which CBAM sits, its channel count)
+#: How a gate's weights are normalised: none (the notebook's), or mean_one (sum-to-one gates
+#: multiplied by C, so they average 1 like a sigmoid gate instead of shrinking the features ~C-fold).
+GATE_NORMS = ("none", "mean_one")
+#: The gates whose weights sum to one over channels (pipeline.gates: Gate.sums_to_one).
+SUM_TO_ONE_GATES = ("softmax", "sparsemax", "entmax15", "alpha_entmax")
 POSITIONS: dict[str, tuple[str | None, int]] = {
     "early": ("layer1", 64),
     "middle": ("layer2", 128),

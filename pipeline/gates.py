@@ -38,10 +38,14 @@ class Gate(nn.Module):
 
     #: True for gates whose weights sum to one over channels.
     sums_to_one = False
+    #: Multiplies the gate's output (gate_norm mean_one sets C on sum-to-one gates, so their
+    #: weights average 1 instead of 1/C); a plain attribute, not part of the state dict.
+    output_scale = 1.0
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return self.activate(logits.float())
+            weights = self.activate(logits.float())
+            return weights * self.output_scale if self.output_scale != 1.0 else weights
 
     def activate(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

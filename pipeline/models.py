@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from pipeline.config import check_weights
-from pipeline.contracts import POSITIONS, WEIGHTS  # noqa: F401  (re-exported: the registries of this module)
+from pipeline.contracts import GATE_NORMS, POSITIONS, WEIGHTS  # noqa: F401  (re-exported: the registries of this module)
 from pipeline.errors import PipelineError, one_line
 from pipeline.gates import GATES, create_gate
 
 class ChannelAttention(nn.Module):
-    def __init__(self, channels: int, activation: str, reduction: int = 16):
+    def __init__(self, channels: int, activation: str, reduction: int = 16, gate_norm: str = "none"):
         super().__init__()
         hidden = max(channels // reduction, 1)
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
@@ -33,6 +33,8 @@ class ChannelAttention(nn.Module):
             nn.Conv2d(hidden, channels, 1, bias=False),
         )
         self.gate = create_gate(activation)
+        if gate_norm == "mean_one" and self.gate.sums_to_one:
+            self.gate.output_scale = float(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.mlp(self.avg_pool(x)) + self.mlp(self.max_pool(x))  # (B, C, 1, 1)
@@ -51,9 +53,9 @@ class SpatialAttention(nn.Module):
 
 
 class CBAM(nn.Module):
-    def __init__(self, channels: int, activation: str, reduction: int = 16):
+    def __init__(self, channels: int, activation: str, reduction: int = 16, gate_norm: str = "none"):
         super().__init__()
-        self.channel = ChannelAttention(channels, activation, reduction)
+        self.channel = ChannelAttention(channels, activation, reduction, gate_norm)
         self.spatial = SpatialAttention()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,12 +71,15 @@ class ModelConfig:
     position: str
     num_classes: int
     reduction: int = 16
+    gate_norm: str = "none"  # checkpoints from before the option hold none
 
     def __post_init__(self):
         if self.activation not in GATES:
             raise PipelineError(f"unknown activation {self.activation!r}; valid: {', '.join(GATES)}")
         if self.position not in POSITIONS:
             raise PipelineError(f"unknown position {self.position!r}; valid: {', '.join(POSITIONS)}")
+        if self.gate_norm not in GATE_NORMS:
+            raise PipelineError(f"unknown gate_norm {self.gate_norm!r}; valid: {', '.join(GATE_NORMS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +100,7 @@ class CBAMResNet18(nn.Module):
         self.fc = nn.Linear(base.fc.in_features, config.num_classes)
         stage, channels = POSITIONS[config.position]
         self.cbam_after = stage
-        self.cbam = CBAM(channels, config.activation, config.reduction) if stage else None
+        self.cbam = CBAM(channels, config.activation, config.reduction, config.gate_norm) if stage else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

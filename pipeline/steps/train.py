@@ -133,7 +133,14 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
         else:
             splits = split_validation(dataset, config.val_fraction, config.seed)
     seed_everything(config.seed)
-    model_config = ModelConfig(config.activation, config.position, num_classes=len(splits.classes))
+    model_config = ModelConfig(config.activation, config.position, num_classes=len(splits.classes),
+                               gate_norm=config.gate_norm)
+    if config.gate_norm != "none" and model_config.position != "none":
+        from pipeline.gates import GATES
+
+        if not GATES[config.activation].sums_to_one:
+            log.info("gate_norm %s leaves %s unchanged: its weights do not sum to one", config.gate_norm,
+                     config.activation)
     model = build_model(model_config, "none" if ckpt else config.weights)
 
     params = {

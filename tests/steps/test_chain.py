@@ -152,3 +152,21 @@ def test_report_of_an_experiment_never_pools_unlike_runs(tracking_uri, tmp_path,
     csv = pd.read_csv(folder / "summary.csv")
     assert list(csv["seeds"]) == [1, 1] and sorted(csv["dataset"]) == ["digits", "fake"]
     assert {p.name for p in folder.glob("weights_*.png")} == {"weights_digits_late.png", "weights_fake_late.png"}
+
+
+def test_a_gate_norms_sweep_separates_shrinkage_from_sparsity(tracking_uri, tmp_path):
+    import pandas as pd
+
+    config = SweepConfig.from_options(activations=("sigmoid", "softmax"), gate_norms=("none", "mean_one"),
+                                      out=str(tmp_path / "out"), num_images=32, **FAST)
+    run_sweep(config)
+    [folder] = (tmp_path / "out" / "cbam-gates-fake").iterdir()
+    csv = pd.read_csv(folder / "summary.csv", keep_default_na=False)
+    rows = {(r["activation"], r["gate_norm"]): r for _, r in csv.iterrows()}
+    assert set(rows) == {("sigmoid", "none"), ("softmax", "none"), ("softmax", "mean_one")}
+    assert float(rows[("softmax", "none")]["avg_score"]) == pytest.approx(1 / 512, rel=1e-4)
+    assert float(rows[("softmax", "mean_one")]["avg_score"]) == pytest.approx(1.0, rel=1e-4)  # probe sees × C
+    # scale-free metrics are computed on the weights as they multiply the features; the table says
+    # which row is which
+    table = (folder / "summary.md").read_text()
+    assert "gate norm." in table.splitlines()[4] and "| mean_one" in table

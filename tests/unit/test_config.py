@@ -156,3 +156,14 @@ def test_editing_a_plot_keeps_the_train_code_version_and_editing_a_gate_changes_
     gates.write_text(gates.read_text() + "\n# an edit\n")
     assert code_version("train", package) != before["train"]
     assert code_version("compute-metrics", package) == before["compute-metrics"]
+
+
+def test_gate_norms_is_a_sweep_axis_for_sum_to_one_gates_only():
+    sweep = cfg.SweepConfig.from_options(activations=("sigmoid", "softmax"), gate_norms=("none", "mean_one"),
+                                         dataset="digits", weights="none", image_size=64, epochs=2)
+    assert "gate_norm" not in sweep.params() and sweep.params()["gate_norms"] == ("none", "mean_one")
+    labels = [c.label() for c in sweep.configurations()]
+    assert labels == ["sigmoid · late · digits 64px 2ep · seed0", "softmax · late · digits 64px 2ep · seed0",
+                      "softmax · mean_one · late · digits 64px 2ep · seed0"]
+    with pytest.raises(PipelineError, match="unknown gate_norm 'mean'"):
+        cfg.TrainConfig(gate_norm="mean")

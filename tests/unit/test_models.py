@@ -130,3 +130,37 @@ def test_checkpoint_rebuilds_the_model_without_the_cli(tmp_path):
         torch.testing.assert_close(rebuilt(x), model(x))
     # plain torch loading with weights_only=True works: nothing but data inside
     assert set(torch.load(tmp_path / "best.pt", weights_only=True)) >= {"state_dict", "model_config"}
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sparsemax", "entmax15", "alpha_entmax"])
+def test_gate_norm_mean_one_makes_sum_to_one_weights_average_one(activation):
+    from pipeline.contracts import SUM_TO_ONE_GATES
+
+    assert activation in SUM_TO_ONE_GATES and GATES[activation].sums_to_one
+    seen = {}
+    for norm in ("none", "mean_one"):
+        torch.manual_seed(0)
+        model = CBAMResNet18(ModelConfig(activation, "late", num_classes=10, gate_norm=norm)).eval()
+        hook = model.gate.register_forward_hook(lambda m, i, out, norm=norm: seen.__setitem__(norm, out.flatten(1)))
+        with torch.no_grad():
+            model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+        hook.remove()
+    # the probe's hook sees the weights that multiply the features: 1/C on average, or 1
+    assert seen["none"].mean(dim=1).tolist() == pytest.approx([1 / 512] * 2, rel=1e-5)
+    assert seen["mean_one"].mean(dim=1).tolist() == pytest.approx([1.0] * 2, rel=1e-5)
+    assert torch.allclose(seen["mean_one"], 512 * seen["none"], rtol=1e-5)
+
+
+def test_gate_norm_leaves_gates_that_do_not_sum_to_one_unchanged():
+    from pipeline.contracts import SUM_TO_ONE_GATES
+
+    assert set(SUM_TO_ONE_GATES) == {name for name, gate in GATES.items() if gate.sums_to_one}
+    outputs = []
+    for norm in ("none", "mean_one"):
+        torch.manual_seed(0)
+        model = CBAMResNet18(ModelConfig("sigmoid", "late", num_classes=10, gate_norm=norm)).eval()
+        with torch.no_grad():
+            outputs.append(model(torch.ones(1, 3, 64, 64)))
+    assert torch.equal(outputs[0], outputs[1])
+    with pytest.raises(PipelineError, match="unknown gate_norm 'mean'"):
+        ModelConfig("softmax", "late", num_classes=10, gate_norm="mean")
