@@ -199,6 +199,8 @@ class TrainConfig(StepConfig):
     gate_norm: str = option("none", "none (the notebook's gates) or mean_one: sum-to-one gates (softmax, sparsemax, "
                             "entmax15, alpha_entmax) multiplied by C so their weights average 1 instead of 1/C; "
                             "other gates are left unchanged.")
+    attention_images: int = option(256, "Validation images (a fixed, seeded set) whose channel weights give "
+                                   "the per-epoch attention/* metrics; 0: none.")
     prepare_run_id: str = option("", "Use the split of this finished prepare-data run (default: split here).")
 
     def __post_init__(self):
@@ -219,6 +221,8 @@ class TrainConfig(StepConfig):
         check_choice("channels_last", self.channels_last, AUTO_FLAGS)
         check_choice("fused_adam", self.fused_adam, AUTO_FLAGS)
         check_choice("gate_norm", self.gate_norm, contracts.GATE_NORMS)
+        if self.attention_images < 0:
+            raise PipelineError(f"attention_images must be 0 or more, got {self.attention_images}")
 
     def prepare(self) -> PrepareConfig:
         return PrepareConfig(dataset=self.dataset, data_dir=self.data_dir, val_fraction=self.val_fraction,

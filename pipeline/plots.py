@@ -260,6 +260,46 @@ def plot_curves(histories: dict[str, dict[str, list[float]]], title: str = "Trai
     return fig
 
 
+#: Per-epoch attention panels: metric -> (label, fixed range or None for the data's range).
+EPOCH_PANELS = {
+    "gini": ("Gini of |w|", (0.0, 1.0)),
+    "entropy": ("entropy of |w| / log C", (0.0, 1.0)),
+    "sparsity": ("weights exactly 0 (fraction)", (0.0, 1.0)),
+    "focus_pct": ("channels above mean (%)", (0.0, 100.0)),
+    "avg_score": ("mean weight (avg_score)", None),
+}
+
+
+def plot_attention_epochs(series: dict[str, dict[str, list[float]]],
+                          title: str = "Channel attention over training") -> Figure | None:
+    """series: gate -> {metric: [value per epoch]} (the train runs' ``attention/<metric>``, on a
+    fixed set of validation images). One panel per metric, epochs from 1; None without data."""
+    metrics = [m for m in EPOCH_PANELS if any(s.get(m) for s in series.values())]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(PAGE_WIDTH_IN, 2.3), squeeze=False, constrained_layout=True)
+    colours = _colours(series)
+    for ax, metric in zip(axes[0], metrics):
+        label, limits = EPOCH_PANELS[metric]
+        for gate, s in series.items():
+            values = s.get(metric, [])
+            if values:
+                ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=2.5, linewidth=1.1,
+                        color=colours[gate], label=gate)
+        if limits is not None:
+            ax.set_ylim(*limits)
+        else:
+            ax.set_yscale("log")
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.grid(True, linestyle=":", alpha=0.5)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), frameon=False)
+    fig.suptitle(title)
+    return fig
+
+
 def stage_of(tensor_name: str) -> str:
     """The network stage a weight tensor belongs to: ``layer3.1.conv2.weight`` -> ``layer3``;
     the stem's conv1/bn1 -> ``stem``; the CBAM block -> ``cbam``."""

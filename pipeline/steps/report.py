@@ -454,7 +454,7 @@ def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = 
         by_gate: dict[str, list[Result]] = {}
         for r in members:
             by_gate.setdefault(r.activation, []).append(r)
-        weights, maps, histories, flows, gate_params, meta, values = {}, {}, {}, {}, {}, {}, {}
+        weights, maps, histories, flows, gate_params, meta, values, attention = {}, {}, {}, {}, {}, {}, {}, {}
         for gate, runs in by_gate.items():
             weights[gate] = np.concatenate([np.load(download_artifact(r.probe_run_id, CHANNEL_WEIGHTS, tmp / r.probe_run_id))
                                             for r in runs])
@@ -467,6 +467,8 @@ def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = 
             gp = {k: _mean_lists([_history(client, r.train_run_id, k) for r in runs])
                   for k in ("gate_scale", "gate_temperature", "gate_alpha")}
             gate_params[gate] = {k: v for k, v in gp.items() if v}
+            attention[gate] = {m: _mean_lists([_history(client, r.train_run_id, f"attention/{m}") for r in runs])
+                               for m in plots.EPOCH_PANELS}
             values[gate] = {m: [r.metrics.get(m, np.nan) for r in runs] for m in plots.METRIC_AXES}
             last_layers, last_values = [], []
             for r in runs:
@@ -486,6 +488,8 @@ def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = 
             f"metrics_{name}": plots.plot_gate_metrics(values, f"Metrics per gate, {what} (up to {seeds} seeds)",
                                                           reference=reference),
             f"curves_{name}": plots.plot_curves(histories, f"Training curves, {what} (mean over seeds)"),
+            f"attention_epochs_{name}": plots.plot_attention_epochs(
+                attention, f"Channel attention on validation images over training, {what} (mean over seeds)"),
             f"gradient_flow_{name}": plots.plot_gradient_flow(flows, f"Gradient flow in the last epoch, {what}"),
             f"gate_parameters_{name}": plots.plot_gate_parameters(gate_params, f"Learnable gate parameters, {what}"),
             f"spatial_maps_{name}": spatial_grid(members[0], maps, meta),

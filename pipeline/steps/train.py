@@ -97,6 +97,34 @@ def restore_rng_state(state: dict, generator: torch.Generator) -> None:
     generator.set_state(state["batch_order"])
 
 
+#: The per-epoch attention metrics, logged as ``attention/<name>`` with step = epoch.
+EPOCH_ATTENTION_METRICS = ("gini", "entropy", "sparsity", "avg_score", "focus_pct")
+
+
+def attention_sample(val, n: int):
+    """A fixed set of ``n`` validation images (seeded on its own: the training's random streams
+    are untouched, so a resumed run stays bit-exact), or None for n = 0."""
+    if n <= 0 or len(val) == 0:
+        return None
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(20240917))
+    return val.subset(order[: min(n, len(val))].to(val.labels.device))
+
+
+def attention_metrics(model, images, image_size: int) -> dict[str, float]:
+    """Mean over ``images`` of each :data:`EPOCH_ATTENTION_METRICS` of the model's channel weights."""
+    from pipeline.attention_hooks import read_attention
+    from pipeline.metrics import per_image_metrics
+
+    weights = read_attention(model, images, image_size, desc="attention").channel_weights
+    values = per_image_metrics(weights)
+    out = {}
+    for name in EPOCH_ATTENTION_METRICS:
+        v = values[name][np.isfinite(values[name])]
+        if v.size:
+            out[f"attention/{name}"] = float(v.mean())
+    return out
+
+
 def resume_point(run_id: str) -> tuple[TrainConfig, dict]:
     """The config and last checkpoint of an interrupted train run."""
     run = get_step_run(run_id, TRAIN, None, finished=False)
@@ -174,6 +202,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
             first_epoch = int(ckpt["epoch"]) + 1
             log.info("resuming train run %s after epoch %d of %d", run_id, first_epoch - 1, config.epochs)
         train, val, test = splits.train.to(device), splits.val.to(device), splits.test.to(device)
+        watched = attention_sample(val, config.attention_images) if model.cbam is not None else None
         grad_flow = GradientFlow(model)
         best_path, last_path = Path(tmp) / "best.pt", Path(tmp) / "last.pt"
         common = dict(image_size=config.image_size, amp=config.amp, channels_last=channels_last)
@@ -210,6 +239,8 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
                     "val_acc": val_eval.acc,
                     **(model.gate.learnable_values() if model.gate is not None else {}),
                 }
+                if watched is not None:
+                    metrics.update(attention_metrics(model, watched, config.image_size))
                 mlflow.log_metrics(metrics, step=epoch)
                 if val_eval.acc > best_acc:
                     best_acc, best_epoch = val_eval.acc, epoch

@@ -29,6 +29,12 @@ def test_train_logs_params_metrics_gate_values_gradients_and_best_checkpoint(tra
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "gate_scale"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3], key  # epochs from 1
     assert "gate_temperature" not in run.data.metrics
+    # attention over epochs: the channel weights of a fixed set of validation images, per epoch
+    for name in ("gini", "entropy", "sparsity", "avg_score", "focus_pct"):
+        history = client.get_metric_history(run_id, f"attention/{name}")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3], name
+    gini = [m.value for m in sorted(client.get_metric_history(run_id, "attention/gini"), key=lambda m: m.step)]
+    assert all(0 <= g < 1 for g in gini)
     scales = [m.value for m in client.get_metric_history(run_id, "gate_scale")]
     assert scales[-1] != 1.0  # the scale is learnt
 
@@ -46,7 +52,7 @@ def test_train_logs_params_metrics_gate_values_gradients_and_best_checkpoint(tra
     model, ckpt = load_model(path)
     assert ckpt["epoch"] == val_acc.index(max(val_acc)) + 1 == int(run.data.metrics["best_epoch"])  # from 1
     assert ckpt["model_config"] == {"activation": "scaled_tanh", "position": "late", "num_classes": 10,
-                                    "reduction": 16}
+                                    "reduction": 16, "gate_norm": "none"}
     test = load_dataset("fake").test
     result = evaluate(model, test, image_size=32)
     assert result.acc == pytest.approx(run.data.metrics["test_acc"], abs=1e-9)
