@@ -217,3 +217,14 @@ def test_paired_comparisons_against_the_reference_match_an_independent_computati
     sparse_line = next(line for line in md.splitlines() if line.startswith("| sparsemax"))
     assert f"{40.0 - ref_acc[4]:+.1f} " in sparse_line and "±" not in sparse_line.split("|")[3]
     assert "fewer than two pairs" in md and "Holm" in md
+
+
+def test_attention_over_epochs_has_a_panel_per_metric_on_fixed_ranges():
+    series = {"sigmoid": {"gini": [0.2, 0.3, 0.35], "entropy": [0.95, 0.93, 0.9], "avg_score": [0.5, 0.6, 0.62]},
+              "softmax": {"gini": [0.5, 0.9, 0.99], "entropy": [0.6, 0.2, 0.05], "avg_score": [1 / 512] * 3}}
+    fig = plots.plot_attention_epochs(series)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["Gini of |w|", "entropy of |w| / log C", "mean weight (avg_score)"]
+    assert fig.axes[0].get_ylim() == (0.0, 1.0) and fig.axes[2].get_yscale() == "log"
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2, 3]  # epochs from 1
+    assert plots.plot_attention_epochs({"sigmoid": {}}) is None  # runs from before the metrics: no figure
