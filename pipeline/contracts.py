@@ -55,6 +55,8 @@ ATTENTION_META = "attention/meta.json"  # probe-attention: what was probed, with
 PER_CLASS_ACCURACY = "tables/per_class_accuracy.csv"  # probe-attention
 PER_IMAGE_METRICS = "metrics/per_image.csv"  # compute-metrics: one row per image
 METRICS_SUMMARY = "metrics/summary.csv"  # compute-metrics: one row per metric
+CLASS_WEIGHTS = "metrics/class_channel_weights.npy"  # compute-metrics: float32 (K, C), each class's mean weights
+CLASS_GINI = "metrics/class_gini.csv"  # compute-metrics: class, images, gini of its mean weight vector
 REPORT_DIR = "report"  # main, sweep, report: tables and figures
 REPORT_SUMMARY = "report/summary.md"
 

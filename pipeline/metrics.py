@@ -172,6 +172,19 @@ def per_image_metrics(weights, maps=None) -> dict[str, np.ndarray]:
     return out
 
 
+def class_means(weights, labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's mean channel-weight vector (K, C) and its number of images (K,); a class
+    without images is a row of NaN."""
+    w = _as_2d(weights)
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=num_classes)[:num_classes]
+    sums = np.zeros((num_classes, w.shape[1]))
+    np.add.at(sums, labels, w)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts[:, None]
+    return np.where(counts[:, None] > 0, means, np.nan), counts
+
+
 def summarise(values: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Mean and (population) standard deviation over images of each metric, ignoring NaN rows:
     name -> {"mean", "std", "n_defined"}. All rows NaN -> mean and std NaN."""

@@ -300,6 +300,39 @@ def plot_attention_epochs(series: dict[str, dict[str, list[float]]],
     return fig
 
 
+def plot_class_attention(matrices: dict[str, np.ndarray], classes: list[str],
+                         title: str = "Channel weights per class") -> Figure | None:
+    """matrices: gate -> (K, C) mean channel weights per class. One heatmap per gate: a row per
+    class, channels ordered by the gate's overall mean weight (largest left), each weight
+    relative to that overall mean (1 = average; log colour scale, shared): rows that differ
+    mean classes routed through different channels."""
+    from matplotlib.colors import LogNorm
+
+    gates = [g for g, m in matrices.items() if np.isfinite(m).any()]
+    if not gates:
+        return None
+    k = len(classes)
+    fig, axes = plt.subplots(len(gates), 1, figsize=(PAGE_WIDTH_IN, 0.55 + len(gates) * (0.25 + 0.085 * k)),
+                             squeeze=False, constrained_layout=True)
+    norm = LogNorm(1e-2, 1e2)
+    image = None
+    for ax, gate in zip(axes[:, 0], gates):
+        m = np.asarray(matrices[gate], dtype=np.float64)
+        overall = np.nanmean(np.abs(m), axis=0)
+        order = np.argsort(-overall, kind="stable")
+        scale = np.nanmean(np.abs(m)) or 1.0
+        relative = np.clip(np.abs(m[:, order]) / scale, 1e-2, 1e2)
+        image = ax.imshow(relative, aspect="auto", cmap="magma", norm=norm, interpolation="nearest")
+        ax.set_yticks(range(k))
+        ax.set_yticklabels(classes, fontsize=5.5)
+        ax.set_ylabel(gate, rotation=0, ha="right", va="center")
+        ax.set_xticks([])
+    axes[-1, 0].set_xlabel(f"channels, by the gate's mean weight (largest left; {m.shape[1]} in all)")
+    fig.colorbar(image, ax=axes[:, 0], fraction=0.03, pad=0.01, label="weight / gate's mean weight")
+    fig.suptitle(title)
+    return fig
+
+
 def stage_of(tensor_name: str) -> str:
     """The network stage a weight tensor belongs to: ``layer3.1.conv2.weight`` -> ``layer3``;
     the stem's conv1/bn1 -> ``stem``; the CBAM block -> ``cbam``."""

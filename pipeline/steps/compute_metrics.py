@@ -24,6 +24,8 @@ from pipeline.config import MetricsConfig
 from pipeline.contracts import (
     ATTENTION_META,
     CHANNEL_WEIGHTS,
+    CLASS_GINI,
+    CLASS_WEIGHTS,
     COMPUTE_METRICS,
     LABELS,
     PROBE_ATTENTION,
@@ -33,7 +35,7 @@ from pipeline.contracts import (
     UPSTREAM_TAGS,
     reuse_key,
 )
-from pipeline.metrics import notebook_gini, per_image_metrics, summarise
+from pipeline.metrics import class_means, gini, notebook_gini, per_image_metrics, summarise
 from pipeline.tracking import download_artifact, experiment_of, get_step_run, step_run
 
 log = logging.getLogger("pipeline")
@@ -92,6 +94,13 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None, run
         table.to_csv(out / "summary.csv", index=False)
         mlflow.log_artifact(str(out / "per_image.csv"), "metrics")
         mlflow.log_artifact(str(out / "summary.csv"), "metrics")
+        classes = list(meta.get("classes") or range(int(labels.max()) + 1))
+        means, counts = class_means(weights, labels, len(classes))
+        np.save(out / Path(CLASS_WEIGHTS).name, means.astype(np.float32))
+        pd.DataFrame({"class": classes, "images": counts, "gini": gini(means)}).to_csv(out / Path(CLASS_GINI).name,
+                                                                                     index=False)
+        mlflow.log_artifact(str(out / Path(CLASS_WEIGHTS).name), "metrics")
+        mlflow.log_artifact(str(out / Path(CLASS_GINI).name), "metrics")
         mlflow.log_table(table, "metrics/summary.json")
         log.info("metrics %s over %d images: %s", run.info.run_id, weights.shape[0],
                  ", ".join(f"{k} {v['mean']:.4g}" for k, v in summary.items() if not math.isnan(v["mean"])))

@@ -41,6 +41,7 @@ from pipeline.contracts import (
     COMPUTE_METRICS,
     GATE_NAMES,
     GRAD_FLOW,
+    LABELS,
     MAIN,
     POSITIONS,
     PROBE_ATTENTION,
@@ -54,6 +55,7 @@ from pipeline.contracts import (
 )
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError, one_line
+from pipeline.metrics import class_means, gini
 from pipeline.tracking import download_artifact, report_folder, step_run
 
 log = logging.getLogger("pipeline")
@@ -416,6 +418,24 @@ def comparison_latex(table: pd.DataFrame, comparisons: pd.DataFrame, reference: 
     return "\n" + "\n".join(lines) + "\n"
 
 
+def class_gini_markdown(per_class: pd.DataFrame, classes: list[str]) -> str:
+    """Per-class Gini (of each class's mean channel-weight vector), mean over seeds, a row per
+    gate (and figure group when there are several)."""
+    several = per_class["group"].nunique() > 1
+    means = per_class.groupby(["group", "gate"], sort=False)[classes].mean().reset_index()
+    header = (["group"] if several else []) + ["gate", *classes]
+    rows = [([r["group"]] if several else []) + [r["gate"], *(f"{r[c]:.3f}" if np.isfinite(r[c]) else ""
+                                                               for c in classes)]
+            for _, r in means.iterrows()]
+    lines = ["", "## Per-class Gini", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join([":---"] * (len(header) - len(classes)) + ["---:"] * len(classes)) + "|",
+             *("| " + " | ".join(r) + " |" for r in rows), "",
+             "Gini of each test class's mean channel-weight vector (mean over seeds): near the overall Gini when "
+             "classes share channels; per seed in class_gini.csv, the class × channel weights in each "
+             "compute-metrics run's metrics/class_channel_weights.npy, drawn in class_attention_*."]
+    return "\n".join(lines) + "\n"
+
+
 def _history(client, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
@@ -447,17 +467,32 @@ def describe(r: Result) -> str:
     return f"CBAM {c['position']}, {c['dataset']} {c['image_size']} px, {c['epochs']} epochs"
 
 
-def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = "sigmoid") -> list[str]:
+def classes_of(r: Result, tmp: Path) -> list[str]:
+    meta = json.loads(download_artifact(r.probe_run_id, ATTENTION_META, tmp / r.probe_run_id).read_text())
+    return [str(c) for c in meta["classes"]]
+
+
+def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = "sigmoid",
+                  class_gini: dict | None = None) -> list[str]:
+    """The figures of every group into ``out``; ``class_gini`` collects (group, gate, seed) ->
+    the Gini of each class's mean weight vector."""
     client = mlflow.MlflowClient()
     written: list[str] = []
+    class_gini = {} if class_gini is None else class_gini
     for name, members in figure_groups(results).items():
         by_gate: dict[str, list[Result]] = {}
         for r in members:
             by_gate.setdefault(r.activation, []).append(r)
         weights, maps, histories, flows, gate_params, meta, values, attention = {}, {}, {}, {}, {}, {}, {}, {}
+        class_weights: dict[str, np.ndarray] = {}
         for gate, runs in by_gate.items():
-            weights[gate] = np.concatenate([np.load(download_artifact(r.probe_run_id, CHANNEL_WEIGHTS, tmp / r.probe_run_id))
-                                            for r in runs])
+            arrays = [np.load(download_artifact(r.probe_run_id, CHANNEL_WEIGHTS, tmp / r.probe_run_id)) for r in runs]
+            weights[gate] = np.concatenate(arrays)
+            per_class = [class_means(a, np.load(download_artifact(r.probe_run_id, LABELS, tmp / r.probe_run_id)),
+                                     len(classes_of(r, tmp)))[0] for a, r in zip(arrays, runs)]
+            class_weights[gate] = np.nanmean(per_class, axis=0)
+            class_gini.update({(name, gate, r.seed): dict(zip(classes_of(r, tmp), gini(m).tolist()))
+                               for r, m in zip(runs, per_class)})
             first = runs[0]
             d = tmp / first.probe_run_id
             maps[gate] = np.load(download_artifact(first.probe_run_id, SPATIAL_MAPS, d))
@@ -490,6 +525,8 @@ def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = 
             f"curves_{name}": plots.plot_curves(histories, f"Training curves, {what} (mean over seeds)"),
             f"attention_epochs_{name}": plots.plot_attention_epochs(
                 attention, f"Channel attention on validation images over training, {what} (mean over seeds)"),
+            f"class_attention_{name}": plots.plot_class_attention(
+                class_weights, classes_of(members[0], tmp), f"Channel weights per test class, {what} (mean over seeds)"),
             f"gradient_flow_{name}": plots.plot_gradient_flow(flows, f"Gradient flow in the last epoch, {what}"),
             f"gate_parameters_{name}": plots.plot_gate_parameters(gate_params, f"Learnable gate parameters, {what}"),
             f"spatial_maps_{name}": spatial_grid(members[0], maps, meta),
@@ -536,7 +573,15 @@ def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "repo
     (out / "summary.md").write_text(to_markdown(table, title) + comparison_markdown(table, comparisons, reference))
     (out / "summary.tex").write_text(to_latex(table, f"source: {title}") + comparison_latex(table, comparisons, reference))
     with tempfile.TemporaryDirectory() as tmp:
-        figures = write_figures(results, out, Path(tmp), reference)
+        class_gini: dict = {}
+        figures = write_figures(results, out, Path(tmp), reference, class_gini)
+    if class_gini:
+        per_class = pd.DataFrame([{"group": g, "gate": gate, "seed": seed, **values}
+                                  for (g, gate, seed), values in class_gini.items()])
+        classes = [c for c in per_class.columns if c not in ("group", "gate", "seed")]
+        per_class.to_csv(out / "class_gini.csv", index=False)
+        with (out / "summary.md").open("a") as md:
+            md.write(class_gini_markdown(per_class, classes))
     vary = varying_keys(table)
     log.info("report: %d runs, %d rows%s, %d figure files in %s", len(results), len(table),
              f" (apart by {', '.join(vary)})" if vary else "", len(figures), out)

@@ -96,6 +96,19 @@ def test_probe_logs_documented_arrays_and_scores(store, tmp_path):
     summary = pd.read_csv(mlflow.artifacts.download_artifacts(
         run_id=metrics_id, artifact_path="metrics/summary.csv", dst_path=str(tmp_path)))
     assert set(summary["metric"]) == set(M.METRIC_NAMES)
+    # per class: each class's mean channel weights, and the Gini of that vector
+    labels = np.load(mlflow.artifacts.download_artifacts(run_id=probe_id, artifact_path="attention/labels.npy",
+                                                         dst_path=str(tmp_path / "l")))
+    class_weights = np.load(mlflow.artifacts.download_artifacts(
+        run_id=metrics_id, artifact_path="metrics/class_channel_weights.npy", dst_path=str(tmp_path)))
+    k = int(labels.max()) + 1
+    assert class_weights.shape == (k, w.shape[1])
+    for c in range(k):
+        np.testing.assert_allclose(class_weights[c], w[labels == c].mean(axis=0), rtol=1e-5)
+    class_gini = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=metrics_id, artifact_path="metrics/class_gini.csv", dst_path=str(tmp_path)))
+    assert class_gini["gini"].tolist() == pytest.approx(M.gini(class_weights).tolist(), rel=1e-5)
+    assert class_gini["images"].tolist() == np.bincount(labels, minlength=k).tolist()
 
 
 def test_probe_num_images_and_clamp(store, tmp_path, caplog):

@@ -113,7 +113,7 @@ def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst
                                                 "logits.npy", "meta.json")}
     report = {a.path for a in client.list_artifacts(report_run_id, "report")}
     figures = {f"report/{stem}_late.{ext}" for stem in ("weights", "metrics", "curves", "gradient_flow", "spatial_maps",
-                                                        "gate_parameters", "attention_epochs") for ext in ("pdf", "png")}
+                                                        "gate_parameters", "attention_epochs", "class_attention") for ext in ("pdf", "png")}
     assert {"report/summary.md", "report/summary.csv", "report/summary.tex", *figures} <= report  # scaled_tanh learns a scale
     assert {"gini", "entropy", "test_map"} <= set(by_step["compute-metrics"].data.metrics)
     for run_id, path in ((probe_id, "attention"), (report_run_id, "report")):

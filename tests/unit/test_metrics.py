@@ -153,3 +153,14 @@ def test_exact_zeros_of_bounded_gates_are_float32_underflow():
     assert sigmoid[3] > 0 and sigmoid[4] == 0 and sigmoid[5] == 0  # exactly 0 below about -88.7
     sparse = GATES["sparsemax"]()(torch.tensor([[3.0, 1.0, 0.2]]))[0]
     assert sparse[2] == 0 and sparse[1] == 0  # sparsemax: zero by construction
+
+
+def test_class_means_match_a_loop_and_empty_classes_are_nan():
+    rng = np.random.default_rng(0)
+    weights = rng.random((30, 8))
+    labels = rng.integers(0, 3, 30)
+    means, counts = M.class_means(weights, labels, 4)
+    for k in range(3):
+        np.testing.assert_allclose(means[k], weights[labels == k].mean(axis=0))
+        assert counts[k] == (labels == k).sum()
+    assert counts[3] == 0 and np.isnan(means[3]).all() and np.isnan(M.gini(means)[3])

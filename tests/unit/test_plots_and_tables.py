@@ -228,3 +228,13 @@ def test_attention_over_epochs_has_a_panel_per_metric_on_fixed_ranges():
     assert fig.axes[0].get_ylim() == (0.0, 1.0) and fig.axes[2].get_yscale() == "log"
     assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2, 3]  # epochs from 1
     assert plots.plot_attention_epochs({"sigmoid": {}}) is None  # runs from before the metrics: no figure
+
+
+def test_class_attention_heatmap_orders_channels_by_mean_weight():
+    m = np.array([[0.1, 0.9, 0.5], [0.2, 0.7, 0.5]])
+    fig = plots.plot_class_attention({"sigmoid": m, "softmax": np.full((2, 3), np.nan)}, ["a", "b"])
+    [ax] = [a for a in fig.axes if a.images]  # a gate without values gets no panel
+    shown = ax.images[0].get_array()
+    np.testing.assert_allclose(shown[0], np.array([0.9, 0.5, 0.1]) / m.mean())  # largest mean channel first
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"] and ax.get_ylabel() == "sigmoid"
+    assert plots.plot_class_attention({"softmax": np.full((2, 3), np.nan)}, ["a", "b"]) is None
