@@ -250,8 +250,9 @@ def _table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], int]:
     return header, rows, len(vary) + 1
 
 
-def to_markdown(table: pd.DataFrame, title: str = "report") -> str:
-    header, rows, text_columns = _table_cells(table)
+def markdown_table(header: list[str], rows: list[list[str]], text_columns: int) -> list[str]:
+    """The lines of an aligned Markdown table: the first ``text_columns`` left-aligned, the
+    numbers right-aligned."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
 
     def line(cells):
@@ -260,12 +261,17 @@ def to_markdown(table: pd.DataFrame, title: str = "report") -> str:
 
     rule = "|" + "|".join(":" + "-" * (w + 1) if i < text_columns else "-" * (w + 1) + ":"
                           for i, w in enumerate(widths)) + "|"
+    return [line(header), rule, *(line(r) for r in rows)]
+
+
+def to_markdown(table: pd.DataFrame, title: str = "report") -> str:
+    header, rows, text_columns = _table_cells(table)
     constant = constants_text(table)
     few = sorted({int(n) for n in table["seeds"] if 2 <= n < 4})
     caution = "".join(f" With {n} seeds the interval is mean ± {stats_t(n):.1f} · s/√{n}: wide; run more seeds "
                       "for a claim." for n in few)
     lines = [f"# Summary: {title}", "", f"{len(table)} configurations. Constant across this report: {constant or 'nothing'}.",
-             "", line(header), rule, *(line(r) for r in rows), "", FOOTNOTE + caution]
+             "", *markdown_table(header, rows, text_columns), "", FOOTNOTE + caution]
     return "\n".join(lines) + "\n"
 
 
@@ -391,15 +397,7 @@ def comparison_markdown(table: pd.DataFrame, comparisons: pd.DataFrame, referenc
     if comparisons.empty:
         return ""
     header, rows, text_columns, note = _comparison_cells(table, comparisons, reference)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-    def line(cells):
-        return "| " + " | ".join(c.ljust(w) if i < text_columns else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-
-    rule = "|" + "|".join(":" + "-" * (w + 1) if i < text_columns else "-" * (w + 1) + ":"
-                          for i, w in enumerate(widths)) + "|"
-    return "\n".join(["", f"## Against {reference}", "", line(header), rule, *(line(r) for r in rows), "", note]) + "\n"
+    return "\n".join(["", f"## Against {reference}", "", *markdown_table(header, rows, text_columns), "", note]) + "\n"
 
 
 def comparison_latex(table: pd.DataFrame, comparisons: pd.DataFrame, reference: str) -> str:
@@ -427,9 +425,7 @@ def class_gini_markdown(per_class: pd.DataFrame, classes: list[str]) -> str:
     rows = [([r["group"]] if several else []) + [r["gate"], *(f"{r[c]:.3f}" if np.isfinite(r[c]) else ""
                                                                for c in classes)]
             for _, r in means.iterrows()]
-    lines = ["", "## Per-class Gini", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join([":---"] * (len(header) - len(classes)) + ["---:"] * len(classes)) + "|",
-             *("| " + " | ".join(r) + " |" for r in rows), "",
+    lines = ["", "## Per-class Gini", "", *markdown_table(header, rows, len(header) - len(classes)), "",
              "Gini of each test class's mean channel-weight vector (mean over seeds): near the overall Gini when "
              "classes share channels; per seed in class_gini.csv, the class × channel weights in each "
              "compute-metrics run's metrics/class_channel_weights.npy, drawn in class_attention_*."]
