@@ -40,6 +40,7 @@ from pipeline.contracts import (
     CHANNEL_WEIGHTS,
     COMPUTE_METRICS,
     GATE_NAMES,
+    GATE_NORMS,
     GRAD_FLOW,
     LABELS,
     MAIN,
@@ -151,6 +152,8 @@ def _sortable(key: str, value: str):
         return (0, list(POSITIONS).index(value), "")
     if key == "activation" and value in GATE_NAMES:
         return (0, GATE_NAMES.index(value), "")
+    if key == "gate_norm" and value in GATE_NORMS:
+        return (0, GATE_NORMS.index(value), "")
     try:
         return (0, float(value), "")
     except ValueError:
