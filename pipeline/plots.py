@@ -262,11 +262,11 @@ def plot_curves(histories: dict[str, dict[str, list[float]]], title: str = "Trai
 
 #: Per-epoch attention panels: metric -> (label, fixed range or None for the data's range).
 EPOCH_PANELS = {
-    "gini": ("Gini of |w|", (0.0, 1.0)),
-    "entropy": ("entropy of |w| / log C", (0.0, 1.0)),
-    "sparsity": ("weights exactly 0 (fraction)", (0.0, 1.0)),
-    "focus_pct": ("channels above mean (%)", (0.0, 100.0)),
-    "avg_score": ("mean weight (avg_score)", None),
+    "gini": ("Gini", (0.0, 1.0)),
+    "entropy": ("entropy / log C", (0.0, 1.0)),
+    "sparsity": ("share exactly 0", (0.0, 1.0)),
+    "focus_pct": ("above mean (%)", (0.0, 100.0)),
+    "avg_score": ("mean weight (log)", None),
 }
 
 

@@ -224,7 +224,7 @@ def test_attention_over_epochs_has_a_panel_per_metric_on_fixed_ranges():
               "softmax": {"gini": [0.5, 0.9, 0.99], "entropy": [0.6, 0.2, 0.05], "avg_score": [1 / 512] * 3}}
     fig = plots.plot_attention_epochs(series)
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["Gini of |w|", "entropy of |w| / log C", "mean weight (avg_score)"]
+    assert titles == ["Gini", "entropy / log C", "mean weight (log)"]
     assert fig.axes[0].get_ylim() == (0.0, 1.0) and fig.axes[2].get_yscale() == "log"
     assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2, 3]  # epochs from 1
     assert plots.plot_attention_epochs({"sigmoid": {}}) is None  # runs from before the metrics: no figure
