@@ -176,7 +176,7 @@ def step_run(
     run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, experiment_id=experiment_id,
                            parent_run_id=parent_run_id)
     try:
-        if not nested:
+        if not nested and not parent_run_id:  # a sweep's workers: the sweep prepared it
             prepare_experiment(run.info.experiment_id)
         version = {contracts.CODE_VERSION_TAG: code_version(step)} if step in contracts.STEP_MODULES else {}
         mlflow.set_tags({STEP_TAG: step, **version, **(tags or {})})

@@ -121,7 +121,8 @@ def test_inline_sweep_runs_every_configuration_under_one_sweep_run(tracking_uri,
     assert all(r.info.status != "RUNNING" for r in all_runs(tracking_uri))
     table = (tmp_path / "out" / "cbam-gates-fake" / "sweep_sigmoid,swish_late,none_seeds_0_fake_32px_1ep"
              / "summary.md").read_text()
-    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| s")] == \
+    main_table = table.split("\n## ")[0]  # before the comparison and per-class tables
+    assert [line.split("|")[1].strip() for line in main_table.splitlines() if line.startswith("| s")] == \
         ["sigmoid", "swish"]
 
 
@@ -143,7 +144,7 @@ def test_report_of_an_experiment_never_pools_unlike_runs(tracking_uri, tmp_path,
     table = (folder / "summary.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| dataset"))
     assert [c.strip() for c in header.split("|")[1:4]] == ["dataset", "gate", "seeds"]
-    rows = [[c.strip() for c in line.split("|")[1:4]] for line in table.splitlines()
+    rows = [[c.strip() for c in line.split("|")[1:4]] for line in table.split("\n## ")[0].splitlines()
             if line.startswith(("| digits", "| fake"))]
     assert rows == [["digits", "sigmoid", "1"], ["fake", "sigmoid", "1"]]
     assert "Constant across this report: 32 px, 1 epoch," in table

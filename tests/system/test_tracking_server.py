@@ -101,7 +101,7 @@ def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst
     expected = {"activation": activation, "position": "late", "dataset": "fake", "weights": "none",
                 "image_size": "32", "epochs": "2", "batch_size": "64", "lr": "0.001", "seed": "0",
                 "val_fraction": "0.1", "device": "auto", "amp": "false", "channels_last": "auto", "fused_adam": "auto",
-                "keep_last_checkpoint": "true", "data_dir": "data", "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "288",
+                "keep_last_checkpoint": "true", "gate_norm": "none", "attention_images": "256", "data_dir": "data", "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "288",
                 "val_size": "32", "test_size": "80", "num_classes": "10"}
     assert train.data.params == expected
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
@@ -122,7 +122,9 @@ def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst
         assert done.returncode == 0, done.stderr[-2000:]
     weights = np.load(dst / "attention" / "channel_weights.npy")
     assert weights.shape == (80, 512) and weights.dtype == np.float32
-    assert (dst / "report" / "summary.md").read_text().count(f"| {activation} ") == 1
+    summary = (dst / "report" / "summary.md").read_text()
+    assert summary.split("\n## ")[0].count(f"| {activation} ") == 1  # one row in the summary table
+    assert "## Per-class Gini" in summary
     return by_step
 
 
