@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -489,7 +490,9 @@ def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = 
             weights[gate] = np.concatenate(arrays)
             per_class = [class_means(a, np.load(download_artifact(r.probe_run_id, LABELS, tmp / r.probe_run_id)),
                                      len(classes_of(r, tmp)))[0] for a, r in zip(arrays, runs)]
-            class_weights[gate] = np.nanmean(per_class, axis=0)
+            with warnings.catch_warnings():  # a class no probed image belongs to stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                class_weights[gate] = np.nanmean(per_class, axis=0)
             class_gini.update({(name, gate, r.seed): dict(zip(classes_of(r, tmp), gini(m).tolist()))
                                for r, m in zip(runs, per_class)})
             first = runs[0]
