@@ -467,11 +467,6 @@ def describe(r: Result) -> str:
     return f"CBAM {c['position']}, {c['dataset']} {c['image_size']} px, {c['epochs']} epochs"
 
 
-def classes_of(r: Result, tmp: Path) -> list[str]:
-    meta = json.loads(download_artifact(r.probe_run_id, ATTENTION_META, tmp / r.probe_run_id).read_text())
-    return [str(c) for c in meta["classes"]]
-
-
 def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = "sigmoid",
                   class_gini: dict | None = None) -> list[str]:
     """The figures of every group into ``out``; ``class_gini`` collects (group, gate, seed) ->
@@ -488,17 +483,20 @@ def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = 
         for gate, runs in by_gate.items():
             arrays = [np.load(download_artifact(r.probe_run_id, CHANNEL_WEIGHTS, tmp / r.probe_run_id)) for r in runs]
             weights[gate] = np.concatenate(arrays)
+            metas = {r.probe_run_id: json.loads(download_artifact(r.probe_run_id, ATTENTION_META,
+                                                                  tmp / r.probe_run_id).read_text()) for r in runs}
+            classes = {run_id: [str(c) for c in m["classes"]] for run_id, m in metas.items()}
             per_class = [class_means(a, np.load(download_artifact(r.probe_run_id, LABELS, tmp / r.probe_run_id)),
-                                     len(classes_of(r, tmp)))[0] for a, r in zip(arrays, runs)]
+                                     len(classes[r.probe_run_id]))[0] for a, r in zip(arrays, runs)]
             with warnings.catch_warnings():  # a class no probed image belongs to stays NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
                 class_weights[gate] = np.nanmean(per_class, axis=0)
-            class_gini.update({(name, gate, r.seed): dict(zip(classes_of(r, tmp), gini(m).tolist()))
+            class_gini.update({(name, gate, r.seed): dict(zip(classes[r.probe_run_id], gini(m).tolist()))
                                for r, m in zip(runs, per_class)})
             first = runs[0]
             d = tmp / first.probe_run_id
             maps[gate] = np.load(download_artifact(first.probe_run_id, SPATIAL_MAPS, d))
-            meta[gate] = json.loads(download_artifact(first.probe_run_id, ATTENTION_META, d).read_text())
+            meta[gate] = metas[first.probe_run_id]
             histories[gate] = {k: _mean_lists([_history(client, r.train_run_id, k) for r in runs])
                                for k in ("train_loss", "val_loss", "train_acc", "val_acc")}
             gp = {k: _mean_lists([_history(client, r.train_run_id, k) for r in runs])
@@ -528,7 +526,8 @@ def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = 
             f"attention_epochs_{name}": plots.plot_attention_epochs(
                 attention, f"Channel attention on validation images over training, {what} (mean over seeds)"),
             f"class_attention_{name}": plots.plot_class_attention(
-                class_weights, classes_of(members[0], tmp), f"Channel weights per test class, {what} (mean over seeds)"),
+                class_weights, [str(c) for c in meta[members[0].activation]["classes"]],
+                f"Channel weights per test class, {what} (mean over seeds)"),
             f"gradient_flow_{name}": plots.plot_gradient_flow(flows, f"Gradient flow in the last epoch, {what}"),
             f"gate_parameters_{name}": plots.plot_gate_parameters(gate_params, f"Learnable gate parameters, {what}"),
             f"spatial_maps_{name}": spatial_grid(members[0], maps, meta),
