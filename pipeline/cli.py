@@ -268,8 +268,6 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and a non-zero exit."""
     signal.signal(signal.SIGTERM, _interrupt_once)
     signal.signal(signal.SIGINT, _interrupt_once)
-    # MLflow's artefact progress bars fill redirected logs with fragments; the steps log instead
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if os.environ.get("MLFLOW_RUN_ID"):
         # started by `mlflow run`: if that process is killed, end our runs KILLED rather than
         # go on unattended (MLflow itself does not pass SIGTERM on)

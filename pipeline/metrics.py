@@ -18,6 +18,8 @@ Theory 55(10) for the Gini index; Shannon entropy with 0 log 0 = 0 (``scipy.spec
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.special import xlogy
 
@@ -210,3 +212,30 @@ def mean_average_precision(labels, scores, num_classes: int | None = None) -> fl
     present = np.unique(labels)
     onehot = (labels[:, None] == np.arange(k)[None, :]).astype(int)
     return float(average_precision_score(onehot[:, present], scores[:, present], average="macro"))
+
+
+# Statistics over seeds (the report's tables and figures)
+
+def stats_t(n: int) -> float:
+    """Student t's 97.5 % quantile with n - 1 degrees of freedom (the 95 % CI's multiplier)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1))
+
+
+def ci95(values) -> tuple[int, float, float, float, float]:
+    """n, mean, sample std (ddof = 1), and the 95 % Student-t confidence interval of the mean
+    of the finite values; std and CI are NaN below two values."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return 0, math.nan, math.nan, math.nan, math.nan
+    mean = float(v.mean())
+    if n < 2:
+        return 1, mean, math.nan, math.nan, math.nan
+    std = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return n, mean, std, mean - half, mean + half

@@ -53,12 +53,11 @@ def _colours(names):
 
 
 def gate_family(name: str) -> str:
-    from pipeline.gates import GATES
+    from pipeline.contracts import SUM_TO_ONE_GATES
 
     if name in UNBOUNDED_GATES:
         return "unbounded"
-    gate = GATES.get(name)
-    return "sum_to_one" if gate is not None and gate.sums_to_one else "bounded"
+    return "sum_to_one" if name in SUM_TO_ONE_GATES else "bounded"
 
 
 def kde_curve(values: np.ndarray, grid: np.ndarray, lower: float | None = None,
@@ -226,14 +225,10 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "M
 
 def _ci(values, scale: float) -> tuple[float, float] | None:
     """The 95 % Student-t CI of the mean of the finite ``values`` × ``scale`` (None below two)."""
-    from scipy import stats
+    from pipeline.metrics import ci95
 
-    v = np.asarray(values, dtype=np.float64) * scale
-    v = v[np.isfinite(v)]
-    if v.size < 2:
-        return None
-    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-    return float(v.mean()) - half, float(v.mean()) + half
+    n, _, _, low, high = ci95(np.asarray(values, dtype=np.float64) * scale)
+    return (low, high) if n >= 2 else None
 
 
 def plot_curves(histories: dict[str, dict[str, list[float]]], title: str = "Training curves") -> Figure:

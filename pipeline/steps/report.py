@@ -57,7 +57,7 @@ from pipeline.contracts import (
 )
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError, one_line
-from pipeline.metrics import class_means, gini
+from pipeline.metrics import ci95, class_means, gini, stats_t
 from pipeline.tracking import download_artifact, report_folder, step_run
 
 log = logging.getLogger("pipeline")
@@ -164,31 +164,6 @@ def _sortable(key: str, value: str):
 def _order(results: list[Result]) -> list[Result]:
     return sorted(results, key=lambda r: (*(_sortable(k, r.config.get(k, "")) for k in GROUP_KEYS),
                                           _sortable("seed", r.seed)))
-
-
-def stats_t(n: int) -> float:
-    """Student t's 97.5 % quantile with n - 1 degrees of freedom (the 95 % CI's multiplier)."""
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, n - 1))
-
-
-def ci95(values) -> tuple[int, float, float, float, float]:
-    """n, mean, sample std (ddof = 1), and the 95 % Student-t confidence interval of the mean
-    of the finite values; std and CI are NaN below two values."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return 0, math.nan, math.nan, math.nan, math.nan
-    mean = float(v.mean())
-    if n < 2:
-        return 1, mean, math.nan, math.nan, math.nan
-    std = float(v.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-    return n, mean, std, mean - half, mean + half
 
 
 def summary_table(results: list[Result]) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from pipeline.contracts import (
     LAST_CHECKPOINT,
     PREPARE_DATA,
     REUSE_KEY_TAG,
+    SUM_TO_ONE_GATES,
     TRAIN,
     UPSTREAM_TAGS,
     VAL_INDICES,
@@ -164,9 +165,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
     model_config = ModelConfig(config.activation, config.position, num_classes=len(splits.classes),
                                gate_norm=config.gate_norm)
     if config.gate_norm != "none" and model_config.position != "none":
-        from pipeline.gates import GATES
-
-        if not GATES[config.activation].sums_to_one:
+        if config.activation not in SUM_TO_ONE_GATES:
             log.info("gate_norm %s leaves %s unchanged: its weights do not sum to one", config.gate_norm,
                      config.activation)
     model = build_model(model_config, "none" if ckpt else config.weights)
