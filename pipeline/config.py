@@ -25,7 +25,7 @@ MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
 SEED_MAX = 2**32 - 1  # numpy's seed range
 AUTO_FLAGS = ("auto", "true", "false")
-EXECUTORS = ("inline", "process")
+EXECUTORS = ("inline", "process", "ray")
 RERUNNABLE = (*contracts.CHAIN, contracts.REPORT)  # in order: a rerun reruns all after it
 
 
@@ -318,8 +318,16 @@ class SweepConfig(StepConfig):
     gate_norms: tuple[str, ...] = option(("none",), "Comma list of gate normalisations (none, mean_one): "
                                          "mean_one only changes sum-to-one gates, so other gates run once.")
     executor: str = option("inline", "How configurations run: inline (one after another in this process, "
-                           "datasets loaded once) or process (jobs worker processes, spread over the GPUs).")
+                           "datasets loaded once), process (jobs worker processes, spread over the GPUs) or "
+                           "ray (one Ray task each, on a local or given Ray cluster).")
     jobs: int = option(1, "Configurations at once with executor=process.")
+    ray_address: str = option("", "executor=ray: the Ray cluster to join (host:port of its head, ray://host:10001, "
+                              "auto); empty: RAY_ADDRESS if set, else a new local cluster on this machine.")
+    gpus_per_job: str = option("auto", "executor=ray: GPUs per configuration (fractions share one, e.g. 0.5); "
+                               "auto: 1 when the cluster has GPUs, else 0.")
+    cpus_per_job: float = option(1.0, "executor=ray: CPU cores per configuration (its torch threads).")
+    max_retries: int = option(1, "executor=ray: retries of a configuration whose worker died (OOM, SIGKILL, "
+                              "node lost); the retry resumes its train run from the last checkpoint.")
     main: MainConfig = field(default_factory=MainConfig)
 
     def __post_init__(self):
@@ -338,6 +346,18 @@ class SweepConfig(StepConfig):
         check_choice("executor", self.executor, EXECUTORS)
         if self.jobs < 1:
             raise PipelineError(f"jobs must be at least 1, got {self.jobs}")
+        if self.gpus_per_job != "auto":
+            try:
+                gpus = float(self.gpus_per_job)
+            except ValueError:
+                gpus = -1.0
+            if not 0 <= gpus < float("inf"):
+                raise PipelineError(f"gpus_per_job must be auto or a number >= 0 (e.g. 1, 0.5), "
+                                    f"got {self.gpus_per_job!r}")
+        if not 0 < self.cpus_per_job < float("inf"):
+            raise PipelineError(f"cpus_per_job must be positive, got {self.cpus_per_job}")
+        if self.max_retries < 0:
+            raise PipelineError(f"max_retries must be 0 or more, got {self.max_retries}")
 
     def configurations(self) -> list[MainConfig]:
         """One main config per (position, activation, gate norm, seed), in that order; a gate that

@@ -77,6 +77,8 @@ DATASET_DIGEST_TAG = "pipeline.dataset_sha256"
 REUSED_STEPS_TAG = "pipeline.reused_steps"  # main: which steps were reused
 REPORT_KEY_TAG = "pipeline.report_key"  # main: reuse key of its report (metrics run + report code)
 FAILED_TAG = "pipeline.failed"  # sweep: the configurations that failed
+HOST_TAG = "pipeline.host"  # where the run's process runs (updated by a resume)
+PID_TAG = "pipeline.pid"
 UPSTREAM_TAGS = {  # tag naming the run of each step, set on the runs downstream of it and on main
     PREPARE_DATA: "pipeline.prepare_run_id",
     TRAIN: "pipeline.train_run_id",

@@ -9,8 +9,13 @@
   (``OMP_NUM_THREADS``). Workers die with the sweep: the parent-death signal ends them if the
   sweep process dies, and an interrupted sweep stops them and marks their runs KILLED.
 
+- :class:`RayExecutor` (``ray``): one Ray task per configuration, on a local Ray cluster started
+  for the sweep or on a cluster given by ``ray_address`` / ``RAY_ADDRESS``; Ray places each task
+  on a node with the CPUs and GPUs it asks for and sets its ``CUDA_VISIBLE_DEVICES``. A task
+  whose worker dies is retried and resumes its train run from the last checkpoint.
+
 An executor takes the configurations and reports one :class:`Outcome` per configuration as it
-lands; a distributed executor fits behind the same :meth:`Executor.run`.
+lands (``progress.done``), calling ``progress.tick()`` while it waits.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import Protocol
 
 from pipeline.config import MainConfig
 from pipeline.errors import PipelineError, one_line
@@ -35,15 +41,24 @@ STOP_GRACE_S = 10.0
 
 @dataclass
 class Outcome:
-    label: str  # position/activation/seedN
+    label: str  # the main run's name
     status: str  # FINISHED, FAILED or KILLED
     main_run_id: str = ""
     error: str = ""
+    test_acc: float | None = None
+
+
+class Progress(Protocol):
+    def done(self, outcome: Outcome) -> None:
+        """A configuration landed."""
+
+    def tick(self) -> None:
+        """Called while the executor waits (cheap; the progress decides how often to look)."""
 
 
 class Executor(Protocol):
     def run(self, configs: list[MainConfig], parent_run_id: str, experiment_id: str,
-            on_done: Callable[[Outcome], None]) -> list[Outcome]:
+            progress: Progress) -> list[Outcome]:
         """Run every configuration as a main run under ``parent_run_id``; a configuration that
         fails is reported FAILED and the others go on; Ctrl-C / SIGTERM (KeyboardInterrupt)
         stops them all, their runs KILLED, and re-raises."""
@@ -66,7 +81,7 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 
 
 class InlineExecutor:
-    def run(self, configs, parent_run_id, experiment_id, on_done):
+    def run(self, configs, parent_run_id, experiment_id, progress):
         from pipeline.data import DatasetCache
         from pipeline.steps.main import run_main
 
@@ -84,7 +99,7 @@ class InlineExecutor:
                 outcome = Outcome(config.label(), "FAILED",
                                   failed_main_run(parent_run_id, experiment_id, config.label()), one_line(exc))
             outcomes.append(outcome)
-            on_done(outcome)
+            progress.done(outcome)
         return outcomes
 
 
@@ -137,7 +152,7 @@ class ProcessExecutor:
             env["OMP_NUM_THREADS"] = str(max(1, cpu_count() // self.jobs))
         return env
 
-    def run(self, configs, parent_run_id, experiment_id, on_done):
+    def run(self, configs, parent_run_id, experiment_id, progress):
         from pipeline.devices import visible_gpus
 
         gpus = visible_gpus()
@@ -167,7 +182,8 @@ class ProcessExecutor:
                                           failed_main_run(parent_run_id, experiment_id, worker.config.label()),
                                           f"worker exited with code {code}")
                     outcomes.append(outcome)
-                    on_done(outcome)
+                    progress.done(outcome)
+                progress.tick()
                 time.sleep(0.2)
         except KeyboardInterrupt:
             stop_workers(running)
@@ -190,12 +206,16 @@ def stop_workers(workers: list[Worker]) -> None:
             worker.process.wait()
 
 
-def end_running_children(parent_run_id: str, status: str = "KILLED") -> None:
-    """Mark every run below ``parent_run_id`` (children, grandchildren) that is still RUNNING."""
+def end_running_children(parent_run_id: str, status: str = "KILLED", include_self: bool = False) -> None:
+    """Mark every run below ``parent_run_id`` (children, grandchildren; and itself with
+    ``include_self``) that is still RUNNING."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    parent = client.get_run(parent_run_id)
+    experiment_id = parent.info.experiment_id
+    if include_self and parent.info.status == "RUNNING":
+        client.set_terminated(parent_run_id, status)
     todo = [parent_run_id]
     while todo:
         parent = todo.pop()
@@ -205,12 +225,152 @@ def end_running_children(parent_run_id: str, status: str = "KILLED") -> None:
                 client.set_terminated(run.info.run_id, status)
 
 
-def make_executor(name: str, jobs: int) -> Executor:
-    if name == "inline":
-        if jobs > 1:
+def ray_address(option: str) -> str:
+    """The cluster to join: the option, else ``RAY_ADDRESS``; "" for a new local cluster."""
+    return (option or os.environ.get("RAY_ADDRESS", "")).strip()
+
+
+def check_ray(address: str, tracking_uri: str) -> None:
+    """One-line errors, before the sweep starts, for what cannot work: Ray not installed, or a
+    cluster (whose workers may run on other hosts) told to log into a file or SQLite store on
+    this one."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise PipelineError("executor=ray needs Ray: pip install -e '.[ray]' (or pip install 'ray>=2.40,<3')") from None
+    if address and address != "local" and not tracking_uri.startswith(("http://", "https://")):
+        raise PipelineError(
+            f"executor=ray with the Ray cluster {address!r} needs a tracking server its workers can reach, not "
+            f"the local store {tracking_uri!r}: start one (python -m pipeline server --host <this host's address>, "
+            "or use a team server) and set MLFLOW_TRACKING_URI=http://<host>:<port>")
+
+
+def absolute_local_uri(uri: str) -> str:
+    """A relative ``sqlite:///`` or file-store URI made absolute: Ray workers do not run in the
+    driver's working directory."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if "://" not in uri:
+        return str(Path(uri).resolve())
+    if uri.startswith("file://") and not uri.startswith("file:///"):
+        return Path(uri[len("file://"):]).resolve().as_uri()
+    return uri
+
+
+#: The dataset cache of a Ray worker process: a worker that runs several configurations in turn
+#: loads each dataset once.
+_WORKER_DATASETS = None
+
+
+def run_configuration(config: MainConfig, parent_run_id: str, threads: int) -> dict:
+    """One configuration's ``main`` chain in a Ray worker; the main run's id and test accuracy.
+    A retry (its first worker died) continues the run that worker left."""
+    global _WORKER_DATASETS
+    logging.basicConfig(level=logging.INFO, format="[pipeline] %(message)s", stream=sys.stderr)
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+    import mlflow
+    import torch
+
+    from pipeline.data import DatasetCache
+    from pipeline.steps.main import run_main
+
+    torch.set_num_threads(max(1, threads))
+    _WORKER_DATASETS = _WORKER_DATASETS or DatasetCache()
+    run_id = run_main(config, datasets=_WORKER_DATASETS, parent_run_id=parent_run_id, report=False, adopt=True)
+    return {"main_run_id": run_id, "test_acc": mlflow.MlflowClient().get_run(run_id).data.metrics.get("test_acc")}
+
+
+class RayExecutor:
+    def __init__(self, address: str = "", gpus_per_job: str = "auto", cpus_per_job: float = 1.0,
+                 max_retries: int = 1):
+        self.address = ray_address(address)
+        self.gpus_per_job, self.cpus_per_job, self.max_retries = gpus_per_job, cpus_per_job, max_retries
+
+    def run(self, configs, parent_run_id, experiment_id, progress):
+        import mlflow
+        import ray
+
+        if not sys.stderr.isatty():  # the workers' log lines reach a file or CI: no colour codes
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        uri = mlflow.get_tracking_uri()
+        env = {"MLFLOW_TRACKING_URI": uri if self.address else absolute_local_uri(uri),
+               "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", "PIPELINE_PROGRESS": "0",
+               **{k: v for k, v in os.environ.items() if k in FORWARDED_ENV}}
+        if self.address:
+            ray.init(address=self.address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+        else:  # a local cluster for this sweep, gone with it
+            ray.init(runtime_env={"env_vars": env}, include_dashboard=False, logging_level=logging.WARNING,
+                     configure_logging=True)
+        try:
+            resources = ray.cluster_resources()
+            gpus = (1.0 if resources.get("GPU", 0) > 0 else 0.0) if self.gpus_per_job == "auto" \
+                else float(self.gpus_per_job)
+            log.info("sweep: Ray cluster %s with %g CPUs and %g GPUs; %g CPUs and %g GPUs per configuration, "
+                     "%d retries", self.address or "(local)", resources.get("CPU", 0), resources.get("GPU", 0),
+                     self.cpus_per_job, gpus, self.max_retries)
+            if gpus > resources.get("GPU", 0) or self.cpus_per_job > resources.get("CPU", 0):
+                raise PipelineError(
+                    f"a configuration asks for {self.cpus_per_job:g} CPUs and {gpus:g} GPUs, more than the Ray "
+                    f"cluster has ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs): lower "
+                    "cpus_per_job / gpus_per_job")
+            task = ray.remote(run_configuration).options(
+                num_cpus=self.cpus_per_job, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False)
+            threads = max(1, int(self.cpus_per_job))
+            refs = {task.remote(config, parent_run_id, threads): config for config in configs}
+            return self.collect(ray, refs, parent_run_id, experiment_id, progress)
+        finally:
+            ray.shutdown()
+
+    def collect(self, ray, refs: dict, parent_run_id: str, experiment_id: str, progress) -> list[Outcome]:
+        pending, outcomes = list(refs), []
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                for ref in ready:
+                    label = refs[ref].label()
+                    try:
+                        result = ray.get(ref)
+                        outcome = Outcome(label, "FINISHED", result["main_run_id"], test_acc=result.get("test_acc"))
+                    except ray.exceptions.RayTaskError as exc:  # the chain raised: its runs ended FAILED
+                        cause = getattr(exc, "cause", None) or exc
+                        outcome = Outcome(label, "FAILED", failed_main_run(parent_run_id, experiment_id, label),
+                                          one_line(cause))
+                    except ray.exceptions.RayError as exc:  # its worker died on every try
+                        main_id = failed_main_run(parent_run_id, experiment_id, label)
+                        if main_id:
+                            end_running_children(main_id, "FAILED", include_self=True)
+                        outcome = Outcome(label, "FAILED", main_id,
+                                          f"its worker died ({type(exc).__name__}) on all {self.max_retries + 1} tries")
+                    outcomes.append(outcome)
+                    progress.done(outcome)
+                progress.tick()
+        except KeyboardInterrupt:
+            log.warning("sweep interrupted: cancelling %d Ray tasks (their runs end KILLED)", len(pending))
+            for ref in pending:  # a KeyboardInterrupt in each running task: its runs end KILLED
+                ray.cancel(ref)
+            ray.wait(pending, num_returns=len(pending), timeout=STOP_GRACE_S)
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            end_running_children(parent_run_id)
+            raise
+        return outcomes
+
+
+#: Environment a Ray worker takes from the driver (the tracking URI and experiment are set anyway).
+FORWARDED_ENV = ("PIPELINE_OFFLINE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_TRACKING_TOKEN", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                 "TORCH_HOME", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+
+
+def make_executor(config) -> Executor:
+    """The executor a :class:`~pipeline.config.SweepConfig` names."""
+    if config.executor == "inline":
+        if config.jobs > 1:
             log.warning("jobs=%d is ignored by executor=inline (one configuration at a time); "
-                        "use executor=process to run several at once", jobs)
+                        "use executor=process or ray to run several at once", config.jobs)
         return InlineExecutor()
-    if name == "process":
-        return ProcessExecutor(jobs)
-    raise PipelineError(f"unknown executor {name!r}; valid: inline, process")
+    if config.executor == "process":
+        return ProcessExecutor(config.jobs)
+    if config.executor == "ray":
+        return RayExecutor(config.ray_address, config.gpus_per_job, config.cpus_per_job, config.max_retries)
+    raise PipelineError(f"unknown executor {config.executor!r}; valid: inline, process, ray")

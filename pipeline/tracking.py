@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -179,7 +180,8 @@ def step_run(
         if not nested and not parent_run_id:  # a sweep's workers: the sweep prepared it
             prepare_experiment(run.info.experiment_id)
         version = {contracts.CODE_VERSION_TAG: code_version(step)} if step in contracts.STEP_MODULES else {}
-        mlflow.set_tags({STEP_TAG: step, **version, **(tags or {})})
+        where = {contracts.HOST_TAG: socket.gethostname(), contracts.PID_TAG: str(os.getpid())}
+        mlflow.set_tags({STEP_TAG: step, **version, **where, **(tags or {})})
         if run_name:  # also when continuing the run that `mlflow run` created
             mlflow.set_tag(contracts.RUN_NAME_TAG, run_name)
         log_params_once(params)

@@ -108,14 +108,54 @@ def write_main_report(metrics_id: str, out: Path, experiment_id: str, reuse: boo
     mlflow.set_tag(REPORT_KEY_TAG, key)
 
 
+def orphaned_main_run(parent_run_id: str, label: str):
+    """The RUNNING main run ``label`` under ``parent_run_id``, or None. Called by a retry of a
+    sweep's configuration whose worker died (the only way such a run exists: labels are unique
+    within a sweep, and the retry starts only once the first attempt's process is gone)."""
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`mlflow.runName` = '{label}' "
+        "and attributes.status = 'RUNNING'", order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def adopt_children(main_run_id: str) -> dict[str, str]:
+    """The unfinished step runs a dead attempt of ``main_run_id`` left: an interrupted train run
+    with a checkpoint is returned to be resumed ({step: run id}); every other one is ended KILLED."""
+    from pipeline.contracts import LAST_CHECKPOINT, STEP_TAG
+    from pipeline.tracking import missing_artifacts
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(main_run_id).info.experiment_id
+    resumable = {}
+    for child in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{main_run_id}' "
+                                    "and attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"]):
+        step = child.data.tags.get(STEP_TAG)
+        if step == TRAIN and TRAIN not in resumable and not missing_artifacts(child.info.run_id, [LAST_CHECKPOINT]):
+            resumable[TRAIN] = child.info.run_id
+        elif child.info.status == "RUNNING":
+            client.set_terminated(child.info.run_id, "KILLED")
+            log.info("%s run %s of a dead attempt ended KILLED", step, child.info.run_id)
+    return resumable
+
+
 def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_run_id: str | None = None,
-             report: bool = True) -> str:
+             report: bool = True, adopt: bool = False) -> str:
     """Run the chain for one configuration; returns the main run's id. ``datasets``: a cache
     shared with other configurations of the same process; ``report``: write this run's report
-    (a sweep writes one for all its configurations instead)."""
+    (a sweep writes one for all its configurations instead). ``adopt`` (a retried sweep task):
+    continue the RUNNING main run of this configuration under ``parent_run_id`` that a dead
+    worker left, resuming its train run from the last checkpoint."""
     t = config.train
+    orphan = orphaned_main_run(parent_run_id, config.label()) if adopt and parent_run_id else None
+    resumable: dict[str, str] = {}
+    if orphan is not None:
+        log.info("main %s (%s): continuing the run a dead worker left", orphan.info.run_id, config.label())
+        resumable = adopt_children(orphan.info.run_id)
     with step_run(MAIN, config.params(), config.to_dict(), run_name=config.label(),
-                  parent_run_id=parent_run_id, experiment=t.experiment()) as run:
+                  run_id=orphan.info.run_id if orphan else None,
+                  parent_run_id=None if orphan else parent_run_id, experiment=t.experiment()) as run:
         chain = Chain(run.info.experiment_id, config.forced_steps(), config.step_run_name)
 
         def dataset():  # loaded (once per process) only if a step has to run
@@ -131,8 +171,13 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
                               lambda name: run_prepare(prepare_config, dataset(), run_name=name))
 
         train_config = replace(t, prepare_run_id=chain.run_ids[PREPARE_DATA])
-        trained = chain.step(TRAIN, train_config, lambda name: run_train(
-            train_config, dataset=dataset(), splits=prepared.splits if prepared else None, run_name=name))
+        if TRAIN in resumable:  # a dead attempt's train run: continue it from its last checkpoint
+            log.info("train: resuming run %s from its last checkpoint", resumable[TRAIN])
+            trained = run_train(resume_run_id=resumable[TRAIN], dataset=dataset(), run_name=config.step_run_name(TRAIN))
+            chain.run_ids[TRAIN] = trained.run_id
+        else:
+            trained = chain.step(TRAIN, train_config, lambda name: run_train(
+                train_config, dataset=dataset(), splits=prepared.splits if prepared else None, run_name=name))
 
         probe_config = config.probe(chain.run_ids[TRAIN])
         probed = chain.step(PROBE_ATTENTION, probe_config, lambda name: run_probe(

@@ -8,11 +8,13 @@ sweep goes on, listing the failures at the end.
 from __future__ import annotations
 
 import logging
+import sys
+import time
 
 import mlflow
 
 from pipeline.config import SweepConfig
-from pipeline.contracts import COMPUTE_METRICS, FAILED_TAG, REPORT_DIR, SWEEP, UPSTREAM_TAGS
+from pipeline.contracts import COMPUTE_METRICS, FAILED_TAG, PARENT_RUN_TAG, REPORT_DIR, SWEEP, UPSTREAM_TAGS
 from pipeline.errors import PipelineError
 from pipeline.executors import Outcome, make_executor
 from pipeline.tracking import experiment_of, log_view_hint, report_folder, step_run
@@ -20,9 +22,76 @@ from pipeline.tracking import experiment_of, log_view_hint, report_folder, step_
 log = logging.getLogger("pipeline")
 
 
+class SweepProgress:
+    """What the sweep's driver shows: one log line per configuration as it lands (its status and
+    test accuracy, with done / running / failed counts) and, on a terminal, one bar over the
+    configurations. "Running" counts the sweep's main runs that are RUNNING in MLflow (wherever
+    they run), looked up at most every few seconds."""
+
+    LOOK_EVERY_S = 5.0
+
+    def __init__(self, total: int, parent_run_id: str, experiment_id: str):
+        from pipeline.console import bars_on
+
+        self.total, self.parent_run_id, self.experiment_id = total, parent_run_id, experiment_id
+        self.finished = self.failed = self.running = 0
+        self.looked = 0.0
+        self.bar = None
+        if bars_on():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="sweep", unit="config", dynamic_ncols=True)
+
+    def look(self) -> None:
+        self.looked = time.monotonic()
+        try:
+            self.running = len(mlflow.MlflowClient().search_runs(
+                [self.experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' "
+                "and attributes.status = 'RUNNING'"))
+        except Exception:  # a count for the eye only: never stop a sweep over it
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.counts(), refresh=True)
+
+    def counts(self) -> str:
+        return f"{self.finished + self.failed}/{self.total} done, {self.running} running, {self.failed} failed"
+
+    def tick(self) -> None:
+        if time.monotonic() - self.looked >= self.LOOK_EVERY_S:
+            self.look()
+
+    def done(self, outcome: Outcome) -> None:
+        if outcome.status == "FINISHED":
+            self.finished += 1
+            if outcome.test_acc is None and outcome.main_run_id:
+                outcome.test_acc = mlflow.MlflowClient().get_run(outcome.main_run_id).data.metrics.get("test_acc")
+        else:
+            self.failed += 1
+        self.look()
+        if outcome.status == "FINISHED":
+            acc = "" if outcome.test_acc is None else f", test_acc {outcome.test_acc:.2f}%"
+            detail = f"finished{acc}"
+        else:
+            detail = f"{outcome.status.lower()} ({outcome.error})" if outcome.error else outcome.status.lower()
+        line = f"sweep: {outcome.label} {detail} [{self.counts()}]"
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.write(f"[pipeline] {line}", file=sys.stderr)
+        else:
+            log.info("%s", line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run_sweep(config: SweepConfig) -> str:
     from pipeline.steps.report import write_report
 
+    if config.executor == "ray":  # before the sweep run starts: nothing left RUNNING
+        from pipeline.executors import check_ray, ray_address
+
+        check_ray(ray_address(config.ray_address), mlflow.get_tracking_uri())
     configurations = config.configurations()
     n = len(configurations)
     t = config.main.train
@@ -31,16 +100,13 @@ def run_sweep(config: SweepConfig) -> str:
     with step_run(SWEEP, config.params(), config.to_dict(), run_name=name,
                   experiment=config.main.train.experiment()) as run:
         sweep_id = run.info.run_id
-        executor = make_executor(config.executor, config.jobs)
+        executor = make_executor(config)
         log.info("sweep %s: %d configurations, executor %s", sweep_id, n, config.executor)
-        done: list[Outcome] = []
-
-        def on_done(outcome: Outcome) -> None:
-            done.append(outcome)
-            detail = f" ({outcome.error})" if outcome.error else ""
-            log.info("sweep: %s %s%s [%d/%d]", outcome.label, outcome.status.lower(), detail, len(done), n)
-
-        outcomes = executor.run(configurations, sweep_id, run.info.experiment_id, on_done)
+        progress = SweepProgress(n, sweep_id, run.info.experiment_id)
+        try:
+            outcomes = executor.run(configurations, sweep_id, run.info.experiment_id, progress)
+        finally:
+            progress.close()
         finished = [o for o in outcomes if o.status == "FINISHED"]
         failed = [o for o in outcomes if o.status != "FINISHED"]
         mlflow.log_metrics({"configurations": len(outcomes), "failed_configurations": len(failed)})

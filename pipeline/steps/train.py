@@ -145,6 +145,16 @@ def resume_point(run_id: str) -> tuple[TrainConfig, dict]:
     return TrainConfig(**{k: typed[k] for k in TrainConfig.field_names() if k in typed}), ckpt
 
 
+def log_checkpoint_metrics(run_id: str, ckpt: dict) -> None:
+    """Log the metrics of the checkpoint's epoch if the run lacks them (its process died after
+    storing the checkpoint, before logging them)."""
+    epoch, metrics = int(ckpt["epoch"]), ckpt.get("metrics") or {}
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_acc")}
+    if metrics and epoch not in logged:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+        log.info("train %s: logged epoch %d's metrics from its checkpoint", run_id, epoch)
+
+
 def run_train(config: TrainConfig | None = None, resume_run_id: str = "", dataset: Dataset | None = None,
               splits: Splits | None = None, run_name: str | None = None) -> TrainResult:
     """Run the step with a validated config, or continue the interrupted run ``resume_run_id``
@@ -200,6 +210,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
             grad_history = [list(g) for g in ckpt.get("grad_history", [])]
             first_epoch = int(ckpt["epoch"]) + 1
             log.info("resuming train run %s after epoch %d of %d", run_id, first_epoch - 1, config.epochs)
+            log_checkpoint_metrics(run_id, ckpt)
         train, val, test = splits.train.to(device), splits.val.to(device), splits.test.to(device)
         watched = attention_sample(val, config.attention_images) if model.cbam is not None else None
         grad_flow = GradientFlow(model)
@@ -240,7 +251,9 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
                 }
                 if watched is not None:
                     metrics.update(attention_metrics(model, watched, config.image_size))
-                mlflow.log_metrics(metrics, step=epoch)
+                # the epoch's checkpoints are stored before its metrics: a run never shows an epoch
+                # it cannot resume from, and a resume logs the metrics a checkpoint holds if the
+                # process died between the two (each epoch's metrics exactly once)
                 if val_eval.acc > best_acc:
                     best_acc, best_epoch = val_eval.acc, epoch
                     best_state = save_checkpoint(best_path, model, epoch=epoch, val_acc=val_eval.acc, **extra)
@@ -248,8 +261,9 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
                 # everything needed to continue exactly here (resume_run_id)
                 save_checkpoint(last_path, model, epoch=epoch, val_acc=val_eval.acc, optimizer=optimizer.state_dict(),
                                 rng=rng_state(generator), best_val_acc=best_acc, best_epoch=best_epoch,
-                                grad_history=grad_history, **extra)
+                                grad_history=grad_history, metrics=metrics, **extra)
                 mlflow.log_artifact(str(last_path), "checkpoints")
+                mlflow.log_metrics(metrics, step=epoch)
                 log.info(
                     "epoch %d/%d: train_loss %.4f train_acc %.2f%% | val_loss %.4f val_acc %.2f%% (%.1f s)",
                     epoch, config.epochs, result.loss, result.acc, val_eval.loss, val_eval.acc,
