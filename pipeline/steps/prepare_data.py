@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,22 @@ class PrepareResult:
     run_id: str
     splits: Splits  # what a train step in the same process uses directly
     digest: str
+
+
+def log_input(dataset, context: str, attempts: int = 5) -> None:
+    """``mlflow.log_input``, again when a concurrent run inserted the same dataset first: MLflow's
+    SQL stores get-or-create a dataset row in two statements, so two sweep workers preparing the
+    same data at once collide on its unique key (the retry finds the row and links it)."""
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            text = str(exc)
+            if attempt == attempts - 1 or not any(s in text for s in ("UNIQUE constraint", "IntegrityError",
+                                                                    "duplicate key", "already exists")):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _mlflow_dataset(dataset: Dataset, part: str, images, labels, digest: str):
@@ -67,7 +84,7 @@ def run_prepare(config: PrepareConfig, dataset: Dataset | None = None, run_name:
                   experiment=default_experiment(config.dataset)) as run, \
             tempfile.TemporaryDirectory() as tmp:
         for part, data in (("train", splits.train), ("validation", splits.val), ("test", splits.test)):
-            mlflow.log_input(_mlflow_dataset(dataset, part, data.images, data.labels, digest), context=part)
+            log_input(_mlflow_dataset(dataset, part, data.images, data.labels, digest), part)
         (Path(tmp) / DATASET_JSON).write_text(json.dumps(identity, indent=1))
         (Path(tmp) / VAL_INDICES).parent.mkdir(parents=True)
         np.save(Path(tmp) / VAL_INDICES, splits.val_indices.numpy().astype(np.int64))
