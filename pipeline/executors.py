@@ -292,6 +292,9 @@ class RayExecutor:
 
         if not sys.stderr.isatty():  # the workers' log lines reach a file or CI: no colour codes
             os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        # each worker's lines belong to its configuration: Ray's de-duplication would merge equal
+        # lines of different configurations into one "[repeated 2x across cluster]"
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         uri = mlflow.get_tracking_uri()
         env = {"MLFLOW_TRACKING_URI": uri if self.address else absolute_local_uri(uri),
                "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", "PIPELINE_PROGRESS": "0",
