@@ -136,6 +136,9 @@ def train(resume_run_id: str, **options) -> None:
     from pipeline.steps.train import run_train
 
     if resume_run_id:
+        if not resume_run_id.strip():
+            raise PipelineError("resume_run_id is blank: give the id of an interrupted train run "
+                                "(the interrupted run's log prints the command)")
         click.echo(run_train(resume_run_id=resume_run_id.strip()).run_id)
         return
     click.echo(run_train(cfg.TrainConfig.from_options(**options)).run_id)
@@ -286,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Error: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except PipelineError as exc:
+        sweep_id = getattr(exc, "sweep_id", None)
+        if sweep_id:  # a sweep with failed configurations: its id stays the last line of stdout
+            click.echo(sweep_id)
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
     sys.exit(0)

@@ -61,6 +61,23 @@ def check_val_fraction(value: float) -> None:
         raise PipelineError(f"val_fraction must be in (0, 1), exclusive, got {value}")
 
 
+def check_writable_folder(name: str, folder: str | Path) -> None:
+    """One-line error unless ``folder`` exists or can be created, and files can be written in it
+    (checked before any run starts: a report folder that cannot be written must not fail a
+    chain after its training)."""
+    import tempfile
+
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise PipelineError(f"{name} {str(folder)!r} is not a folder this process can write to ({reason}); "
+                            f"give another --{name.replace('_', '-')}") from None
+
+
 def check_device(device: str) -> None:
     if device in ("auto", "cpu"):  # no torch needed to know these
         return
@@ -213,7 +230,9 @@ class TrainConfig(StepConfig):
                 f"image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] pixels, got {self.image_size}"
             )
         check_positive("epochs", self.epochs)
-        check_positive("batch_size", self.batch_size)
+        if self.batch_size < 2:
+            raise PipelineError(f"batch_size must be at least 2 (BatchNorm cannot train on batches of one image), "
+                                f"got {self.batch_size}")
         check_positive("lr", self.lr)
         check_seed("seed", self.seed)
         check_val_fraction(self.val_fraction)

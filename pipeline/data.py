@@ -257,19 +257,31 @@ def to_model_input(images: torch.Tensor, image_size: int, channels_last: bool = 
     return x
 
 
+def batch_bounds(n: int, batch_size: int, no_single: bool = False) -> list[tuple[int, int]]:
+    """(start, end) of each batch; with ``no_single`` a last batch of one image joins the batch
+    before it (BatchNorm cannot train on a batch of one)."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if no_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def iterate_batches(
-    data: ImageSet, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    data: ImageSet, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+    no_single: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images uint8, labels) batches; a seeded permutation when ``shuffle``."""
+    """Yield (images uint8, labels) batches; a seeded permutation when ``shuffle``; see
+    :func:`batch_bounds` for ``no_single``."""
     n = len(data)
+    bounds = batch_bounds(n, batch_size, no_single)
     if shuffle:
         order = torch.randperm(n, generator=generator).to(data.labels.device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        for start, end in bounds:
+            idx = order[start:end]
             yield data.images[idx], data.labels[idx]
     else:
-        for start in range(0, n, batch_size):
-            yield data.images[start : start + batch_size], data.labels[start : start + batch_size]
+        for start, end in bounds:
+            yield data.images[start:end], data.labels[start:end]
 
 
 def content_digest(dataset: Dataset) -> str:

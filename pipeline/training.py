@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.console import progress
-from pipeline.data import ImageSet, iterate_batches, to_model_input
+from pipeline.data import ImageSet, batch_bounds, iterate_batches, to_model_input
 from pipeline.devices import autocast, eval_batch_size
 
 def seed_everything(seed: int) -> None:
@@ -84,8 +84,8 @@ def train_one_epoch(
     device = data.labels.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    steps = (len(data) + batch_size - 1) // batch_size
-    batches = iterate_batches(data, batch_size, shuffle=True, generator=generator)
+    steps = len(batch_bounds(len(data), batch_size, no_single=True))
+    batches = iterate_batches(data, batch_size, shuffle=True, generator=generator, no_single=True)
     for images, labels in progress(batches, total=steps, desc=desc, unit="batch"):
         inputs = to_model_input(images, image_size, channels_last)
         with autocast(device, amp):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import mlflow
 
-from pipeline.config import MainConfig, MetricsConfig
+from pipeline.config import MainConfig, MetricsConfig, check_writable_folder
 from pipeline.contracts import (
     COMPUTE_METRICS,
     MAIN,
@@ -148,6 +148,8 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
     continue the RUNNING main run of this configuration under ``parent_run_id`` that a dead
     worker left, resuming its train run from the last checkpoint."""
     t = config.train
+    if report:
+        check_writable_folder("out", config.out)
     orphan = orphaned_main_run(parent_run_id, config.label()) if adopt and parent_run_id else None
     resumable: dict[str, str] = {}
     if orphan is not None:

@@ -608,6 +608,9 @@ def metrics_runs_of(config: ReportConfig) -> Source:
 
 
 def run_report(config: ReportConfig) -> str:
+    from pipeline.config import check_writable_folder
+
+    check_writable_folder("out", config.out)
     source = metrics_runs_of(config)
     if not source.metrics_run_ids:
         raise PipelineError(f"{source.title} has no finished compute-metrics runs to report on")

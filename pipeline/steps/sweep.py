@@ -88,6 +88,9 @@ class SweepProgress:
 def run_sweep(config: SweepConfig) -> str:
     from pipeline.steps.report import write_report
 
+    from pipeline.config import check_writable_folder
+
+    check_writable_folder("out", config.main.out)
     if config.executor == "ray":  # before the sweep run starts: nothing left RUNNING
         from pipeline.executors import check_ray, ray_address
 
@@ -117,6 +120,9 @@ def run_sweep(config: SweepConfig) -> str:
         if metrics_ids:
             out = report_folder(config.main.out, experiment_of(run), name)
             write_report(metrics_ids, out, title=f"sweep run {sweep_id}")
+            if failed:  # the table covers the finished configurations only: say which are missing
+                with (out / "summary.md").open("a") as md:
+                    md.write(failures_markdown(failed, len(outcomes)))
             mlflow.log_artifacts(str(out), REPORT_DIR)
         if failed and not finished:
             raise PipelineError(f"all {len(failed)} configurations of sweep {sweep_id} failed, e.g. "
@@ -127,4 +133,24 @@ def run_sweep(config: SweepConfig) -> str:
         else:
             log.info("sweep %s: all %d configurations finished", sweep_id, len(finished))
         log_view_hint(run.info.experiment_id)
-        return sweep_id
+    if failed:  # the sweep run itself FINISHED (it did its job); the exit code tells scripts and CI
+        raise PartialSweep(sweep_id, len(failed), len(outcomes))
+    return sweep_id
+
+
+class PartialSweep(PipelineError):
+    """A sweep that finished with failed configurations: its id is printed, the exit code is 1."""
+
+    exit_code = 1
+
+    def __init__(self, sweep_id: str, failed: int, total: int):
+        super().__init__(f"{failed} of {total} configurations of sweep {sweep_id} failed (listed above and in "
+                         "its summary.md); the report covers the rest")
+        self.sweep_id = sweep_id
+
+
+def failures_markdown(failed: list[Outcome], total: int) -> str:
+    lines = [f"\n## Failed configurations ({len(failed)} of {total}, not in the tables above)\n",
+             "| configuration | main run | error |", "|---|---|---|"]
+    lines += [f"| {o.label} | {o.main_run_id or '-'} | {o.error.replace('|', '/')} |" for o in failed]
+    return "\n".join(lines) + "\n"

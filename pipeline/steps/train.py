@@ -13,8 +13,11 @@ import json
 import logging
 import math
 import random
+import signal
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +148,26 @@ def resume_point(run_id: str) -> tuple[TrainConfig, dict]:
     return TrainConfig(**{k: typed[k] for k in TrainConfig.field_names() if k in typed}), ckpt
 
 
+@contextmanager
+def deferred_interrupts():
+    """Hold SIGINT and SIGTERM while the block runs, then deliver one that came (as the handler
+    in place before, e.g. the CLI's KeyboardInterrupt): an epoch's checkpoint and metrics are
+    stored whole or not at all. Outside the main thread (signals cannot be handled there) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
 def log_checkpoint_metrics(run_id: str, ckpt: dict) -> None:
     """Log the metrics of the checkpoint's epoch if the run lacks them (its process died after
     storing the checkpoint, before logging them)."""
@@ -212,6 +235,10 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
             log.info("resuming train run %s after epoch %d of %d", run_id, first_epoch - 1, config.epochs)
             log_checkpoint_metrics(run_id, ckpt)
         train, val, test = splits.train.to(device), splits.val.to(device), splits.test.to(device)
+        if len(train) > config.batch_size and len(train) % config.batch_size == 1:
+            log.info("train: %d images in batches of %d would leave a last batch of 1 image, on which BatchNorm "
+                     "cannot train: it joins the batch before it (one batch of %d per epoch)", len(train),
+                     config.batch_size, config.batch_size + 1)
         watched = attention_sample(val, config.attention_images) if model.cbam is not None else None
         grad_flow = GradientFlow(model)
         best_path, last_path = Path(tmp) / "best.pt", Path(tmp) / "last.pt"
@@ -224,6 +251,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
             len(train), len(val), len(test), config.epochs, device,
         )
         epoch = first_epoch
+        stored = first_epoch - 1  # the last epoch whose checkpoint is in the run (0: none)
         best_state = None
         try:
             for epoch in range(first_epoch, config.epochs + 1):
@@ -254,26 +282,31 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
                 # the epoch's checkpoints are stored before its metrics: a run never shows an epoch
                 # it cannot resume from, and a resume logs the metrics a checkpoint holds if the
                 # process died between the two (each epoch's metrics exactly once)
-                if val_eval.acc > best_acc:
-                    best_acc, best_epoch = val_eval.acc, epoch
-                    best_state = save_checkpoint(best_path, model, epoch=epoch, val_acc=val_eval.acc, **extra)
-                    mlflow.log_artifact(str(best_path), "checkpoints")
-                # everything needed to continue exactly here (resume_run_id)
-                save_checkpoint(last_path, model, epoch=epoch, val_acc=val_eval.acc, optimizer=optimizer.state_dict(),
-                                rng=rng_state(generator), best_val_acc=best_acc, best_epoch=best_epoch,
-                                grad_history=grad_history, metrics=metrics, **extra)
-                mlflow.log_artifact(str(last_path), "checkpoints")
-                mlflow.log_metrics(metrics, step=epoch)
+                with deferred_interrupts():  # Ctrl-C / SIGTERM wait until the epoch is stored whole
+                    if val_eval.acc > best_acc:
+                        best_acc, best_epoch = val_eval.acc, epoch
+                        best_state = save_checkpoint(best_path, model, epoch=epoch, val_acc=val_eval.acc, **extra)
+                        mlflow.log_artifact(str(best_path), "checkpoints")
+                    # everything needed to continue exactly here (resume_run_id)
+                    save_checkpoint(last_path, model, epoch=epoch, val_acc=val_eval.acc,
+                                    optimizer=optimizer.state_dict(), rng=rng_state(generator), best_val_acc=best_acc,
+                                    best_epoch=best_epoch, grad_history=grad_history, metrics=metrics, **extra)
+                    mlflow.log_artifact(str(last_path), "checkpoints")
+                    mlflow.log_metrics(metrics, step=epoch)
+                    stored = epoch
                 log.info(
                     "epoch %d/%d: train_loss %.4f train_acc %.2f%% | val_loss %.4f val_acc %.2f%% (%.1f s)",
                     epoch, config.epochs, result.loss, result.acc, val_eval.loss, val_eval.acc,
                     time.perf_counter() - start,
                 )
         except KeyboardInterrupt:
-            kept = (f"its checkpoint after epoch {epoch - 1} kept" if epoch > 1
-                    else "no epoch finished yet, so no checkpoint: the resume starts from epoch 1")
-            log.error("interrupted in epoch %d: run %s ends KILLED, %s; resume with:\n"
-                      "  python -m pipeline train --resume-run-id %s", epoch, run_id, kept, run_id)
+            if stored:
+                log.error("interrupted in epoch %d: run %s ends KILLED, its checkpoint after epoch %d kept; "
+                          "resume with:\n  python -m pipeline train --resume-run-id %s",
+                          stored + 1, run_id, stored, run_id)
+            else:
+                log.error("interrupted in epoch %d: run %s ends KILLED before its first epoch ended, so there is "
+                          "no checkpoint to resume from; start it again", epoch, run_id)
             raise
         mlflow.log_dict(
             {"layers": grad_flow.names, "epochs": list(range(1, config.epochs + 1)), "mean_abs_grad": grad_history},

@@ -9,7 +9,7 @@ from pipeline.config import MainConfig, MetricsConfig, SweepConfig
 from pipeline.contracts import CHAIN, CHANNEL_WEIGHTS, UPSTREAM_TAGS
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.main import run_main
-from pipeline.steps.sweep import run_sweep
+from pipeline.steps.sweep import PartialSweep, run_sweep
 from conftest import all_runs, artifact_file
 
 FAST = dict(dataset="fake", weights="none", image_size=32, epochs=1, batch_size=32, device="cpu")
@@ -99,11 +99,20 @@ def test_a_reused_run_whose_artefacts_are_gone_is_run_again(tracking_uri, tmp_pa
 def test_inline_sweep_runs_every_configuration_under_one_sweep_run(tracking_uri, tmp_path):
     config = SweepConfig.from_options(activations=("sigmoid", "swish"), positions=("late", "none"),
                                       out=str(tmp_path / "out"), **FAST)
-    sweep_id = run_sweep(config)
+    with pytest.raises(PartialSweep) as caught:  # a sweep with failed configurations exits non-zero
+        run_sweep(config)
+    sweep_id = caught.value.sweep_id
+    assert str(caught.value) == (f"2 of 4 configurations of sweep {sweep_id} failed (listed above and in its "
+                                 "summary.md); the report covers the rest")
     client = mlflow.MlflowClient()
     sweep = client.get_run(sweep_id)
     assert sweep.info.status == "FINISHED"
     assert sweep.data.params["activations"] == "sigmoid,swish" and "activation" not in sweep.data.params
+    summary = next((tmp_path / "out").glob("*/sweep_*/summary.md")).read_text()
+    failures = summary.split("## Failed configurations (2 of 4, not in the tables above)")[1]
+    for label in ("sigmoid · none · fake 32px 1ep · seed0", "swish · none · fake 32px 1ep · seed0"):
+        [row] = [line for line in failures.splitlines() if line.startswith(f"| {label} |")]
+        assert "has position none: there is no attention to probe" in row
     mains = {r.data.tags["mlflow.runName"]: r for r in all_runs(tracking_uri)
              if r.data.tags.get("mlflow.parentRunId") == sweep_id}
     status = {name: r.info.status for name, r in mains.items()}

@@ -12,7 +12,13 @@ BAD_INPUTS = [
     (["--dataset", "mnist"], "valid: cifar10, digits, fake"),
     (["--weights", "resnet50"], "valid: imagenet, none"),
     (["--epochs", "0"], "epochs must be positive"),
-    (["--batch-size", "-1"], "batch_size must be positive"),
+    (["--batch-size", "-1"], "batch_size must be at least 2"),
+    (["--batch-size", "1"], "batch_size must be at least 2 (BatchNorm cannot train on batches of one image)"),
+    (["--seed", "-1"], "seed must be in [0, 4294967295], got -1"),
+    (["--seed", "1099511627776"], "seed must be in [0, 4294967295], got 1099511627776"),
+    (["--seed", "1e30"], "seed must be in [0, 4294967295], got 1000000000000000019884624838656"),
+    (["--seed", "0.5"], "'0.5' is not a whole number"),
+    (["--resume-run-id", " "], "resume_run_id is blank: give the id of an interrupted train run"),
     (["--lr", "0"], "lr must be positive"),
     (["--val-fraction", "0"], "val_fraction must be in (0, 1)"),
     (["--val-fraction", "1"], "val_fraction must be in (0, 1)"),
@@ -26,6 +32,29 @@ def test_bad_input_is_one_line_nonzero_and_leaves_no_run(args, expected, trackin
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *FAST, *args])
     assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("Error: ") and expected in lines[0], err
+    assert all_runs(tracking_uri) == []
+
+
+OTHER_BAD_INPUTS = [
+    (["prepare-data", "--dataset", "fake", "--seed", "-1"], "seed must be in [0, 4294967295], got -1"),
+    (["main", *FAST, "--seed", "-1"], "seed must be in [0, 4294967295], got -1"),
+    (["sweep", *FAST, "--seeds", "0,-1"], "seed must be in [0, 4294967295], got -1"),
+    (["main", *FAST, "--out", "/dev/null/x"], "out '/dev/null/x' is not a folder this process can write to"),
+    (["sweep", *FAST, "--out", "/dev/null/x"], "out '/dev/null/x' is not a folder this process can write to"),
+    (["report", "--experiment-name", "Default", "--out", "/dev/null/x"],
+     "out '/dev/null/x' is not a folder this process can write to"),
+    (["compute-metrics", "--probe-run-id", "0123456789abcdef"], "run '0123456789abcdef' does not exist"),
+]
+
+
+@pytest.mark.parametrize("args,expected", OTHER_BAD_INPUTS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in OTHER_BAD_INPUTS])
+def test_bad_input_to_every_command_is_one_line_before_any_run(args, expected, tracking_uri, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith("Error: ") and expected in lines[0], err

@@ -97,6 +97,39 @@ def test_sigterm_ends_killed_with_the_resume_command(tracking_uri, tmp_path):
     assert 1 <= len(mlflow.MlflowClient().get_metric_history(run_id, "val_acc")) < 3
 
 
+@pytest.mark.system
+def test_double_ctrl_c_in_the_first_epoch_is_one_line_and_offers_no_resume(tracking_uri, tmp_path):
+    # a person pressing Ctrl-C twice before any epoch ended: no checkpoint exists, so no resume
+    # command is offered, and the second Ctrl-C does not interrupt the clean-up
+    proc = start_training([*FAKE, "--image-size", "64", "--epochs", "3"], tmp_path)
+    for line in proc.stderr:
+        if line.startswith("[pipeline] train ") and " epochs on cpu" in line:
+            break
+    run_id = line.split()[2].rstrip(":")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "resume" not in err.replace("to resume from", ""), err
+    assert f"interrupted in epoch 1: run {run_id} ends KILLED before its first epoch ended, so there is no " \
+           "checkpoint to resume from; start it again" in err
+    assert err.strip().splitlines()[-1] == "Error: interrupted"
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "KILLED"
+    assert mlflow.MlflowClient().get_metric_history(run_id, "val_acc") == []
+
+
+def test_a_last_batch_of_one_image_joins_the_one_before(tracking_uri, caplog):
+    # fake has 288 training images: batches of 287 would leave one image, on which BatchNorm fails
+    config = TrainConfig(dataset="fake", weights="none", image_size=32, epochs=1, batch_size=287, device="cpu")
+    with caplog.at_level("INFO", logger="pipeline"):
+        result = run_train(config)
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train_size"] == "288"
+    assert ("train: 288 images in batches of 287 would leave a last batch of 1 image, on which BatchNorm cannot "
+            "train: it joins the batch before it (one batch of 288 per epoch)") in caplog.text
+
+
 def test_same_seed_same_device_gives_identical_metrics(tracking_uri):
     config = TrainConfig(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32, epochs=2,
                          activation="alpha_entmax", seed=5)

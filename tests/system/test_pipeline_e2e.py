@@ -80,7 +80,9 @@ def test_sweep_goes_on_past_failures_and_reports_the_rest(project_env):
     result = mlflow_run("-e", "sweep", "-P", "activations=sigmoid,swish", "-P", "positions=late,none",
                         "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=32", "-P", "epochs=1",
                         "-P", "jobs=2", "-P", f"out={out}", cwd=tmp, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # failed configurations make the sweep exit non-zero (mlflow run then ends its run FAILED)
+    assert result.returncode != 0, result.stderr[-4000:]
+    assert "Error: 2 of 4 configurations of sweep" in result.stderr
     [sweep] = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "sweep"]
     mains = children(uri, sweep.info.run_id)
     status = {m.data.tags["mlflow.runName"]: m.info.status for m in mains}
@@ -94,6 +96,7 @@ def test_sweep_goes_on_past_failures_and_reports_the_rest(project_env):
     folder = out / "Default" / "sweep_sigmoid,swish_late,none_seeds_0_fake_32px_1ep"
     table = (folder / "summary.md").read_text()
     assert "Constant across this report: dataset fake, 32 px, 1 epoch," in table
+    assert "## Failed configurations (2 of 4, not in the tables above)" in table
     rows = [line for line in table.split("\n## ")[0].splitlines() if line.startswith("| s")]
     assert [row.split("|")[1].strip() for row in rows] == ["sigmoid", "swish"]
     metrics_runs = {r.data.params["activation"]: r for r in all_runs(uri)

@@ -173,6 +173,7 @@ def test_a_killed_worker_is_retried_and_resumes_its_train_run_beside_a_failing_c
     out, err = process.communicate(timeout=600)
     sweep_id = out.strip().splitlines()[-1] if out.strip() else ""
     assert sweep_id, err[-3000:]
+    assert process.returncode == 1 and f"Error: 1 of 2 configurations of sweep {sweep_id} failed" in err
     runs = all_runs(tracking_server)
     mains = {r.info.run_name: r for r in children(runs, sweep_id)}
     assert sorted(mains) == ["sigmoid · late · fake 32px 3ep · seed0", "sigmoid · none · fake 32px 3ep · seed0"]

@@ -5,6 +5,7 @@ import torch
 from pipeline.data import (
     DIGITS_TEST_SIZE,
     ImageSet,
+    batch_bounds,
     content_digest,
     iterate_batches,
     load_dataset,
@@ -95,3 +96,15 @@ def test_batches_cover_the_data_once_per_epoch():
     seen = torch.cat([y for _, y in iterate_batches(data, 3, shuffle=True, generator=torch.Generator().manual_seed(0))])
     assert sorted(seen.tolist()) == list(range(10))
     assert [len(y) for _, y in iterate_batches(data, 4)] == [4, 4, 2]
+
+
+def test_a_last_training_batch_of_one_joins_the_batch_before_it():
+    data = ImageSet(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10))
+    g = torch.Generator().manual_seed(0)
+    batches = [y for _, y in iterate_batches(data, 3, shuffle=True, generator=g, no_single=True)]
+    assert [len(y) for y in batches] == [3, 3, 4]  # 3 + 3 + 3 + 1: the one joins the last three
+    assert sorted(torch.cat(batches).tolist()) == list(range(10))
+    assert batch_bounds(288, 287, no_single=True) == [(0, 288)]
+    assert batch_bounds(288, 287) == [(0, 287), (287, 288)]  # evaluation keeps its batches
+    assert batch_bounds(1, 64, no_single=True) == [(0, 1)]
+    assert batch_bounds(6, 3, no_single=True) == [(0, 3), (3, 6)]
