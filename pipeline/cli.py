@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.environ.get("MLFLOW_RUN_ID"):
         # started by `mlflow run`: if that process is killed, end our runs KILLED rather than
         # go on unattended (MLflow itself does not pass SIGTERM on)
-        from pipeline.executors import die_with_parent
+        from pipeline.processes import die_with_parent
 
         die_with_parent()
     try:

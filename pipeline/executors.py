@@ -31,11 +31,11 @@ from typing import Protocol
 
 from pipeline.config import MainConfig
 from pipeline.errors import PipelineError, one_line
+from pipeline.processes import die_with_parent
 from pipeline.tracking import param_string
 
 log = logging.getLogger("pipeline")
 
-PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 10.0
 
 
@@ -63,21 +63,6 @@ class Executor(Protocol):
         fails is reported FAILED and the others go on; Ctrl-C / SIGTERM (KeyboardInterrupt)
         stops them all, their runs KILLED, and re-raises."""
         ...
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask the OS to send ``sig`` to this process when its parent dies (Linux; a no-op
-    elsewhere). Exits at once if the parent is already gone."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before the call
-        os.kill(os.getpid(), sig)
 
 
 class InlineExecutor:

@@ -56,6 +56,93 @@ def check_reachable(uri: str, attempts: int = 2, timeout: float = REACHABLE_TIME
     )
 
 
+def listener_of(port: int) -> str:
+    """Who listens on TCP ``port`` on this host: "pid N (command line)", from /proc (Linux);
+    "" where that cannot be told."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    if not inodes:
+        return ""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    # the group leader says what it is (a web worker's own command line does not)
+                    leader = os.getpgid(int(proc.name))
+                    argv = (Path("/proc") / str(leader) / "cmdline").read_bytes().decode(errors="replace")
+                    words = [w for w in argv.split("\0") if w]
+                    cmd = " ".join([Path(words[0]).name, *words[1:]]) if words else "?"
+                    return f"pid {leader}: {cmd[:160]}"
+        except OSError:
+            continue
+    return ""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One-line error when ``host:port`` is taken: by a server that answers ``/health`` (an
+    MLflow server left running: runs would land in its store, not in the one asked for) or by
+    anything else."""
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    answering = health(f"http://{probe_host}:{port}", timeout=2.0)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            taken = False
+        except OSError:
+            taken = True
+    if answering or taken:
+        who = listener_of(port) or "another process"
+        what = "a tracking server already answers there" if answering else "it is in use"
+        raise PipelineError(f"port {port} on {host}: {what} ({who}); stop it or choose another --port")
+
+
+def supervise(parent_pid: int, command: list[str]) -> int:
+    """Run ``command`` in this process's group and end the whole group (the MLflow server and
+    its web workers) when this process is told to stop (SIGTERM, SIGINT, SIGHUP) or its parent,
+    the ``server`` command, dies however it dies (the parent-death signal)."""
+    from pipeline.processes import die_with_parent, group_members
+
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before the parent-death signal was set
+        return 1
+    child = subprocess.Popen(command)
+
+    def others() -> list[int]:
+        return [pid for pid in group_members(os.getpgrp()) if pid != os.getpid()]
+
+    def stop(signum, frame):
+        for pid in others():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 20.0
+        while others() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in others():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    return child.wait()
+
+
 @dataclass
 class TrackingServer:
     process: subprocess.Popen
@@ -96,7 +183,11 @@ def start_server(store: str | Path, port: int, host: str = DEFAULT_HOST,
     artifacts = store / "artifacts"
     artifacts.mkdir(exist_ok=True)
     log_path = store / f"server-{port}.log"
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+    check_port_free(host, port)
+    # the supervisor (``python -m pipeline.server``) leads the server's process group and dies
+    # with this process, taking the group with it, whatever ends us (SIGKILL, SIGHUP included)
+    command = [sys.executable, "-m", "pipeline.server", str(os.getpid()),
+               sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
                "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
                "--workers", str(workers)]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
@@ -144,3 +235,7 @@ def serve(port: int, store: str, host: str = DEFAULT_HOST, backend_store_uri: st
         return
     raise PipelineError(f"the tracking server exited by itself with code {running.process.returncode} "
                         f"(log: {running.log_path})")
+
+
+if __name__ == "__main__":  # the supervisor of start_server: python -m pipeline.server <parent pid> <command...>
+    sys.exit(supervise(int(sys.argv[1]), sys.argv[2:]))

@@ -88,6 +88,50 @@ def test_server_command_prints_the_uri_and_stops_on_ctrl_c(tmp_path):
     assert not health(f"http://127.0.0.1:{port}", timeout=2)  # its workers are gone too
 
 
+def server_group(port: int) -> int:
+    """The process group of the server on ``port`` (its supervisor leads it)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"pipeline.server" in cmd and str(port).encode() in cmd:
+                return os.getpgid(int(proc.name))
+    raise AssertionError(f"no server supervisor for port {port}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_the_mlflow_server_dies_with_the_server_command_and_a_taken_port_is_refused(sig, tmp_path):
+    from pipeline.processes import group_members
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "server", "--port", str(port), "--workers", "1",
+                             "--store", str(tmp_path / "store")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == f"export MLFLOW_TRACKING_URI={uri}"
+        group = server_group(port)
+        if sig == signal.SIGKILL:  # a second server on the port: refused, naming who answers there
+            second = subprocess.run([sys.executable, "-m", "pipeline", "server", "--port", str(port), "--store",
+                                     str(tmp_path / "other")], capture_output=True, text=True, timeout=60)
+            assert second.returncode == 2
+            [line] = second.stderr.strip().splitlines()
+            assert line.startswith(f"Error: port {port} on 127.0.0.1: a tracking server already answers there (pid ")
+            assert line.endswith("stop it or choose another --port") and "mlflow" in line
+            assert not (tmp_path / "other" / "mlflow.db").exists()
+        proc.send_signal(sig)  # SIGKILL: nothing of the wrapper runs; SIGHUP: the terminal closed
+        proc.wait(30)
+        deadline = time.monotonic() + 15
+        while (group_members(group) or health(uri, timeout=1)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert group_members(group) == [] and not health(uri, timeout=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst: Path, activation: str):
     """Everything a main chain logs reached the server, and comes back through it: the nested
     step runs, the train run's parameters and per-epoch metrics (2 epochs), the probe's arrays,
