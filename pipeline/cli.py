@@ -131,7 +131,9 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--resume-run-id", default="",
               help="Continue this interrupted train run, in the same MLflow run, from its last checkpoint "
                    "(its own parameters are used; the others given here are ignored).")
-def train(resume_run_id: str, **options) -> None:
+@click.option("--force", is_flag=True, help="With --resume-run-id: resume even if the run's process looks alive "
+              "(its heartbeat is fresh; e.g. it died on another host a moment ago).")
+def train(resume_run_id: str, force: bool, **options) -> None:
     """Train a CBAM-ResNet18 with one channel gate and log it to MLflow."""
     from pipeline.steps.train import run_train
 
@@ -139,7 +141,7 @@ def train(resume_run_id: str, **options) -> None:
         if not resume_run_id.strip():
             raise PipelineError("resume_run_id is blank: give the id of an interrupted train run "
                                 "(the interrupted run's log prints the command)")
-        click.echo(run_train(resume_run_id=resume_run_id.strip()).run_id)
+        click.echo(run_train(resume_run_id=resume_run_id.strip(), force=force).run_id)
         return
     click.echo(run_train(cfg.TrainConfig.from_options(**options)).run_id)
 
@@ -199,6 +201,41 @@ def report(**options) -> None:
     from pipeline.steps.report import run_report
 
     click.echo(run_report(cfg.ReportConfig.from_options(**options)))
+
+
+@cli.command()
+@click.option("--stale", is_flag=True, help="List RUNNING runs whose process is gone (required).")
+@click.option("--mark", type=click.Choice(["killed", "failed"]), default=None,
+              help="End the stale runs with this status.")
+@click.option("--experiment-name", default="", help="Only this experiment (default: every experiment).")
+@click.option("--stale-after", type=click.FLOAT, default=600.0, show_default=True,
+              help="Seconds without a heartbeat after which a run on another host counts as gone.")
+def runs(stale: bool, mark: str | None, experiment_name: str, stale_after: float) -> None:
+    """Find runs left RUNNING by a process that died (SIGKILL, OOM, a lost host) and end them."""
+    import mlflow
+
+    from pipeline.liveness import stale_runs
+
+    if not stale:
+        raise PipelineError("say what to list: runs --stale (RUNNING runs whose process is gone)")
+    if stale_after <= 0:
+        raise PipelineError(f"stale_after must be positive, got {stale_after}")
+    client = mlflow.MlflowClient()
+    if experiment_name:
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            raise PipelineError(f"experiment {experiment_name!r} does not exist")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    found = stale_runs(ids, stale_after) if ids else []
+    for run, state in found:
+        if mark:
+            client.set_terminated(run.info.run_id, mark.upper())
+        click.echo(f"{run.info.run_id}\t{run.data.tags.get('pipeline.step', '?')}\t{run.info.run_name}\t{state.why}"
+                   + (f"\tmarked {mark.upper()}" if mark else ""))
+    click.echo(f"{len(found)} stale run{'s' if len(found) != 1 else ''}"
+               + (f" marked {mark.upper()}" if mark and found else ""), err=True)
 
 
 @cli.command()

@@ -79,6 +79,7 @@ REPORT_KEY_TAG = "pipeline.report_key"  # main: reuse key of its report (metrics
 FAILED_TAG = "pipeline.failed"  # sweep: the configurations that failed
 HOST_TAG = "pipeline.host"  # where the run's process runs (updated by a resume)
 PID_TAG = "pipeline.pid"
+HEARTBEAT_TAG = "pipeline.heartbeat"  # Unix time, refreshed while the run's process runs
 UPSTREAM_TAGS = {  # tag naming the run of each step, set on the runs downstream of it and on main
     PREPARE_DATA: "pipeline.prepare_run_id",
     TRAIN: "pipeline.train_run_id",

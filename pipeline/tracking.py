@@ -186,7 +186,13 @@ def step_run(
             mlflow.set_tag(contracts.RUN_NAME_TAG, run_name)
         log_params_once(params)
         mlflow.log_dict(config if config is not None else params, CONFIG_JSON)
-        yield run
+        from pipeline.liveness import Heartbeat
+
+        heartbeat = Heartbeat(run.info.run_id)
+        try:
+            yield run
+        finally:
+            heartbeat.stop()
     except KeyboardInterrupt:
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise

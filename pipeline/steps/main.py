@@ -175,7 +175,9 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
         train_config = replace(t, prepare_run_id=chain.run_ids[PREPARE_DATA])
         if TRAIN in resumable:  # a dead attempt's train run: continue it from its last checkpoint
             log.info("train: resuming run %s from its last checkpoint", resumable[TRAIN])
-            trained = run_train(resume_run_id=resumable[TRAIN], dataset=dataset(), run_name=config.step_run_name(TRAIN))
+            # force: Ray retries a task only once its worker is dead, whatever the heartbeat says
+            trained = run_train(resume_run_id=resumable[TRAIN], dataset=dataset(), run_name=config.step_run_name(TRAIN),
+                                force=True)
             chain.run_ids[TRAIN] = trained.run_id
         else:
             trained = chain.step(TRAIN, train_config, lambda name: run_train(

@@ -129,11 +129,15 @@ def attention_metrics(model, images, image_size: int) -> dict[str, float]:
     return out
 
 
-def resume_point(run_id: str) -> tuple[TrainConfig, dict]:
-    """The config and last checkpoint of an interrupted train run."""
+def resume_point(run_id: str, force: bool = False) -> tuple[TrainConfig, dict]:
+    """The config and last checkpoint of an interrupted train run (refused while its process is
+    alive, unless ``force``)."""
+    from pipeline.liveness import refuse_if_alive
+
     run = get_step_run(run_id, TRAIN, None, finished=False)
     if run.info.status == "FINISHED":
         raise PipelineError(f"train run {run_id!r} is FINISHED: there is nothing to resume")
+    refuse_if_alive(run, force)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             typed = json.loads(download_artifact(run_id, CONFIG_JSON, tmp).read_text())
@@ -179,13 +183,13 @@ def log_checkpoint_metrics(run_id: str, ckpt: dict) -> None:
 
 
 def run_train(config: TrainConfig | None = None, resume_run_id: str = "", dataset: Dataset | None = None,
-              splits: Splits | None = None, run_name: str | None = None) -> TrainResult:
+              splits: Splits | None = None, run_name: str | None = None, force: bool = False) -> TrainResult:
     """Run the step with a validated config, or continue the interrupted run ``resume_run_id``
     (in the same MLflow run, from its ``checkpoints/last.pt``). ``dataset`` / ``splits``: what
     the caller (``main``) has loaded already; ``splits`` must be those of ``prepare_run_id``."""
     ckpt = None
     if resume_run_id:
-        config, ckpt = resume_point(resume_run_id)
+        config, ckpt = resume_point(resume_run_id, force)
     assert config is not None
     device = resolve_device(config.device)
     if splits is None:
