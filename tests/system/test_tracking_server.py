@@ -300,7 +300,8 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
         assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"
         driver.get(f"{server.uri}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
         body = wait_for_text(driver, "Run Name")
-        assert "sweep · scaled_tanh,swish" in body
+        # the run list renders after its header: wait for the rows (slow on a loaded machine)
+        body = wait_for_text(driver, "sweep · scaled_tanh,swish")
         # the comparison view the sweep's log points to: main runs only, flat, ranked by test
         # accuracy, the gate first in each name, the comparison's columns shown
         view = view_url(experiment_id, server.uri)
