@@ -204,6 +204,24 @@ def report(**options) -> None:
 
 
 @cli.command()
+@click.argument("folders", nargs=-1)
+def sync(folders: tuple[str, ...]) -> None:
+    """Send what train runs kept while the tracking server was away (their outbox folders; default:
+    every folder in $PIPELINE_OUTBOX, ~/.cache/cbam-gates/outbox) and end each run as it ended."""
+    from pipeline.outbox import outbox_root, sync as deliver
+
+    if not folders:
+        root = outbox_root()
+        folders = tuple(str(f) for f in sorted(root.iterdir()) if f.is_dir()) if root.is_dir() else ()
+        if not folders:
+            click.echo(f"nothing to send: {root} holds no kept runs", err=True)
+            return
+    for folder in folders:
+        run_id, sent, end = deliver(folder)
+        click.echo(f"{run_id}\t{sent} entries sent" + (f"\tended {end}" if end else ""))
+
+
+@cli.command()
 @click.option("--stale", is_flag=True, help="List RUNNING runs whose process is gone (required).")
 @click.option("--mark", type=click.Choice(["killed", "failed"]), default=None,
               help="End the stale runs with this status.")

@@ -17,6 +17,7 @@ from mlflow.entities import RunStatus
 from pipeline import contracts
 from pipeline.contracts import CONFIG_JSON, REUSE_KEY_TAG, STEP_TAG, code_version
 from pipeline.errors import PipelineError
+from pipeline.outbox import end_run_quietly
 
 log = logging.getLogger("pipeline")
 # MLflow's artefact upload/download bars fill redirected logs with fragments; the pipeline says
@@ -194,10 +195,10 @@ def step_run(
         finally:
             heartbeat.stop()
     except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        end_run_quietly(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        end_run_quietly(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))

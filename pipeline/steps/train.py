@@ -45,6 +45,7 @@ from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_v
 from pipeline.devices import configure, flag_on, memory_format, resolve_device
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import CBAMResNet18, ModelConfig, build_model
+from pipeline.outbox import Outbox
 from pipeline.tracking import download_artifact, get_step_run, step_run
 from pipeline.training import Evaluation, GradientFlow, evaluate, seed_everything, train_one_epoch
 
@@ -245,6 +246,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
                      config.batch_size, config.batch_size + 1)
         watched = attention_sample(val, config.attention_images) if model.cbam is not None else None
         grad_flow = GradientFlow(model)
+        outbox = Outbox(run_id)  # epochs go on while the tracking server is away
         best_path, last_path = Path(tmp) / "best.pt", Path(tmp) / "last.pt"
         common = dict(image_size=config.image_size, amp=config.amp, channels_last=channels_last)
         extra = dict(classes=list(splits.classes), image_size=config.image_size, dataset=config.dataset,
@@ -290,13 +292,13 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
                     if val_eval.acc > best_acc:
                         best_acc, best_epoch = val_eval.acc, epoch
                         best_state = save_checkpoint(best_path, model, epoch=epoch, val_acc=val_eval.acc, **extra)
-                        mlflow.log_artifact(str(best_path), "checkpoints")
+                        outbox.put_artifact(best_path, "checkpoints")
                     # everything needed to continue exactly here (resume_run_id)
                     save_checkpoint(last_path, model, epoch=epoch, val_acc=val_eval.acc,
                                     optimizer=optimizer.state_dict(), rng=rng_state(generator), best_val_acc=best_acc,
                                     best_epoch=best_epoch, grad_history=grad_history, metrics=metrics, **extra)
-                    mlflow.log_artifact(str(last_path), "checkpoints")
-                    mlflow.log_metrics(metrics, step=epoch)
+                    outbox.put_artifact(last_path, "checkpoints")
+                    outbox.put_metrics(metrics, step=epoch)
                     stored = epoch
                 log.info(
                     "epoch %d/%d: train_loss %.4f train_acc %.2f%% | val_loss %.4f val_acc %.2f%% (%.1f s)",
@@ -312,10 +314,10 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
                 log.error("interrupted in epoch %d: run %s ends KILLED before its first epoch ended, so there is "
                           "no checkpoint to resume from; start it again", epoch, run_id)
             raise
-        mlflow.log_dict(
-            {"layers": grad_flow.names, "epochs": list(range(1, config.epochs + 1)), "mean_abs_grad": grad_history},
-            GRAD_FLOW,
-        )
+        grad_path = Path(tmp) / Path(GRAD_FLOW).name
+        grad_path.write_text(json.dumps(
+            {"layers": grad_flow.names, "epochs": list(range(1, config.epochs + 1)), "mean_abs_grad": grad_history}))
+        outbox.put_artifact(grad_path, str(Path(GRAD_FLOW).parent))
         if best_state is not None:  # the best epoch's weights, still in memory
             model.load_state_dict(best_state)
             best_model = model
@@ -324,8 +326,9 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
             best_model = best_model.to(device, memory_format=memory_format(channels_last))
         best_model.eval()
         test_eval = evaluate(best_model, test, **common)
-        mlflow.log_metrics({"test_acc": test_eval.acc, "test_top5": test_eval.top5,
+        outbox.put_metrics({"test_acc": test_eval.acc, "test_top5": test_eval.top5,
                             "test_loss": test_eval.loss, "best_epoch": best_epoch})
+        outbox.deliver_or_stop()  # the run ends FINISHED only once everything is logged
         log.info("best epoch %d (val_acc %.2f%%): test_acc %.2f%%, test_top5 %.2f%%",
                  best_epoch, best_acc, test_eval.acc, test_eval.top5)
     if not config.keep_last_checkpoint:  # only once the run is FINISHED: until then it is the resume point

@@ -55,7 +55,7 @@ def test_every_command_has_exactly_the_options_of_its_config():
     for step, config_cls in cfg.STEP_CONFIGS.items():
         command = cli.commands[step]
         visible = {p.name for p in command.params if isinstance(p, click.Option) and not p.hidden}
-        extra = {"resume_run_id"} if step == "train" else set()
+        extra = {"resume_run_id", "force"} if step == "train" else set()  # resume options, not a config
         assert visible == {f.name for f in cfg.flat_fields(config_cls)} | extra, step
         for param in command.params:
             if param.name in {f.name for f in cfg.flat_fields(config_cls)}:
