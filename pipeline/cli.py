@@ -343,6 +343,14 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("Error: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        click.echo(f"Error: no space left on device writing {exc.filename or 'a file'}: free some space and run it "
+                   "again", err=True)
+        sys.exit(EXIT_USAGE)
     except PipelineError as exc:
         sweep_id = getattr(exc, "sweep_id", None)
         if sweep_id:  # a sweep with failed configurations: its id stays the last line of stdout

@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -98,3 +99,28 @@ def run_cli(*args: str, env: dict | None = None, cwd=None, timeout=600) -> subpr
         [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
         env=full_env, cwd=cwd, timeout=timeout,
     )
+
+
+def start_training(args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(proc, n_epochs: int, timeout: float = 180.0) -> str:
+    """Wait until the train run of ``proc`` has logged ``n_epochs`` epochs and its last checkpoint."""
+    uri = mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"train exited {proc.returncode} early: {proc.stderr.read()[-2000:]}")
+        runs = [r for r in all_runs(uri) if r.info.status == "RUNNING"]
+        if runs:
+            run_id = runs[0].info.run_id
+            steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]
+            names = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
+            if len(steps) >= n_epochs and "checkpoints/last.pt" in names:
+                return run_id
+        time.sleep(0.2)
+    raise AssertionError(f"no run reached {n_epochs} epochs in {timeout} s")

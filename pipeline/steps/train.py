@@ -9,6 +9,7 @@ and ``test_acc``, ``test_top5`` (percent) and ``test_loss`` of that checkpoint.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -45,7 +46,7 @@ from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_v
 from pipeline.devices import configure, flag_on, memory_format, resolve_device
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import CBAMResNet18, ModelConfig, build_model
-from pipeline.outbox import Outbox
+from pipeline.outbox import DiskFullError, Outbox, disk_full
 from pipeline.tracking import download_artifact, get_step_run, step_run
 from pipeline.training import Evaluation, GradientFlow, evaluate, seed_everything, train_one_epoch
 
@@ -171,6 +172,11 @@ def deferred_interrupts():
             signal.signal(sig, handler)
         if received:
             signal.raise_signal(received[0])
+
+
+def checkpoint_bytes(model) -> int:
+    """About what ``last.pt`` takes: the weights and Adam's two moments of each."""
+    return 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def log_checkpoint_metrics(run_id: str, ckpt: dict) -> None:
@@ -305,6 +311,12 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
                     epoch, config.epochs, result.loss, result.acc, val_eval.loss, val_eval.acc,
                     time.perf_counter() - start,
                 )
+        except DiskFullError as exc:  # name the run to resume once space is freed
+            raise disk_full(exc.path, exc.needed, run_id if stored else None) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise disk_full(exc.filename or tmp, checkpoint_bytes(model), run_id if stored else None) from None
         except KeyboardInterrupt:
             if stored:
                 log.error("interrupted in epoch %d: run %s ends KILLED, its checkpoint after epoch %d kept; "

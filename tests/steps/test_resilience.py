@@ -1,8 +1,6 @@
 """Nothing lost: interruption and resume, divergence, determinism, hostile input."""
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import mlflow
@@ -12,7 +10,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.steps.train import run_train
 from cifar_files import write_cifar10
-from conftest import REPO, all_runs, artifact_file, run_cli
+from conftest import REPO, all_runs, artifact_file, run_cli, start_training, wait_for_epochs
 
 FAKE = ["--dataset", "fake", "--weights", "none", "--device", "cpu", "--batch-size", "32"]
 
@@ -27,31 +25,6 @@ def histories(run_id):
             values[m.step] = m.value  # a resumed epoch logged twice keeps its (identical) last value
         out[key] = values
     return out
-
-
-def start_training(args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_epochs(proc, n_epochs: int, timeout: float = 180.0) -> str:
-    """Wait until the train run of ``proc`` has logged ``n_epochs`` epochs and its last checkpoint."""
-    uri = mlflow.get_tracking_uri()
-    client = mlflow.MlflowClient()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"train exited {proc.returncode} early: {proc.stderr.read()[-2000:]}")
-        runs = [r for r in all_runs(uri) if r.info.status == "RUNNING"]
-        if runs:
-            run_id = runs[0].info.run_id
-            steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]
-            names = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
-            if len(steps) >= n_epochs and "checkpoints/last.pt" in names:
-                return run_id
-        time.sleep(0.2)
-    raise AssertionError(f"no run reached {n_epochs} epochs in {timeout} s")
 
 
 def interrupt_after_epochs(sig, args, cwd, n_epochs: int) -> tuple[str, str]:

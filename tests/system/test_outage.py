@@ -9,7 +9,6 @@ import threading
 import time
 
 import mlflow
-import pytest
 
 from pipeline.server import free_port, start_server
 
