@@ -31,6 +31,16 @@ def env_for(uri: str) -> dict:
     return env
 
 
+def stop_group(process: subprocess.Popen, sig: int, grace: float) -> None:
+    """``sig`` to the process's group (it leads its own session), SIGKILL after ``grace`` seconds."""
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """``ray start --head --block`` on 127.0.0.1 (its own session: the whole cluster stops with it),
@@ -58,12 +68,7 @@ def cluster():
         os.killpg(head.pid, signal.SIGKILL)
         raise AssertionError("the Ray head did not come up in 120 s")
     yield address
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(5)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
+    stop_group(head, signal.SIGTERM, 5)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -87,11 +92,7 @@ def tracking_server(tmp_path_factory):
             raise AssertionError(f"the server did not start: {process.stdout.read()[-3000:]}")
         time.sleep(0.5)
     yield uri
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    stop_group(process, signal.SIGINT, 30)
 
 
 def sweep(*args: str, env: dict, cwd: Path) -> subprocess.Popen:
