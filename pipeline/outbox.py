@@ -197,8 +197,8 @@ class Outbox:
         self.put({"kind": "artifact", "path": str(path), "name": Path(path).name, "dir": artifact_dir})
 
     def put(self, item: dict) -> None:
-        """Send ``item`` now if nothing older waits and the server takes it; else keep it."""
-        if self.items or not self.deliver():
+        """Send what waits, then ``item``; keep ``item`` (after them) while the server is away."""
+        if not self.deliver():
             self.hold(item)
             return
         try:
