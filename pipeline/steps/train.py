@@ -257,15 +257,15 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
         common = dict(image_size=config.image_size, amp=config.amp, channels_last=channels_last)
         extra = dict(classes=list(splits.classes), image_size=config.image_size, dataset=config.dataset,
                      source_run_id=run_id)
-        log.info(
-            "train %s: %s at %s on %s (%d train / %d val / %d test), %d epochs on %s",
-            run_id, config.activation, config.position, config.dataset,
-            len(train), len(val), len(test), config.epochs, device,
-        )
         epoch = first_epoch
         stored = first_epoch - 1  # the last epoch whose checkpoint is in the run (0: none)
         best_state = None
-        try:
+        try:  # from the line that says training starts, an interrupt says what it leaves
+            log.info(
+                "train %s: %s at %s on %s (%d train / %d val / %d test), %d epochs on %s",
+                run_id, config.activation, config.position, config.dataset,
+                len(train), len(val), len(test), config.epochs, device,
+            )
             for epoch in range(first_epoch, config.epochs + 1):
                 start = time.perf_counter()
                 grad_flow.reset()

@@ -79,6 +79,7 @@ def test_double_ctrl_c_in_the_first_epoch_is_one_line_and_offers_no_resume(track
         if line.startswith("[pipeline] train ") and " epochs on cpu" in line:
             break
     run_id = line.split()[2].rstrip(":")
+    time.sleep(0.3)  # inside epoch 1 (an epoch at 64 px takes seconds)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
