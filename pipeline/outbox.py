@@ -167,6 +167,7 @@ class Outbox:
         self.items: list[dict] = []
         self.seq = 0
         self.away_since: float | None = None
+        self.reason = ""  # the last failure: GET /health failed, an HTTP 500 (a full store), ...
 
     # -- keeping -----------------------------------------------------------------------------
     def persist(self) -> None:
@@ -211,6 +212,7 @@ class Outbox:
             self.hold(item)
 
     def went_away(self, why) -> None:
+        self.reason = one_line(why) if isinstance(why, BaseException) else str(why)
         if self.away_since is None:
             self.away_since = time.monotonic()
             log.warning("the tracking server %s does not answer (%s): training goes on; what run %s cannot log "
@@ -256,7 +258,8 @@ class Outbox:
             if time.monotonic() >= deadline:
                 self.hold({"kind": "end", "status": status})
                 raise OutageError(
-                    f"the tracking server {self.uri} has not answered for {wait_s:.0f} s: run {self.run_id} stops "
+                    f"the tracking server {self.uri} has not taken run {self.run_id}'s logs for {wait_s:.0f} s "
+                    f"(last: {self.reason[:200]}): the run stops "
                     f"here ({status.lower()} but not fully logged); everything it could not log is kept in "
                     f"{self.folder}; once the server answers: python -m pipeline sync {self.folder}")
             time.sleep(min(RETRY_EVERY_S, max(0.0, deadline - time.monotonic())))

@@ -94,9 +94,9 @@ def test_a_server_that_stays_away_stops_the_step_in_one_line_and_sync_delivers_l
         assert proc.returncode == 2
         folder = tmp_path / "outbox" / run_id
         last = err.strip().splitlines()[-1]
-        assert last == (f"Error: the tracking server {server.uri} has not answered for 3 s: run {run_id} stops here "
-                        f"(finished but not fully logged); everything it could not log is kept in {folder}; once the "
-                        f"server answers: python -m pipeline sync {folder}")
+        assert last == (f"Error: the tracking server {server.uri} has not taken run {run_id}'s logs for 3 s (last: "
+                        f"GET /health failed): the run stops here (finished but not fully logged); everything it "
+                        f"could not log is kept in {folder}; once the server answers: python -m pipeline sync {folder}")
         assert "Traceback" not in err
         assert (folder / "queue.jsonl").is_file()
 
