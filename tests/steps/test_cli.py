@@ -98,3 +98,17 @@ def test_cli_train_prints_the_run_id(tracking_uri):
     assert "\r" not in result.stderr and "batch/s" not in result.stderr and "it/s" not in result.stderr
     epochs = [line for line in result.stderr.splitlines() if "train_loss" in line]
     assert len(epochs) == int(run.data.params["epochs"]) and epochs[0].startswith("[pipeline] epoch 1/")
+
+
+def test_report_of_a_failed_main_run_is_one_line(tracking_uri, capsys):
+    client = mlflow.MlflowClient()
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id,
+                            tags={"pipeline.step": "main"}, run_name="swish · late · fake 32px 1ep · seed0")
+    client.set_terminated(run.info.run_id, "FAILED")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--main-run-id", run.info.run_id, "--out", "out"])
+    assert exit_info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"Error: main run '{run.info.run_id}' is FAILED and has no compute-metrics run to report on; run "
+                    "it again (python -m pipeline main ...) or report another run")
+    assert [r.data.tags["pipeline.step"] for r in all_runs(tracking_uri)] == ["main"]  # no report run started
