@@ -220,3 +220,27 @@ def test_sweep_on_ray_with_no_address_starts_a_local_cluster(tracking_uri, tmp_p
     assert "Ray cluster (local) with" in err
     check_finished_sweep(tracking_uri, sweep_id, ["sigmoid · late · fake 32px 1ep · seed0",
                                                   "swish · late · fake 32px 1ep · seed0"], err, tmp_path)
+
+
+def test_ctrl_c_on_the_driver_cancels_the_tasks_and_ends_their_runs_killed(cluster, tracking_server, tmp_path):
+    process = sweep("--activations", "sigmoid,swish", "--epochs", "20", "--ray-address", cluster,
+                    env=env_for(tracking_server), cwd=tmp_path)
+    client = mlflow.MlflowClient(tracking_server)
+    deadline = time.monotonic() + 300
+    training = []
+    while time.monotonic() < deadline and len(training) < 2:
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        training = [r for r in all_runs(tracking_server) if r.data.tags.get("pipeline.step") == "train"
+                    and r.info.status == "RUNNING" and client.get_metric_history(r.info.run_id, "val_acc")]
+        time.sleep(0.5)
+    assert len(training) == 2, "both configurations should be training"
+    pids = [int(r.data.tags["pipeline.pid"]) for r in training]
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "Error: interrupted"
+    assert "cancelling 2 Ray tasks (their runs end KILLED)" in err
+    status = {r.info.run_id: r.info.status for r in all_runs(tracking_server)}
+    assert [status[r.info.run_id] for r in training] == ["KILLED", "KILLED"]  # the interrupted train runs
+    assert "RUNNING" not in status.values()  # nothing left running: sweep, mains, steps
+    time.sleep(2)
+    assert [pid for pid in pids if os.path.exists(f"/proc/{pid}")] == []  # the workers' training stopped
