@@ -61,11 +61,9 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: alive
         return True
-    try:  # a zombie is dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    from pipeline.processes import is_zombie
+
+    return not is_zombie(pid)  # a zombie is dead
 
 
 @dataclass

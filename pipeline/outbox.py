@@ -78,7 +78,8 @@ def is_outage(exc: BaseException) -> bool:
     return any(marker in str(exc) for marker in OUTAGE_MARKERS)
 
 
-def send(run_id: str, item: dict, folder: Path) -> None:
+def send(run_id: str, item: dict, folder: Path, local: Path | None = None) -> None:
+    """Deliver one entry; ``local``: the run's artefact folder when its store is local (atomic copies)."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -88,7 +89,6 @@ def send(run_id: str, item: dict, folder: Path) -> None:
                                           for k, v in item["metrics"].items()])
     elif item["kind"] == "artifact":
         path = Path(item["path"]) if "path" in item else folder / item["file"]
-        local = local_artifact_dir(client.get_run(run_id).info.artifact_uri)
         if local is not None:  # a local store: replace the file atomically (never a half-written checkpoint)
             copy_atomically(path, local / item["dir"] / item["name"])
             return
@@ -168,6 +168,8 @@ class Outbox:
         self.seq = 0
         self.away_since: float | None = None
         self.reason = ""  # the last failure: GET /health failed, an HTTP 500 (a full store), ...
+        # where the run's artefacts live, looked up once (a local store gets atomic copies)
+        self.local = local_artifact_dir(mlflow.MlflowClient().get_run(run_id).info.artifact_uri)
 
     # -- keeping -----------------------------------------------------------------------------
     def persist(self) -> None:
@@ -204,7 +206,7 @@ class Outbox:
             return
         try:
             with fail_fast():
-                send(self.run_id, item, self.folder)
+                send(self.run_id, item, self.folder, self.local)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -230,7 +232,7 @@ class Outbox:
         try:
             with fail_fast():
                 while self.items:
-                    send(self.run_id, self.items[0], self.folder)
+                    send(self.run_id, self.items[0], self.folder, self.local)
                     done = self.items.pop(0)
                     sent += 1
                     if "file" in done:

@@ -25,15 +25,22 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but not been reaped (gone in all but name); False where /proc cannot tell."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def group_members(pgid: int) -> list[int]:
     """Live processes of the process group ``pgid`` (from /proc; [] where there is none)."""
     members = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z" and os.getpgid(int(proc.name)) == pgid:  # zombies are gone already
+                if os.getpgid(int(proc.name)) == pgid and not is_zombie(int(proc.name)):
                     members.append(int(proc.name))
-            except (OSError, IndexError):
+            except OSError:
                 continue
     return members
