@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
 from pipeline import contracts
 from pipeline.contracts import CONFIG_JSON, REUSE_KEY_TAG, STEP_TAG, code_version
@@ -127,10 +129,26 @@ def prepare_experiment(experiment_id: str) -> None:
     client = mlflow.MlflowClient()
     tags = client.get_experiment(experiment_id).tags
     if tags.get(EXPERIMENT_KIND_TAG) is None:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        _set_experiment_tag(client, experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     view = json.dumps(VIEW_STATE)
     if tags.get(f"mlflow.sharedViewState.{VIEW_KEY}") != view:
-        client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", view)
+        _set_experiment_tag(client, experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", view)
+
+
+def _set_experiment_tag(client: mlflow.MlflowClient, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag that several processes may set at once (runs starting together in one
+    experiment): MLflow's SQL store inserts a missing tag, so the second writer of a new key gets a
+    UNIQUE-constraint error. That writer re-reads the tag and tries again if it is still not ``value``."""
+    for attempt in range(3):
+        try:
+            client.set_experiment_tag(experiment_id, key, value)
+            return
+        except MlflowException:
+            if client.get_experiment(experiment_id).tags.get(key) == value:
+                return
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def view_url(experiment_id: str, server: str | None = None) -> str:

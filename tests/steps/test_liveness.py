@@ -89,3 +89,34 @@ def test_resuming_a_run_whose_process_is_alive_is_refused_unless_forced(tracking
         main(["train", "--resume-run-id", run_id, "--force"])
     assert "has no checkpoints/last.pt to resume from" in capsys.readouterr().err
     assert mlflow.MlflowClient().get_run(run_id).info.status == "RUNNING"
+
+
+def test_runs_starting_together_set_the_experiment_view_once_without_a_race(tracking_uri):
+    """Eight runs starting at once in a new experiment all write its view tags: MLflow's SQL
+    store inserts a new tag, so all but the first writer used to fail with a UNIQUE-constraint
+    error (seen in CI with eight `train` processes against one server)."""
+    import json
+    import threading
+
+    from pipeline.tracking import VIEW_KEY, VIEW_STATE, prepare_experiment
+
+    client = mlflow.MlflowClient()
+    errors = []
+    for trial in range(3):
+        experiment_id = client.create_experiment(f"race-{trial}")
+        barrier = threading.Barrier(8)
+
+        def start():
+            barrier.wait()
+            try:
+                prepare_experiment(experiment_id)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert json.loads(client.get_experiment(experiment_id).tags[f"mlflow.sharedViewState.{VIEW_KEY}"]) == VIEW_STATE
+    assert errors == []
