@@ -8,7 +8,6 @@ import torch
 
 from pipeline.console import progress
 from pipeline.data import ImageSet, iterate_batches, to_model_input
-from pipeline.errors import PipelineError
 from pipeline.models import CBAMResNet18
 
 
@@ -22,11 +21,11 @@ class Attention:
 @torch.inference_mode()
 def read_attention(model: CBAMResNet18, data: ImageSet, image_size: int, batch_size: int = 256,
                     desc: str = "probe") -> Attention:
-    """Pass ``data`` through ``model`` in batches and collect what its two gates output."""
-    if model.cbam is None:
-        raise PipelineError("the model has no CBAM block (position none): there is no attention to probe")
+    """Pass ``data`` through ``model`` in batches and collect what its two gates output. A model
+    without CBAM (position none, the baseline) has no gates: its channel weights come back with
+    shape (N, 0) and its spatial maps (N, 0, 0), beside its logits."""
     channel, spatial, logits = [], [], []
-    hooks = [
+    hooks = [] if model.cbam is None else [
         model.cbam.channel.gate.register_forward_hook(
             lambda m, i, out: channel.append(out.float().flatten(1).cpu())),  # (B, C, 1, 1) -> (B, C)
         model.cbam.spatial.gate.register_forward_hook(
@@ -40,4 +39,8 @@ def read_attention(model: CBAMResNet18, data: ImageSet, image_size: int, batch_s
     finally:
         for hook in hooks:
             hook.remove()
-    return Attention(torch.cat(channel).numpy(), torch.cat(spatial).numpy(), torch.cat(logits).numpy())
+    logits = torch.cat(logits).numpy()
+    if model.cbam is None:
+        n = logits.shape[0]
+        return Attention(np.zeros((n, 0), np.float32), np.zeros((n, 0, 0), np.float16), logits)
+    return Attention(torch.cat(channel).numpy(), torch.cat(spatial).numpy(), logits)

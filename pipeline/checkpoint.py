@@ -22,24 +22,26 @@ def save_checkpoint(path: str | Path, model: CBAMResNet18, **extra: Any) -> dict
     return state
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, name: str | None = None) -> dict[str, Any]:
+    """The checkpoint at ``path``; errors call it ``name`` (e.g. "train run X's checkpoints/best.pt",
+    rather than the temporary folder it was downloaded to)."""
+    name = name or f"checkpoint {str(path)!r}"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise PipelineError(
-            f"checkpoint {str(path)!r} is corrupt or not a checkpoint ({type(exc).__name__})"
-        ) from None
+        raise PipelineError(f"{name} is corrupt or not a checkpoint ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "state_dict" not in ckpt:
-        raise PipelineError(f"checkpoint {str(path)!r} lacks model_config or state_dict")
+        raise PipelineError(f"{name} lacks model_config or state_dict")
     return ckpt
 
 
-def load_model(path: str | Path) -> tuple[CBAMResNet18, dict[str, Any]]:
+def load_model(path: str | Path, name: str | None = None) -> tuple[CBAMResNet18, dict[str, Any]]:
     """Rebuild the model stored at ``path``; returns it (in eval mode, on CPU) and the checkpoint."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, name)
+    name = name or f"checkpoint {str(path)!r}"
     try:
         model = CBAMResNet18(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as exc:
-        raise PipelineError(f"checkpoint {str(path)!r} does not fit its model config ({type(exc).__name__})") from None
+        raise PipelineError(f"{name} does not fit its model config ({type(exc).__name__})") from None
     return model.eval(), ckpt

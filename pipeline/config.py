@@ -196,7 +196,8 @@ class PrepareConfig(StepConfig):
 class TrainConfig(StepConfig):
     activation: str = option("sigmoid", "Channel gate: sigmoid, softmax, sparsemax, scaled_tanh, "
                              "parametric_sigmoid, swish, entmax15, alpha_entmax.")
-    position: str = option("late", "Where CBAM sits: early, middle, late, none.")
+    position: str = option("late", "Where CBAM sits: early, middle, late, or none (the baseline without CBAM; "
+                           "its gate is then none, whatever activation says).")
     dataset: str = option("cifar10", "Dataset: cifar10, digits or fake.")
     data_dir: str = option("data", "Folder holding (or receiving) downloaded datasets.")
     weights: str = option("imagenet", "Backbone weights: imagenet, none, or a ResNet18 state-dict file.")
@@ -221,8 +222,15 @@ class TrainConfig(StepConfig):
     prepare_run_id: str = option("", "Use the split of this finished prepare-data run (default: split here).")
 
     def __post_init__(self):
-        check_choice("activation", self.activation, contracts.GATE_NAMES)
         check_choice("position", self.position, contracts.POSITIONS)
+        if self.position == contracts.NO_CBAM:  # the baseline: no gate to choose or normalise
+            object.__setattr__(self, "activation", contracts.NO_GATE)
+            object.__setattr__(self, "gate_norm", "none")
+        elif self.activation == contracts.NO_GATE:
+            raise PipelineError("activation none is the baseline without CBAM: give position none for it, "
+                                f"or a gate ({', '.join(contracts.GATE_NAMES)})")
+        else:
+            check_choice("activation", self.activation, contracts.GATE_NAMES)
         check_choice("dataset", self.dataset, contracts.DATASET_NAMES)
         check_weights(self.weights)
         if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
@@ -247,10 +255,15 @@ class TrainConfig(StepConfig):
         return PrepareConfig(dataset=self.dataset, data_dir=self.data_dir, val_fraction=self.val_fraction,
                              seed=self.seed)
 
+    def gate_label(self) -> str:
+        """What the run's attention is: ``swish``, ``softmax · mean_one``, or ``no CBAM``."""
+        if self.position == contracts.NO_CBAM:
+            return contracts.NO_CBAM_LABEL
+        return self.activation + ("" if self.gate_norm == "none" else f" · {self.gate_norm}")
+
     def label(self) -> str:
-        norm = "" if self.gate_norm == "none" else f" · {self.gate_norm}"
-        return (f"{self.activation}{norm} · {self.position} · {self.dataset} {self.image_size}px {self.epochs}ep"
-                f" · seed{self.seed}")
+        where = "" if self.position == contracts.NO_CBAM else f" · {self.position}"
+        return f"{self.gate_label()}{where} · {self.dataset} {self.image_size}px {self.epochs}ep · seed{self.seed}"
 
     def experiment(self) -> str:
         return default_experiment(self.dataset)
@@ -322,7 +335,8 @@ class MainConfig(StepConfig):
 
     def step_run_name(self, step: str) -> str:
         """A step run's name under its main run: ``swish · train · seed0``."""
-        return f"{self.train.activation} · {step} · seed{self.train.seed}"
+        gate = contracts.NO_CBAM_LABEL if self.train.position == contracts.NO_CBAM else self.train.activation
+        return f"{gate} · {step} · seed{self.train.seed}"
 
 
 @dataclass(frozen=True)
@@ -380,7 +394,8 @@ class SweepConfig(StepConfig):
 
     def configurations(self) -> list[MainConfig]:
         """One main config per (position, activation, gate norm, seed), in that order; a gate that
-        does not sum to one runs with gate_norm none only (mean_one would leave it unchanged)."""
+        does not sum to one runs with gate_norm none only (mean_one would leave it unchanged), and
+        position none (no CBAM, so no gate) once per seed."""
         from pipeline.contracts import SUM_TO_ONE_GATES
 
         def norms(gate: str) -> tuple[str, ...]:
@@ -388,8 +403,13 @@ class SweepConfig(StepConfig):
                 return self.gate_norms
             return ("none",) if "none" in self.gate_norms else self.gate_norms[:1]
 
+        def gates(position: str) -> list[tuple[str, str]]:
+            if position == contracts.NO_CBAM:
+                return [(contracts.NO_GATE, "none")]
+            return [(a, g) for a in self.activations for g in norms(a)]
+
         return [replace(self.main, train=replace(self.main.train, position=p, activation=a, gate_norm=g, seed=s))
-                for p in self.positions for a in self.activations for g in norms(a) for s in self.seeds]
+                for p in self.positions for a, g in gates(p) for s in self.seeds]
 
 
 @dataclass(frozen=True)

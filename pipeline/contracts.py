@@ -25,6 +25,11 @@ POSITIONS: dict[str, tuple[str | None, int]] = {
     "late": ("layer4", 512),
     "none": (None, 0),
 }
+#: The baseline without an attention block (the notebook's no-CBAM ResNet18): its position, and
+#: the gate its runs log (there is none; a probe of it records channel weights of shape (N, 0)).
+NO_CBAM = "none"
+NO_GATE = "none"
+NO_CBAM_LABEL = "no CBAM"  # how run names, tables and figures call it
 #: Named backbone weights; anything else is taken as the path of a local state-dict file.
 WEIGHTS = ("imagenet", "none")
 

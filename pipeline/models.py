@@ -74,10 +74,11 @@ class ModelConfig:
     gate_norm: str = "none"  # checkpoints from before the option hold none
 
     def __post_init__(self):
-        if self.activation not in GATES:
-            raise PipelineError(f"unknown activation {self.activation!r}; valid: {', '.join(GATES)}")
         if self.position not in POSITIONS:
             raise PipelineError(f"unknown position {self.position!r}; valid: {', '.join(POSITIONS)}")
+        no_cbam = POSITIONS[self.position][0] is None
+        if self.activation not in GATES and not (no_cbam and self.activation == "none"):
+            raise PipelineError(f"unknown activation {self.activation!r}; valid: {', '.join(GATES)}")
         if self.gate_norm not in GATE_NORMS:
             raise PipelineError(f"unknown gate_norm {self.gate_norm!r}; valid: {', '.join(GATE_NORMS)}")
 

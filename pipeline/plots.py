@@ -44,12 +44,14 @@ METRIC_AXES = {
 
 
 def _colours(names):
-    """One colour per gate, the same in every figure (the registry's order)."""
-    from pipeline.contracts import GATE_NAMES
+    """One colour per gate, the same in every figure (the registry's order); the baseline
+    without CBAM in grey."""
+    from pipeline.contracts import GATE_NAMES, NO_CBAM_LABEL
 
     cmap = plt.get_cmap("tab10")
     order = list(GATE_NAMES)
-    return {name: cmap((order.index(name) if name in order else i) % 10) for i, name in enumerate(names)}
+    return {name: "0.35" if name == NO_CBAM_LABEL else cmap((order.index(name) if name in order else i) % 10)
+            for i, name in enumerate(names)}
 
 
 def gate_family(name: str) -> str:
@@ -160,11 +162,14 @@ def plot_weight_distributions(weights_by_gate: dict[str, np.ndarray], title: str
 
 def metric_values(values: dict[str, dict[str, list[float]]]) -> tuple[list[str], list[str]]:
     """The metrics of :data:`METRIC_AXES` worth a panel (``values``: gate -> metric -> one value
-    per seed), and those left out because every gate has the same mean (or none has one)."""
+    per seed), and those left out because every gate has the same mean. A metric no gate has
+    (the attention metrics of the baseline without CBAM) is in neither list."""
     shown, constant = [], []
     for metric in METRIC_AXES:
         means = [np.nanmean(v[metric]) for v in values.values() if np.isfinite(v.get(metric, [np.nan])).any()]
-        if len(means) < 1 or (len(values) > 1 and np.ptp(means) < 1e-9):
+        if not means:
+            continue
+        if len(values) > 1 and np.ptp(means) < 1e-9:
             constant.append(metric)
         else:
             shown.append(metric)
@@ -219,7 +224,9 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "M
         note += f"; shaded: {reference}'s CI"
     if constant:
         note += f"; equal for every gate, not shown: {', '.join(constant)}"
-    fig.suptitle(f"{title}\n{note}")
+    import textwrap
+
+    fig.suptitle(f"{title}\n" + textwrap.fill(note, 105))  # the note stays within the page width
     return fig
 
 

@@ -5,7 +5,9 @@ beside it (:mod:`pipeline.metrics`, ``docs/metrics.md``); the notebook's single-
 for image 0 as ``first_image/<name>`` (and ``first_image/notebook_gini``, the notebook's
 formula on raw weights); the probe's ``test_acc``, ``test_top5`` and ``test_map``; and the
 artefacts ``metrics/per_image.csv`` (one row per image) and ``metrics/summary.csv`` /
-``metrics/summary.json`` (one row per metric: mean, std, n_defined).
+``metrics/summary.json`` (one row per metric: mean, std, n_defined). A probe of the baseline
+without CBAM (channel weights of shape (N, 0)) has no attention to measure: its run logs the
+accuracy metrics only, and its summary has no rows.
 """
 from __future__ import annotations
 
@@ -67,8 +69,9 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None, run
     probe_run = get_step_run(config.probe_run_id, PROBE_ATTENTION, CHANNEL_WEIGHTS)
     probed = probed or load_probed(config.probe_run_id)
     weights, labels, meta = probed.channel_weights, probed.labels, probed.meta
-    values = per_image_metrics(weights, probed.spatial_maps.astype(np.float32))
-    summary = summarise(values)
+    attention = weights.shape[1] > 0  # the baseline without CBAM (position none) has none
+    values = per_image_metrics(weights, probed.spatial_maps.astype(np.float32)) if attention else {}
+    summary = summarise(values) if attention else {}
 
     params = {**config.params(), **{k: meta[k] for k in ("activation", "position", "dataset", "image_size")},
               "num_images": int(weights.shape[0]), "train_run_id": meta["source_run_id"],
@@ -81,27 +84,32 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None, run
         for name, stats in summary.items():
             logged[name] = stats["mean"]
             logged[f"{name}_std"] = stats["std"]
-        first = weights[0]
         logged.update({f"first_image/{name}": float(v[0]) for name, v in values.items()})
-        logged["first_image/notebook_gini"] = notebook_gini(first)
+        if attention:
+            logged["first_image/notebook_gini"] = notebook_gini(weights[0])
         logged.update({k: probe_run.data.metrics[k] for k in CARRIED_METRICS if k in probe_run.data.metrics})
         mlflow.log_metrics(logged)
 
         per_image = pd.DataFrame({"image_index": meta["indices"], "label": labels, **values})
-        table = pd.DataFrame([{"metric": k, **v} for k, v in summary.items()])
+        table = pd.DataFrame([{"metric": k, **v} for k, v in summary.items()], columns=["metric", "mean", "std",
+                                                                                       "n_defined"])
         out = Path(tmp)
         per_image.to_csv(out / "per_image.csv", index=False)
         table.to_csv(out / "summary.csv", index=False)
         mlflow.log_artifact(str(out / "per_image.csv"), "metrics")
         mlflow.log_artifact(str(out / "summary.csv"), "metrics")
-        classes = list(meta.get("classes") or range(int(labels.max()) + 1))
-        means, counts = class_means(weights, labels, len(classes))
-        np.save(out / Path(CLASS_WEIGHTS).name, means.astype(np.float32))
-        pd.DataFrame({"class": classes, "images": counts, "gini": gini(means)}).to_csv(out / Path(CLASS_GINI).name,
-                                                                                     index=False)
-        mlflow.log_artifact(str(out / Path(CLASS_WEIGHTS).name), "metrics")
-        mlflow.log_artifact(str(out / Path(CLASS_GINI).name), "metrics")
-        mlflow.log_table(table, "metrics/summary.json")
-        log.info("metrics %s over %d images: %s", run.info.run_id, weights.shape[0],
-                 ", ".join(f"{k} {v['mean']:.4g}" for k, v in summary.items() if not math.isnan(v["mean"])))
+        if attention:
+            classes = list(meta.get("classes") or range(int(labels.max()) + 1))
+            means, counts = class_means(weights, labels, len(classes))
+            np.save(out / Path(CLASS_WEIGHTS).name, means.astype(np.float32))
+            pd.DataFrame({"class": classes, "images": counts, "gini": gini(means)}).to_csv(
+                out / Path(CLASS_GINI).name, index=False)
+            mlflow.log_artifact(str(out / Path(CLASS_WEIGHTS).name), "metrics")
+            mlflow.log_artifact(str(out / Path(CLASS_GINI).name), "metrics")
+            mlflow.log_table(table, "metrics/summary.json")
+            log.info("metrics %s over %d images: %s", run.info.run_id, weights.shape[0],
+                     ", ".join(f"{k} {v['mean']:.4g}" for k, v in summary.items() if not math.isnan(v["mean"])))
+        else:
+            log.info("metrics %s: no attention to measure (position none, the baseline without CBAM); test_acc "
+                     "%.2f%%", run.info.run_id, logged.get("test_acc", math.nan))
         return run.info.run_id

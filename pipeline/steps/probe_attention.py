@@ -7,7 +7,8 @@ Artefacts (of its own run): ``attention/channel_weights.npy`` (float32, [N, C]),
 ``tables/per_class_accuracy.csv``. Metrics: ``test_acc``, ``test_top5`` (percent) and
 ``test_map`` (macro one-vs-rest average precision, scikit-learn) of the probed images.
 The probed images are the first ``num_images`` of the test set, in order, so row 0 is the
-notebook's single image.
+notebook's single image. A train run without CBAM (position none, the baseline) has no
+attention: its channel weights are stored with shape [N, 0] and its maps [N, 0, 0].
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ from pipeline.contracts import (
 )
 from pipeline.data import Dataset, load_dataset
 from pipeline.devices import resolve_device
-from pipeline.errors import PipelineError
 from pipeline.metrics import mean_average_precision
 from pipeline.models import CBAMResNet18
 from pipeline.tracking import download_artifact, experiment_of, get_step_run, step_run
@@ -79,12 +79,11 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
     train_params = train_run.data.params
     if model is None:
         with tempfile.TemporaryDirectory() as tmp:
-            model, ckpt = load_model(download_artifact(config.train_run_id, BEST_CHECKPOINT, tmp))
+            model, ckpt = load_model(download_artifact(config.train_run_id, BEST_CHECKPOINT, tmp),
+                                     f"train run {config.train_run_id}'s {BEST_CHECKPOINT}")
         checkpoint_epoch = ckpt.get("epoch")
     else:
         checkpoint_epoch = int(train_run.data.metrics.get("best_epoch", -1))
-    if model.cbam is None:
-        raise PipelineError(f"train run {config.train_run_id!r} has position none: there is no attention to probe")
     dataset_name = train_params.get("dataset")
     data_dir = config.data_dir or train_params.get("data_dir", "data")
     image_size = int(float(train_params.get("image_size", 224)))
@@ -132,8 +131,9 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         table_path.parent.mkdir()
         table.to_csv(table_path, index=False)
         mlflow.log_artifacts(tmp)
-        log.info("probe %s: %d images, channel weights %s, spatial maps %s; test_acc %.2f%% test_map %.4f",
-                 run.info.run_id, n, attention.channel_weights.shape, attention.spatial_maps.shape,
+        what = (f"channel weights {attention.channel_weights.shape}, spatial maps {attention.spatial_maps.shape}"
+                if model.cbam is not None else "no attention (no CBAM)")
+        log.info("probe %s: %d images, %s; test_acc %.2f%% test_map %.4f", run.info.run_id, n, what,
                  scores.acc, test_map)
         # the arrays as stored (maps in float16), so metrics from memory equal metrics from the artefacts
         return ProbeResult(run.info.run_id, attention.channel_weights.astype(np.float32),

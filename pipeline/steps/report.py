@@ -45,6 +45,9 @@ from pipeline.contracts import (
     GRAD_FLOW,
     LABELS,
     MAIN,
+    NO_CBAM,
+    NO_CBAM_LABEL,
+    NO_GATE,
     POSITIONS,
     PROBE_ATTENTION,
     REPORT,
@@ -153,6 +156,8 @@ def _sortable(key: str, value: str):
         return (0, list(POSITIONS).index(value), "")
     if key == "activation" and value in GATE_NAMES:
         return (0, GATE_NAMES.index(value), "")
+    if key == "activation" and value == NO_GATE:  # the baseline first
+        return (0, -1, "")
     if key == "gate_norm" and value in GATE_NORMS:
         return (0, GATE_NORMS.index(value), "")
     try:
@@ -224,7 +229,7 @@ def format_cell(row, col: str) -> str:
 def _table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], int]:
     vary = varying_keys(table)
     header = [KEY_LABELS[k] for k in vary] + ["gate", "seeds"] + [h for h, _, _ in MAIN_COLUMNS.values()]
-    rows = [[_value(k, row[k]) for k in vary] + [row["activation"], str(row["seeds"])]
+    rows = [[_value(k, row[k]) for k in vary] + [gate_label(row["activation"]), str(row["seeds"])]
             + [format_cell(row, c) for c in MAIN_COLUMNS] for _, row in table.iterrows()]
     return header, rows, len(vary) + 1
 
@@ -243,6 +248,13 @@ def markdown_table(header: list[str], rows: list[list[str]], text_columns: int) 
     return [line(header), rule, *(line(r) for r in rows)]
 
 
+def baseline_note(table: pd.DataFrame) -> str:
+    if not (table["activation"] == NO_GATE).any():
+        return ""
+    return (f" {NO_CBAM_LABEL}: the same ResNet18 without an attention block (position none), the baseline; "
+            "it has no attention weights to measure (n/a).")
+
+
 def to_markdown(table: pd.DataFrame, title: str = "report") -> str:
     header, rows, text_columns = _table_cells(table)
     constant = constants_text(table)
@@ -250,7 +262,7 @@ def to_markdown(table: pd.DataFrame, title: str = "report") -> str:
     caution = "".join(f" With {n} seeds the interval is mean ± {stats_t(n):.1f} · s/√{n}: wide; run more seeds "
                       "for a claim." for n in few)
     lines = [f"# Summary: {title}", "", f"{len(table)} configurations. Constant across this report: {constant or 'nothing'}.",
-             "", *markdown_table(header, rows, text_columns), "", FOOTNOTE + caution]
+             "", *markdown_table(header, rows, text_columns), "", FOOTNOTE + caution + baseline_note(table)]
     return "\n".join(lines) + "\n"
 
 
@@ -262,7 +274,7 @@ def to_latex(table: pd.DataFrame, source: str = "") -> str:
     tex = _tex
     header, rows, text_columns = _table_cells(table)
     caption = (f"Attention metrics by gate ({constants_text(table)}). Mean ± half-width of the 95 % "
-               "confidence interval over seeds (Student t).")
+               "confidence interval over seeds (Student t)." + baseline_note(table))
     lines = ([f"% {source}"] if source else []) + [
         r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{tex(caption)}}}",
         r"\begin{tabular}{" + "l" * text_columns + "r" * (len(header) - text_columns) + "}", r"\toprule",
@@ -423,9 +435,16 @@ def _mean_lists(lists: list[list[float]]) -> list[float]:
     return np.mean([x[:n] for x in lists], axis=0).tolist()
 
 
+def gate_label(activation: str) -> str:
+    """A gate as tables and figures name it (the baseline without CBAM: ``no CBAM``)."""
+    return NO_CBAM_LABEL if activation == NO_GATE else activation
+
+
 def figure_groups(results: list[Result]) -> dict[str, list[Result]]:
     """Results by figure: everything but the gate and the seed the same. Named by the values
-    that vary across the report, the position always last (``late``, ``digits_64px_late``)."""
+    that vary across the report, the position always last (``late``, ``digits_64px_late``).
+    The baseline without CBAM joins every group it shares all else with (its curves and
+    accuracy beside the gates'); it has a group of its own only where it joins none."""
     table_keys = [k for k in GROUP_KEYS if k not in ("activation", "position")]
     vary = [k for k in table_keys if len({r.config.get(k, "") for r in results}) > 1]
     groups: dict[str, list[Result]] = {}
@@ -434,12 +453,24 @@ def figure_groups(results: list[Result]) -> dict[str, list[Result]]:
             k, r.config[k] if k in ("dataset", "weights", "gate_norm") else f"{k}{r.config[k]}") for k in vary]
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join([*parts, r.position]))
         groups.setdefault(name, []).append(r)
+
+    def rest(r: Result) -> tuple[str, ...]:
+        return tuple(r.config.get(k, "") for k in table_keys)
+
+    for name, baseline in [(n, m) for n, m in groups.items() if m[0].position == NO_CBAM]:
+        partners = [m for m in groups.values() if m[0].position != NO_CBAM and rest(m[0]) == rest(baseline[0])]
+        for members in partners:
+            members.extend(baseline)
+        if partners:
+            del groups[name]
     return groups
 
 
 def describe(r: Result) -> str:
     c = r.config
-    return f"CBAM {c['position']}, {c['dataset']} {c['image_size']} px, {c['epochs']} epochs"
+    where = "no CBAM" if c["position"] == NO_CBAM else f"CBAM {c['position']}"
+    epochs = f"{c['epochs']} epoch" + ("" if str(c["epochs"]) == "1" else "s")
+    return f"{where}, {c['dataset']} {c['image_size']} px, {epochs}"
 
 
 def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = "sigmoid",
@@ -452,26 +483,26 @@ def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = 
     for name, members in figure_groups(results).items():
         by_gate: dict[str, list[Result]] = {}
         for r in members:
-            by_gate.setdefault(r.activation, []).append(r)
+            by_gate.setdefault(gate_label(r.activation), []).append(r)
         weights, maps, histories, flows, gate_params, meta, values, attention = {}, {}, {}, {}, {}, {}, {}, {}
         class_weights: dict[str, np.ndarray] = {}
         for gate, runs in by_gate.items():
             arrays = [np.load(download_artifact(r.probe_run_id, CHANNEL_WEIGHTS, tmp / r.probe_run_id)) for r in runs]
-            weights[gate] = np.concatenate(arrays)
-            metas = {r.probe_run_id: json.loads(download_artifact(r.probe_run_id, ATTENTION_META,
-                                                                  tmp / r.probe_run_id).read_text()) for r in runs}
-            classes = {run_id: [str(c) for c in m["classes"]] for run_id, m in metas.items()}
-            per_class = [class_means(a, np.load(download_artifact(r.probe_run_id, LABELS, tmp / r.probe_run_id)),
-                                     len(classes[r.probe_run_id]))[0] for a, r in zip(arrays, runs)]
-            with warnings.catch_warnings():  # a class no probed image belongs to stays NaN
-                warnings.simplefilter("ignore", RuntimeWarning)
-                class_weights[gate] = np.nanmean(per_class, axis=0)
-            class_gini.update({(name, gate, r.seed): dict(zip(classes[r.probe_run_id], gini(m).tolist()))
-                               for r, m in zip(runs, per_class)})
-            first = runs[0]
-            d = tmp / first.probe_run_id
-            maps[gate] = np.load(download_artifact(first.probe_run_id, SPATIAL_MAPS, d))
-            meta[gate] = metas[first.probe_run_id]
+            if all(a.shape[1] > 0 for a in arrays):  # the baseline without CBAM has no attention to draw
+                weights[gate] = np.concatenate(arrays)
+                metas = {r.probe_run_id: json.loads(download_artifact(r.probe_run_id, ATTENTION_META,
+                                                                      tmp / r.probe_run_id).read_text()) for r in runs}
+                classes = {run_id: [str(c) for c in m["classes"]] for run_id, m in metas.items()}
+                per_class = [class_means(a, np.load(download_artifact(r.probe_run_id, LABELS, tmp / r.probe_run_id)),
+                                         len(classes[r.probe_run_id]))[0] for a, r in zip(arrays, runs)]
+                with warnings.catch_warnings():  # a class no probed image belongs to stays NaN
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    class_weights[gate] = np.nanmean(per_class, axis=0)
+                class_gini.update({(name, gate, r.seed): dict(zip(classes[r.probe_run_id], gini(m).tolist()))
+                                   for r, m in zip(runs, per_class)})
+                first = runs[0]
+                maps[gate] = np.load(download_artifact(first.probe_run_id, SPATIAL_MAPS, tmp / first.probe_run_id))
+                meta[gate] = metas[first.probe_run_id]
             histories[gate] = {k: _mean_lists([_history(client, r.train_run_id, k) for r in runs])
                                for k in ("train_loss", "val_loss", "train_acc", "val_acc")}
             gp = {k: _mean_lists([_history(client, r.train_run_id, k) for r in runs])
@@ -492,20 +523,21 @@ def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = 
                 flows[gate] = (last_layers, np.mean(last_values, axis=0).tolist())
         what = describe(members[0])
         seeds = len({r.seed for r in members})
+        with_attention = sum(len(by_gate[g]) for g in weights)
         figures = {
             f"weights_{name}": plots.plot_weight_distributions(weights, f"Channel attention weights, {what} "
-                                                                        f"({len(members)} runs)"),
+                                                                        f"({with_attention} runs)") if weights else None,
             f"metrics_{name}": plots.plot_gate_metrics(values, f"Metrics per gate, {what} (up to {seeds} seeds)",
                                                           reference=reference),
             f"curves_{name}": plots.plot_curves(histories, f"Training curves, {what} (mean over seeds)"),
             f"attention_epochs_{name}": plots.plot_attention_epochs(
                 attention, f"Channel attention on validation images over training, {what} (mean over seeds)"),
             f"class_attention_{name}": plots.plot_class_attention(
-                class_weights, [str(c) for c in meta[members[0].activation]["classes"]],
-                f"Channel weights per test class, {what} (mean over seeds)"),
+                class_weights, [str(c) for c in next(iter(meta.values()))["classes"]],
+                f"Channel weights per test class, {what} (mean over seeds)") if class_weights else None,
             f"gradient_flow_{name}": plots.plot_gradient_flow(flows, f"Gradient flow in the last epoch, {what}"),
             f"gate_parameters_{name}": plots.plot_gate_parameters(gate_params, f"Learnable gate parameters, {what}"),
-            f"spatial_maps_{name}": spatial_grid(members[0], maps, meta),
+            f"spatial_maps_{name}": spatial_grid(members[0], maps, meta) if maps else None,
         }
         for stem, fig in figures.items():
             if fig is not None:

@@ -147,7 +147,7 @@ def resume_point(run_id: str, force: bool = False) -> tuple[TrainConfig, dict]:
         except Exception:
             raise PipelineError(f"train run {run_id!r} has no {LAST_CHECKPOINT} to resume from "
                                 "(it stopped before its first epoch ended)") from None
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, f"train run {run_id}'s {LAST_CHECKPOINT}")
     missing = [k for k in ("optimizer", "rng", "epoch", "best_val_acc", "best_epoch") if k not in ckpt]
     if missing:
         raise PipelineError(f"{LAST_CHECKPOINT} of run {run_id!r} lacks {', '.join(missing)}: cannot resume")

@@ -96,43 +96,76 @@ def test_a_reused_run_whose_artefacts_are_gone_is_run_again(tracking_uri, tmp_pa
     assert set(children(tracking_uri, second)) == {"probe-attention", "compute-metrics"}
 
 
+def corrupt_best_checkpoint(train_run_id: str, tmp_path) -> None:
+    """Replace a finished train run's best.pt with bytes that are no checkpoint (a damaged
+    artefact store), through MLflow, so it works for any store."""
+    bad = tmp_path / "damaged" / "best.pt"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"not a checkpoint")
+    mlflow.MlflowClient().log_artifact(train_run_id, str(bad), "checkpoints")
+
+
 def test_inline_sweep_runs_every_configuration_under_one_sweep_run(tracking_uri, tmp_path):
+    # swish's train run exists already and its best.pt is damaged: the sweep reuses it, its
+    # probe (rerun) fails; the others, the baseline without CBAM among them, go on
+    swish = run_main(MainConfig.from_options(activation="swish", out=str(tmp_path / "out"), **FAST))
+    corrupt_best_checkpoint(mlflow.MlflowClient().get_run(swish).data.tags[UPSTREAM_TAGS["train"]], tmp_path)
     config = SweepConfig.from_options(activations=("sigmoid", "swish"), positions=("late", "none"),
-                                      out=str(tmp_path / "out"), **FAST)
+                                      rerun=("probe-attention",), out=str(tmp_path / "out"), **FAST)
+    assert [c.label() for c in config.configurations()] == [  # the baseline once, not once per gate
+        "sigmoid · late · fake 32px 1ep · seed0", "swish · late · fake 32px 1ep · seed0", "no CBAM · fake 32px 1ep · seed0"]
     with pytest.raises(PartialSweep) as caught:  # a sweep with failed configurations exits non-zero
         run_sweep(config)
     sweep_id = caught.value.sweep_id
-    assert str(caught.value) == (f"2 of 4 configurations of sweep {sweep_id} failed (listed above and in its "
+    assert str(caught.value) == (f"1 of 3 configurations of sweep {sweep_id} failed (listed above and in its "
                                  "summary.md); the report covers the rest")
     client = mlflow.MlflowClient()
     sweep = client.get_run(sweep_id)
     assert sweep.info.status == "FINISHED"
     assert sweep.data.params["activations"] == "sigmoid,swish" and "activation" not in sweep.data.params
     summary = next((tmp_path / "out").glob("*/sweep_*/summary.md")).read_text()
-    failures = summary.split("## Failed configurations (2 of 4, not in the tables above)")[1]
-    for label in ("sigmoid · none · fake 32px 1ep · seed0", "swish · none · fake 32px 1ep · seed0"):
-        [row] = [line for line in failures.splitlines() if line.startswith(f"| {label} |")]
-        assert "has position none: there is no attention to probe" in row
+    failures = summary.split("## Failed configurations (1 of 3, not in the tables above)")[1]
+    [row] = [line for line in failures.splitlines() if line.startswith("| swish · late · fake 32px 1ep · seed0 |")]
+    assert "checkpoints/best.pt is corrupt or not a checkpoint" in row
     mains = {r.data.tags["mlflow.runName"]: r for r in all_runs(tracking_uri)
              if r.data.tags.get("mlflow.parentRunId") == sweep_id}
     status = {name: r.info.status for name, r in mains.items()}
-    # position none has no attention to probe: those configurations fail, the others go on
-    assert status == {"sigmoid · late · fake 32px 1ep · seed0": "FINISHED", "swish · late · fake 32px 1ep · seed0": "FINISHED",
-                      "sigmoid · none · fake 32px 1ep · seed0": "FAILED", "swish · none · fake 32px 1ep · seed0": "FAILED"}
-    assert sweep.data.metrics["failed_configurations"] == 2
-    assert sweep.data.tags["pipeline.failed"] == "sigmoid · none · fake 32px 1ep · seed0,swish · none · fake 32px 1ep · seed0"
+    assert status == {"sigmoid · late · fake 32px 1ep · seed0": "FINISHED", "swish · late · fake 32px 1ep · seed0": "FAILED",
+                      "no CBAM · fake 32px 1ep · seed0": "FINISHED"}
+    assert sweep.data.metrics["failed_configurations"] == 1
+    assert sweep.data.tags["pipeline.failed"] == "swish · late · fake 32px 1ep · seed0"
     assert sweep.info.run_name == "sweep · sigmoid,swish · late,none · seeds 0 · fake 32px 1ep"
-    # one prepare-data run serves every configuration (same data, split and seed)
-    assert set(children(tracking_uri, mains["sigmoid · late · fake 32px 1ep · seed0"].info.run_id)) == set(CHAIN)
-    assert set(children(tracking_uri, mains["swish · late · fake 32px 1ep · seed0"].info.run_id)) == set(CHAIN[1:])
-    assert mains["swish · late · fake 32px 1ep · seed0"].data.tags["pipeline.reused_steps"] == "prepare-data"
+    # one prepare-data run serves every configuration (same data, split and seed): swish's main made it
+    assert all(mains[name].data.tags["pipeline.reused_steps"] == "prepare-data"
+               for name in ("sigmoid · late · fake 32px 1ep · seed0", "no CBAM · fake 32px 1ep · seed0"))
+    assert set(children(tracking_uri, mains["sigmoid · late · fake 32px 1ep · seed0"].info.run_id)) == set(CHAIN[1:])
     assert len([r for r in step_runs(tracking_uri) if r.data.tags["pipeline.step"] == "prepare-data"]) == 1
     assert all(r.info.status != "RUNNING" for r in all_runs(tracking_uri))
+    # the baseline: a train run without CBAM, a probe with no attention, accuracy only
+    baseline = mains["no CBAM · fake 32px 1ep · seed0"]
+    assert baseline.data.params["activation"] == "none" and baseline.data.params["position"] == "none"
+    steps = children(tracking_uri, baseline.info.run_id)
+    assert {k: r.info.run_name for k, r in steps.items()} == {
+        s: f"no CBAM · {s} · seed0" for s in ("train", "probe-attention", "compute-metrics")}
+    assert steps["train"].data.params["activation"] == "none"
+    assert artifact_file(steps["probe-attention"].info.run_id, CHANNEL_WEIGHTS).exists()
+    import numpy as np
+
+    assert np.load(artifact_file(steps["probe-attention"].info.run_id, CHANNEL_WEIGHTS)).shape == (80, 0)
+    logged = steps["compute-metrics"].data.metrics
+    assert set(logged) == {"test_acc", "test_top5", "test_map"}
+    assert logged["test_acc"] == steps["probe-attention"].data.metrics["test_acc"] == baseline.data.metrics["test_acc"]
     table = (tmp_path / "out" / "cbam-gates-fake" / "sweep_sigmoid,swish_late,none_seeds_0_fake_32px_1ep"
              / "summary.md").read_text()
     main_table = table.split("\n## ")[0]  # before the comparison and per-class tables
-    assert [line.split("|")[1].strip() for line in main_table.splitlines() if line.startswith("| s")] == \
-        ["sigmoid", "swish"]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in main_table.splitlines()
+            if line.startswith("| late") or line.startswith("| none")]
+    assert [r[:2] for r in rows] == [["late", "sigmoid"], ["none", "no CBAM"]]
+    assert rows[1][3] == f"{logged['test_acc']:.1f}" and rows[1][4:] == ["n/a"] * 6
+    assert "no CBAM: the same ResNet18 without an attention block" in main_table
+    # its curves beside the gates' (one figure group), no attention figures of its own
+    folder = tmp_path / "out" / "cbam-gates-fake" / "sweep_sigmoid,swish_late,none_seeds_0_fake_32px_1ep"
+    assert (folder / "curves_late.png").exists() and not list(folder.glob("*_none.*"))
 
 
 def test_report_of_an_experiment_never_pools_unlike_runs(tracking_uri, tmp_path, monkeypatch):

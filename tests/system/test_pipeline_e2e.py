@@ -1,6 +1,7 @@
 """`mlflow run .` of the main and sweep entry points, end to end, as a user runs them."""
 import os
 import subprocess
+import sys
 
 import mlflow
 import pandas as pd
@@ -77,41 +78,56 @@ def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_e
 def test_sweep_goes_on_past_failures_and_reports_the_rest(project_env):
     uri, env, tmp = project_env["uri"], project_env["env"], project_env["tmp"]
     out = tmp / "out"
+    fast = ["--dataset", "fake", "--weights", "none", "--image-size", "32", "--epochs", "1"]
+    # swish's train run exists already and its best.pt is damaged: the sweep reuses it and its
+    # probe (rerun) fails; sigmoid and the baseline without CBAM (position none) go on
+    pre = subprocess.run([sys.executable, "-m", "pipeline", "main", "--activation", "swish", *fast, "--out", str(out)],
+                         capture_output=True, text=True, cwd=tmp, timeout=600,
+                         env={**env, "MLFLOW_EXPERIMENT_NAME": "Default"})
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    [train] = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "train"]
+    (tmp / "best.pt").write_bytes(b"not a checkpoint")
+    mlflow.MlflowClient(uri).log_artifact(train.info.run_id, str(tmp / "best.pt"), "checkpoints")
     result = mlflow_run("-e", "sweep", "-P", "activations=sigmoid,swish", "-P", "positions=late,none",
                         "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=32", "-P", "epochs=1",
-                        "-P", "jobs=2", "-P", f"out={out}", cwd=tmp, env=env)
-    # failed configurations make the sweep exit non-zero (mlflow run then ends its run FAILED)
+                        "-P", "rerun=probe-attention", "-P", "jobs=2", "-P", f"out={out}", cwd=tmp, env=env)
+    # a failed configuration makes the sweep exit non-zero (mlflow run then ends its run FAILED)
     assert result.returncode != 0, result.stderr[-4000:]
-    assert "Error: 2 of 4 configurations of sweep" in result.stderr
+    assert "Error: 1 of 3 configurations of sweep" in result.stderr
     [sweep] = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "sweep"]
     mains = children(uri, sweep.info.run_id)
     status = {m.data.tags["mlflow.runName"]: m.info.status for m in mains}
-    # position none has no attention to probe: those configurations fail, the others finish
     errors = "\n".join(line for line in result.stderr.splitlines() if "Error" in line)
-    assert status == {"sigmoid · late · fake 32px 1ep · seed0": "FINISHED", "swish · late · fake 32px 1ep · seed0": "FINISHED",
-                      "sigmoid · none · fake 32px 1ep · seed0": "FAILED", "swish · none · fake 32px 1ep · seed0": "FAILED"}, \
-        errors[-3000:]
-    assert sweep.data.metrics["failed_configurations"] == 2
-    assert "sigmoid · none · fake 32px 1ep · seed0" in result.stderr and "2 of 4 configurations failed" in result.stderr
+    assert status == {"sigmoid · late · fake 32px 1ep · seed0": "FINISHED", "swish · late · fake 32px 1ep · seed0": "FAILED",
+                      "no CBAM · fake 32px 1ep · seed0": "FINISHED"}, errors[-3000:]
+    assert sweep.data.metrics["failed_configurations"] == 1
+    assert "swish · late · fake 32px 1ep · seed0" in result.stderr and "1 of 3 configurations failed" in result.stderr
+    assert f"train run {train.info.run_id}'s checkpoints/best.pt is corrupt or not a checkpoint" in result.stderr
     folder = out / "Default" / "sweep_sigmoid,swish_late,none_seeds_0_fake_32px_1ep"
     table = (folder / "summary.md").read_text()
     assert "Constant across this report: dataset fake, 32 px, 1 epoch," in table
-    assert "## Failed configurations (2 of 4, not in the tables above)" in table
-    rows = [line for line in table.split("\n## ")[0].splitlines() if line.startswith("| s")]
-    assert [row.split("|")[1].strip() for row in rows] == ["sigmoid", "swish"]
+    assert "## Failed configurations (1 of 3, not in the tables above)" in table
+    rows = [line for line in table.split("\n## ")[0].splitlines() if line.startswith(("| late", "| none"))]
     metrics_runs = {r.data.params["activation"]: r for r in all_runs(uri)
-                    if r.data.tags.get("pipeline.step") == "compute-metrics"}
-    header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| gate")).split("|")[1:-1]]
+                    if r.data.tags.get("pipeline.step") == "compute-metrics" and r.info.status == "FINISHED"
+                    and r.data.tags["pipeline.train_run_id"] != train.info.run_id}
+    assert set(metrics_runs) == {"sigmoid", "none"}
+    header = [c.strip() for c in next(line for line in table.splitlines()
+                                      if line.startswith("| position")).split("|")[1:-1]]
     # each cell is the logged value (one seed: no interval), at its column's decimals and scale
+    assert [row.split("|")[2].strip() for row in rows] == ["sigmoid", "no CBAM"]
     for row in rows:
         cells = dict(zip(header, [c.strip() for c in row.split("|")[1:-1]]))
-        logged = metrics_runs[cells["gate"]].data.metrics
+        logged = metrics_runs[{"no CBAM": "none"}.get(cells["gate"], cells["gate"])].data.metrics
         assert cells["seeds"] == "1"
         for col, scale, decimals in (("test acc. (%)", 1, 1), ("Gini", 1, 3), ("entropy", 1, 3),
                                      ("sparsity (%)", 100, 1), ("near 0 (%)", 1, 1), ("focus (%)", 1, 1),
                                      ("focus area (%)", 100, 1)):
             key = {"test acc. (%)": "test_acc", "Gini": "gini", "entropy": "entropy", "sparsity (%)": "sparsity",
                    "near 0 (%)": "near_zero_pct", "focus (%)": "focus_pct", "focus area (%)": "focus_area_ratio"}[col]
-            assert cells[col] == f"{logged[key] * scale:.{decimals}f}", (cells["gate"], col)
+            expected = f"{logged[key] * scale:.{decimals}f}" if key in logged else "n/a"  # the baseline: no attention
+            assert cells[col] == expected, (cells["gate"], col)
     csv = pd.read_csv(folder / "summary.csv")
-    assert csv.set_index("activation")["gini"]["swish"] == pytest.approx(metrics_runs["swish"].data.metrics["gini"])
+    assert csv.set_index("activation")["gini"]["sigmoid"] == pytest.approx(metrics_runs["sigmoid"].data.metrics["gini"])
+    assert csv.set_index("activation")["test_acc"]["none"] == pytest.approx(metrics_runs["none"].data.metrics["test_acc"])
+    assert pd.isna(csv.set_index("activation")["gini"]["none"])

@@ -163,10 +163,20 @@ def wait_for_epoch(uri: str, position: str, process: subprocess.Popen, timeout: 
 
 def test_a_killed_worker_is_retried_and_resumes_its_train_run_beside_a_failing_configuration(
         cluster, tracking_server, tmp_path):
-    # late trains 3 epochs and its worker is SIGKILLed after the first; none (no attention) fails
-    # at probe-attention: the failure is reported and does not stop the other configuration
-    process = sweep("--activations", "sigmoid", "--positions", "late,none", "--epochs", "3", "--ray-address",
-                    cluster, "--max-retries", "1", env=env_for(tracking_server), cwd=tmp_path)
+    # sigmoid trains 3 epochs and its worker is SIGKILLed after the first; swish's train run
+    # exists already with a damaged best.pt, so its probe (rerun) fails: the failure is reported
+    # and does not stop the other configuration
+    env = env_for(tracking_server)
+    pre = subprocess.run([sys.executable, "-m", "pipeline", "main", "--activation", "swish", *FAKE, "--epochs", "3",
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=600)
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    [damaged] = [r for r in all_runs(tracking_server) if r.data.tags.get("pipeline.step") == "train"
+                 and r.data.params.get("activation") == "swish" and r.data.params.get("epochs") == "3"]
+    (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
+    mlflow.MlflowClient(tracking_server).log_artifact(damaged.info.run_id, str(tmp_path / "best.pt"), "checkpoints")
+    process = sweep("--activations", "sigmoid,swish", "--epochs", "3", "--rerun", "probe-attention", "--ray-address",
+                    cluster, "--max-retries", "1", env=env, cwd=tmp_path)
     train = wait_for_epoch(tracking_server, "late", process)
     pid = int(train.data.tags["pipeline.pid"])
     assert pid != process.pid
@@ -177,9 +187,9 @@ def test_a_killed_worker_is_retried_and_resumes_its_train_run_beside_a_failing_c
     assert process.returncode == 1 and f"Error: 1 of 2 configurations of sweep {sweep_id} failed" in err
     runs = all_runs(tracking_server)
     mains = {r.info.run_name: r for r in children(runs, sweep_id)}
-    assert sorted(mains) == ["sigmoid · late · fake 32px 3ep · seed0", "sigmoid · none · fake 32px 3ep · seed0"]
-    late, none = mains["sigmoid · late · fake 32px 3ep · seed0"], mains["sigmoid · none · fake 32px 3ep · seed0"]
-    assert late.info.status == "FINISHED" and none.info.status == "FAILED"
+    assert sorted(mains) == ["sigmoid · late · fake 32px 3ep · seed0", "swish · late · fake 32px 3ep · seed0"]
+    late, failing = mains["sigmoid · late · fake 32px 3ep · seed0"], mains["swish · late · fake 32px 3ep · seed0"]
+    assert late.info.status == "FINISHED" and failing.info.status == "FAILED"
     # the retry continued the same main and train runs (one of each), in another process
     trains = [r for r in children(runs, late.info.run_id) if r.data.tags["pipeline.step"] == "train"]
     assert [r.info.run_id for r in trains] == [train.info.run_id]
@@ -190,10 +200,11 @@ def test_a_killed_worker_is_retried_and_resumes_its_train_run_beside_a_failing_c
         assert sorted(m.step for m in client.get_metric_history(resumed.info.run_id, metric)) == [1, 2, 3]
     assert f"resuming run {train.info.run_id} from its last checkpoint" in err
     # the failing configuration: reported in the log with its reason, its runs FAILED, none RUNNING
-    assert "sigmoid · none · fake 32px 3ep · seed0 failed (" in err and "position none" in err
+    assert "swish · late · fake 32px 3ep · seed0 failed (" in err
+    assert f"train run {damaged.info.run_id}'s checkpoints/best.pt is corrupt or not a checkpoint" in err
     assert "1 of 2 configurations failed" in err
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert client.get_run(sweep_id).data.tags["pipeline.failed"] == "sigmoid · none · fake 32px 3ep · seed0"
+    assert client.get_run(sweep_id).data.tags["pipeline.failed"] == "swish · late · fake 32px 3ep · seed0"
 
 
 def test_a_local_store_with_a_cluster_is_refused_in_one_line(tracking_uri, tmp_path):

@@ -94,6 +94,25 @@ def test_the_sweep_logs_its_lists_and_no_single_configuration():
     assert "prepare_run_id" not in first.params()
 
 
+def test_position_none_is_the_baseline_with_no_gate_once_per_seed():
+    # whatever gate is given, the baseline has none: same config, same reuse key, one run per seed
+    for gate, norm in (("sigmoid", "none"), ("softmax", "mean_one")):
+        train = cfg.TrainConfig(weights="none", position="none", activation=gate, gate_norm=norm)
+        assert (train.activation, train.gate_norm) == ("none", "none")
+        assert reuse_key("train", train.to_dict()) == reuse_key(
+            "train", cfg.TrainConfig(weights="none", position="none").to_dict())
+    assert cfg.TrainConfig(weights="none", position="none", dataset="digits", image_size=64, epochs=2).label() == \
+        "no CBAM · digits 64px 2ep · seed0"
+    with pytest.raises(PipelineError, match="activation none is the baseline without CBAM: give position none"):
+        cfg.TrainConfig(weights="none", activation="none", position="late")
+    sweep = cfg.SweepConfig.from_options(activations=("swish", "softmax"), positions=("none", "early"), seeds=(0, 1),
+                                         gate_norms=("none", "mean_one"), weights="none")
+    labels = [c.label() for c in sweep.configurations()]
+    assert labels[:2] == ["no CBAM · cifar10 224px 5ep · seed0", "no CBAM · cifar10 224px 5ep · seed1"]
+    assert len(labels) == 2 + 2 * (1 + 2) and len(set(labels)) == len(labels)
+    assert sweep.configurations()[0].step_run_name("train") == "no CBAM · train · seed0"
+
+
 @pytest.mark.parametrize("options,message", [
     ({"activations": ()}, "activations is empty"),
     ({"activations": ("swish", "swish")}, "lists a value twice"),

@@ -45,11 +45,11 @@ def test_weight_distributions_one_panel_per_gate_family_on_each_support():
 def test_gate_metric_panels_have_fixed_ranges_and_drop_constant_metrics():
     values = {
         "sigmoid": {"test_acc": [89.9, 90.3, 90.1], "gini": [0.35, 0.36, 0.34], "sparsity": [0, 0, 0],
-                    "entropy": [0.9, 0.91, 0.92]},
+                    "entropy": [0.9, 0.91, 0.92], "focus_pct": [50.0] * 3},
         "sparsemax": {"test_acc": [46.5, 50.0, 48.0], "gini": [0.99, 0.99, 0.98], "sparsity": [0.99, 0.98, 0.99],
-                      "entropy": [0.1, 0.1, 0.12]},
+                      "entropy": [0.1, 0.1, 0.12], "focus_pct": [50.0] * 3},
         "softmax": {"test_acc": [83.5, 84.0, 83.0], "gini": [0.99, 0.99, 0.99], "sparsity": [0, 0, 0],
-                    "entropy": [0.99, 0.99, 0.99]},
+                    "entropy": [0.99, 0.99, 0.99], "focus_pct": [50.0] * 3},
     }
     fig = plots.plot_gate_metrics(values, reference="sigmoid")
     panels = [ax for ax in fig.axes if ax.get_visible()]
@@ -63,7 +63,9 @@ def test_gate_metric_panels_have_fixed_ranges_and_drop_constant_metrics():
     assert [ax.get_xlabel() for ax in panels] == ["test accuracy (%)", "Gini of |w|", "entropy of |w| / log C",
                                                   "weights exactly 0 (%)"]
     assert [ax.get_xlim() for ax in panels] == [(-3, 103), (-0.03, 1.03), (-0.03, 1.03), (-3, 103)]
-    assert "test_map" in fig._suptitle.get_text()  # no value for any gate: named, not drawn
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "equal for every gate, not shown: focus_pct" in title  # the same mean for every gate: named, not drawn
+    assert "test_map" not in title  # no gate has a value (e.g. only the baseline without CBAM): not named either
     acc = panels[0]
     # the CI bar of sigmoid: mean ± t(0.975, 2) · s / √3
     v = np.array([89.9, 90.3, 90.1])
