@@ -63,6 +63,42 @@ def test_ctrl_c_ends_killed_and_resume_equals_an_uninterrupted_run(tracking_uri,
 
 
 @pytest.mark.system
+def test_sigint_at_random_moments_resumes_from_exactly_the_last_epoch_the_run_shows(tracking_uri, tmp_path):
+    """An epoch is one unit: wherever a Ctrl-C lands (between batches, while metrics are logged,
+    while a checkpoint is written), the epochs the run shows are the epochs its last.pt holds,
+    and the resumed run ends with every epoch logged exactly once."""
+    import random
+
+    rng = random.Random(14)  # the moments are random but the same in every CI run
+    epochs, client = 5, mlflow.MlflowClient()
+    proc = start_training([*FAKE, "--image-size", "32", "--epochs", str(epochs), "--seed", "5"], tmp_path)
+    run_id, shown, moments = None, 0, []
+    for _ in range(3):
+        run_id = wait_for_epochs(proc, shown + 1)
+        started = time.monotonic()
+        time.sleep(rng.uniform(0.0, 1.5))  # an epoch takes about 1 s here
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        moments.append(round(time.monotonic() - started, 2))
+        assert proc.returncode == 130 and client.get_run(run_id).info.status == "KILLED", err[-2000:]
+        steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]
+        assert steps == list(range(1, len(steps) + 1)), steps  # in order, each once
+        shown = len(steps)
+        last = torch.load(artifact_file(run_id, "checkpoints/last.pt"), map_location="cpu", weights_only=True)
+        assert last["epoch"] == shown, (moments, last["epoch"], shown)
+        if shown == epochs:
+            break
+        proc = start_training(["--resume-run-id", run_id], tmp_path)
+    if client.get_run(run_id).info.status != "FINISHED":  # KILLED, possibly after its last epoch (in the test pass)
+        done = run_cli("train", "--resume-run-id", run_id, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in ("train_loss", "val_acc", "attention/gini"):
+        assert [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)] == \
+            list(range(1, epochs + 1)), key
+
+
+@pytest.mark.system
 def test_sigterm_ends_killed_with_the_resume_command(tracking_uri, tmp_path):
     # what a scheduler (SLURM, Kubernetes) sends: the same clean end as Ctrl-C
     args = [*FAKE, "--image-size", "32", "--epochs", "3", "--activation", "swish", "--seed", "1"]
