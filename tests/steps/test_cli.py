@@ -9,6 +9,7 @@ FAST = ["--dataset", "fake", "--weights", "none", "--image-size", "32", "--epoch
 BAD_INPUTS = [
     (["--activation", "relu"], "valid: sigmoid, softmax, sparsemax"),
     (["--position", "top"], "valid: early, middle, late, none"),
+    (["--activation", "none"], "activation none is the baseline without CBAM: give position none for it"),
     (["--dataset", "mnist"], "valid: cifar10, digits, fake"),
     (["--weights", "resnet50"], "valid: imagenet, none"),
     (["--epochs", "0"], "epochs must be positive"),
