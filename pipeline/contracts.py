@@ -85,6 +85,7 @@ FAILED_TAG = "pipeline.failed"  # sweep: the configurations that failed
 HOST_TAG = "pipeline.host"  # where the run's process runs (updated by a resume)
 PID_TAG = "pipeline.pid"
 HEARTBEAT_TAG = "pipeline.heartbeat"  # Unix time, refreshed while the run's process runs
+RESUMER_TAG = "pipeline.resumer"  # host:pid:time:nonce of the process that claimed the run to resume it
 UPSTREAM_TAGS = {  # tag naming the run of each step, set on the runs downstream of it and on main
     PREPARE_DATA: "pipeline.prepare_run_id",
     TRAIN: "pipeline.train_run_id",

@@ -5,7 +5,8 @@ refreshed every :data:`HEARTBEAT_S` seconds by a background thread).
 A RUNNING run is *stale* (its process is gone and nothing will end it) when, on this host,
 its pid is dead; on another host, when its heartbeat is older than ``stale_after`` seconds
 (a run from before heartbeats: its start time). ``python -m pipeline runs --stale`` lists
-them and ``--mark killed`` ends them KILLED; resuming a run whose process is alive is refused.
+them and ``--mark killed`` ends them KILLED; resuming a run whose process is alive is refused,
+and so is resuming a run another process is starting to resume (:func:`claim_for_resume`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pipeline.contracts import HEARTBEAT_TAG, HOST_TAG, PID_TAG, STEP_TAG
+from pipeline.contracts import HEARTBEAT_TAG, HOST_TAG, PID_TAG, RESUMER_TAG, STEP_TAG
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
@@ -114,3 +115,55 @@ def refuse_if_alive(run, force: bool, stale_after: float = STALE_AFTER_S) -> Non
         raise PipelineError(
             f"run {run.info.run_id!r} is still running ({state.why}): resuming it would train it twice at once; "
             "stop that process first (Ctrl-C ends it KILLED, ready to resume), or pass --force if it is gone")
+
+
+#: How long a process that claims a run for resuming waits before it checks that the claim is
+#: still its own: longer than another process takes from reading the run to writing its claim.
+CLAIM_WAIT_S = float(os.environ.get("PIPELINE_CLAIM_WAIT_S", "0.5"))
+#: How long a claim from another host counts while its run is not RUNNING yet (the resumer's
+#: start-up: loading data, building the model).
+CLAIM_STARTUP_S = 300.0
+
+
+def _claim_holder(run, now: float) -> str | None:
+    """Who is starting to resume ``run`` (``pid 12 on this host``), if a live process claimed it
+    after the run last ended and has not made it RUNNING yet; None otherwise."""
+    claim = run.data.tags.get(RESUMER_TAG, "")
+    try:
+        host, pid, stamp, _ = claim.rsplit(":", 3)
+        pid_number, claimed_at = int(pid), float(stamp)
+    except ValueError:
+        return None
+    if run.info.end_time and claimed_at * 1000 < run.info.end_time:  # a claim the run has outlived
+        return None
+    if host == socket.gethostname():
+        return f"pid {pid} on this host" if pid_number != os.getpid() and pid_alive(pid_number) else None
+    return f"pid {pid} on {host}" if now - claimed_at <= CLAIM_STARTUP_S else None
+
+
+def claim_for_resume(run_id: str, force: bool = False) -> None:
+    """Claim the interrupted run ``run_id`` for this process to resume, or refuse in one line
+    when another live process resumes it already or claims it at the same moment (two resumes
+    of one KILLED run started together: each sees no live process, and both would train it).
+    The claim (tag ``pipeline.resumer`` = host:pid:time:nonce) is written, then read back after
+    :data:`CLAIM_WAIT_S`: of two claimants the later writer wins. ``force`` claims regardless."""
+    import uuid
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    holder = _claim_holder(client.get_run(run_id), time.time())
+    if holder and not force:
+        raise PipelineError(f"run {run_id!r} is being resumed by {holder}: resuming it here too would train it "
+                            "twice at once; wait for that process, or pass --force if it is gone")
+    mine = f"{socket.gethostname()}:{os.getpid()}:{time.time():.3f}:{uuid.uuid4().hex[:8]}"
+    client.set_tag(run_id, RESUMER_TAG, mine)
+    if force:
+        return
+    time.sleep(CLAIM_WAIT_S)
+    now = client.get_run(run_id).data.tags.get(RESUMER_TAG, "")
+    if now != mine:
+        host, pid = (now.rsplit(":", 3) + ["?", "?"])[:2]
+        where = "this host" if host == socket.gethostname() else host
+        raise PipelineError(f"run {run_id!r} is being resumed by pid {pid} on {where}, which claimed it at the "
+                            "same moment as this process: that one goes on, this one stops")

@@ -134,7 +134,7 @@ def attention_metrics(model, images, image_size: int) -> dict[str, float]:
 def resume_point(run_id: str, force: bool = False) -> tuple[TrainConfig, dict]:
     """The config and last checkpoint of an interrupted train run (refused while its process is
     alive, unless ``force``)."""
-    from pipeline.liveness import refuse_if_alive
+    from pipeline.liveness import claim_for_resume, refuse_if_alive
 
     run = get_step_run(run_id, TRAIN, None, finished=False)
     if run.info.status == "FINISHED":
@@ -151,6 +151,7 @@ def resume_point(run_id: str, force: bool = False) -> tuple[TrainConfig, dict]:
     missing = [k for k in ("optimizer", "rng", "epoch", "best_val_acc", "best_epoch") if k not in ckpt]
     if missing:
         raise PipelineError(f"{LAST_CHECKPOINT} of run {run_id!r} lacks {', '.join(missing)}: cannot resume")
+    claim_for_resume(run_id, force)  # no second process resumes it at the same time
     return TrainConfig(**{k: typed[k] for k in TrainConfig.field_names() if k in typed}), ckpt
 
 

@@ -65,15 +65,17 @@ def test_ctrl_c_ends_killed_and_resume_equals_an_uninterrupted_run(tracking_uri,
 @pytest.mark.system
 def test_sigint_at_random_moments_resumes_from_exactly_the_last_epoch_the_run_shows(tracking_uri, tmp_path):
     """An epoch is one unit: wherever a Ctrl-C lands (between batches, while metrics are logged,
-    while a checkpoint is written), the epochs the run shows are the epochs its last.pt holds,
-    and the resumed run ends with every epoch logged exactly once."""
+    while a checkpoint is written), the epochs the run shows are the epochs its last.pt holds.
+    Then two resumes started at once: one trains, the other is refused in one line, and the run
+    ends with every epoch logged exactly once."""
     import random
 
     rng = random.Random(14)  # the moments are random but the same in every CI run
     epochs, client = 5, mlflow.MlflowClient()
-    proc = start_training([*FAKE, "--image-size", "32", "--epochs", str(epochs), "--seed", "5"], tmp_path)
     run_id, shown, moments = None, 0, []
-    for _ in range(3):
+    for attempt in range(3):
+        proc = start_training(["--resume-run-id", run_id] if attempt else
+                              [*FAKE, "--image-size", "32", "--epochs", str(epochs), "--seed", "5"], tmp_path)
         run_id = wait_for_epochs(proc, shown + 1)
         started = time.monotonic()
         time.sleep(rng.uniform(0.0, 1.5))  # an epoch takes about 1 s here
@@ -86,16 +88,18 @@ def test_sigint_at_random_moments_resumes_from_exactly_the_last_epoch_the_run_sh
         shown = len(steps)
         last = torch.load(artifact_file(run_id, "checkpoints/last.pt"), map_location="cpu", weights_only=True)
         assert last["epoch"] == shown, (moments, last["epoch"], shown)
-        if shown == epochs:
+        if shown == epochs:  # KILLED in the test pass after the last epoch: a resume still ends it
             break
-        proc = start_training(["--resume-run-id", run_id], tmp_path)
-    if client.get_run(run_id).info.status != "FINISHED":  # KILLED, possibly after its last epoch (in the test pass)
-        done = run_cli("train", "--resume-run-id", run_id, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-2000:]
+    both = [start_training(["--resume-run-id", run_id], tmp_path) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in both]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    [refused] = [err for code, err in results if code == 2]
+    assert refused.strip().splitlines()[-1].startswith(f"Error: run '{run_id}' is being resumed by pid "), refused
+    assert len(refused.strip().splitlines()) == 1, refused
     assert client.get_run(run_id).info.status == "FINISHED"
     for key in ("train_loss", "val_acc", "attention/gini"):
-        assert [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)] == \
-            list(range(1, epochs + 1)), key
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        assert [m.step for m in history] == list(range(1, epochs + 1)), (key, moments)
 
 
 @pytest.mark.system
