@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,6 +312,20 @@ class RayExecutor:
 
     def collect(self, ray, refs: dict, parent_run_id: str, experiment_id: str, progress) -> list[Outcome]:
         pending, outcomes = list(refs), []
+        interrupted = threading.Event()
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def note_interrupt(signum, frame):  # then whatever handled it before (the CLI: KeyboardInterrupt)
+            interrupted.set()
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            else:
+                raise KeyboardInterrupt
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in previous:
+                signal.signal(sig, note_interrupt)
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
@@ -332,15 +347,27 @@ class RayExecutor:
                     outcomes.append(outcome)
                     progress.done(outcome)
                 progress.tick()
-        except KeyboardInterrupt:
+        except BaseException as exc:
+            # a Ctrl-C or SIGTERM, also where Ray's own code turned the KeyboardInterrupt into another error
+            if not (isinstance(exc, KeyboardInterrupt) or interrupted.is_set()):
+                raise
             log.warning("sweep interrupted: cancelling %d Ray tasks (their runs end KILLED)", len(pending))
-            for ref in pending:  # a KeyboardInterrupt in each running task: its runs end KILLED
-                ray.cancel(ref)
-            ray.wait(pending, num_returns=len(pending), timeout=STOP_GRACE_S)
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            try:
+                for ref in pending:  # a KeyboardInterrupt in each running task: its runs end KILLED
+                    ray.cancel(ref)
+                ray.wait(pending, num_returns=len(pending), timeout=STOP_GRACE_S)
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+            except Exception as cancel_error:  # noqa: BLE001 - the runs are ended below all the same
+                log.warning("sweep: cancelling the Ray tasks failed: %s", one_line(cancel_error))
             end_running_children(parent_run_id)
-            raise
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise KeyboardInterrupt from exc
+        finally:
+            for sig, handler in previous.items():  # unless the CLI's handler now ignores further signals
+                if threading.current_thread() is threading.main_thread() and signal.getsignal(sig) is note_interrupt:
+                    signal.signal(sig, handler)
         return outcomes
 
 
