@@ -7,7 +7,8 @@ before anything newer once it answers again, each exactly once, metrics with the
 were measured. When training is over and the server has still not answered for
 ``PIPELINE_OUTAGE_WAIT_S`` seconds (default 600), the step stops with one line naming the
 server and the folder, and ``python -m pipeline sync`` delivers the rest later and ends the run
-with the status it reached.
+with the status it reached; so does resuming the run (``train --resume-run-id``), before it
+reads its last checkpoint.
 """
 from __future__ import annotations
 
@@ -284,6 +285,21 @@ def sync(folder: str | Path) -> tuple[str, int, str]:
         raise PipelineError(f"the tracking server {outbox.uri} does not answer; nothing of {folder} was lost, "
                             "try again once it answers")
     return run_id, n, end
+
+
+def deliver_kept(run_id: str) -> int:
+    """Send what an earlier process of ``run_id`` kept in its outbox folder during an outage (it
+    was interrupted, or stopped waiting), before this process reads the run: a resume starts
+    from the checkpoint that process stored last, its epochs land before the new ones, and the
+    folder is not overwritten. One-line error while the server does not answer; the number of
+    entries sent (0: nothing was kept)."""
+    folder = outbox_root() / run_id
+    if not (folder / QUEUE).is_file():
+        return 0
+    _, n, _ = sync(folder)
+    log.info("run %s: sent the %d entries an earlier process kept in %s during a tracking-server outage",
+             run_id, n, folder)
+    return n
 
 
 def end_run_quietly(status: str) -> None:

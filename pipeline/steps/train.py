@@ -46,7 +46,7 @@ from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_v
 from pipeline.devices import configure, flag_on, memory_format, resolve_device
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import CBAMResNet18, ModelConfig, build_model
-from pipeline.outbox import DiskFullError, Outbox, disk_full
+from pipeline.outbox import DiskFullError, Outbox, deliver_kept, disk_full
 from pipeline.tracking import download_artifact, get_step_run, step_run
 from pipeline.training import Evaluation, GradientFlow, evaluate, seed_everything, train_one_epoch
 
@@ -140,6 +140,10 @@ def resume_point(run_id: str, force: bool = False) -> tuple[TrainConfig, dict]:
     if run.info.status == "FINISHED":
         raise PipelineError(f"train run {run_id!r} is FINISHED: there is nothing to resume")
     refuse_if_alive(run, force)
+    claim_for_resume(run_id, force)  # no second process resumes (or delivers its kept entries) at the same time
+    if deliver_kept(run_id) and get_step_run(run_id, TRAIN, None, finished=False).info.status == "FINISHED":
+        raise PipelineError(f"train run {run_id!r} had finished during a tracking-server outage; its kept logs are "
+                            "now delivered and it is FINISHED: there is nothing to resume")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             typed = json.loads(download_artifact(run_id, CONFIG_JSON, tmp).read_text())
@@ -151,7 +155,6 @@ def resume_point(run_id: str, force: bool = False) -> tuple[TrainConfig, dict]:
     missing = [k for k in ("optimizer", "rng", "epoch", "best_val_acc", "best_epoch") if k not in ckpt]
     if missing:
         raise PipelineError(f"{LAST_CHECKPOINT} of run {run_id!r} lacks {', '.join(missing)}: cannot resume")
-    claim_for_resume(run_id, force)  # no second process resumes it at the same time
     return TrainConfig(**{k: typed[k] for k in TrainConfig.field_names() if k in typed}), ckpt
 
 

@@ -112,3 +112,46 @@ def test_a_server_that_stays_away_stops_the_step_in_one_line_and_sync_delivers_l
         assert not folder.exists()
     finally:
         server.stop()
+
+
+def test_ctrl_c_during_an_outage_then_resume_delivers_the_kept_epochs_first(tmp_path):
+    # interrupted while epochs wait in the outbox: the resume sends them before it reads the run,
+    # so it continues from the last epoch trained (not the last one the server had) and every
+    # epoch lands once
+    port, store = free_port(), tmp_path / "store"
+    server = start_server(store, port, workers=1)
+    try:
+        proc = start_train(server.uri, tmp_path, epochs=4, wait_s=300)
+        run_id = wait_for_first_epoch(server.uri, proc)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        kill_server(server)
+        deadline = time.monotonic() + 120  # until an epoch ends while the server is away
+        while not any("does not answer" in line for line in lines) and time.monotonic() < deadline:
+            assert proc.poll() is None, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(120)
+        reader.join(30)
+        assert proc.returncode == 130, "".join(lines)[-3000:]
+        folder = tmp_path / "outbox" / run_id
+        assert (folder / "queue.jsonl").is_file()
+        kept = [line for line in (folder / "queue.jsonl").read_text().splitlines() if '"metrics"' in line]
+        assert kept  # at least one epoch's metrics waited
+
+        server = start_server(store, port, workers=1)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "PIPELINE_OUTBOX": str(tmp_path / "outbox"),
+               "PIPELINE_OFFLINE": "1"}
+        resumed = subprocess.run([sys.executable, "-m", "pipeline", "train", "--resume-run-id", run_id],
+                                 capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        sent = [line for line in resumed.stderr.splitlines() if "an earlier process kept in" in line]
+        assert len(sent) == 1, resumed.stderr[-3000:]
+        held_epochs = len(kept)
+        trained_before = 1 + held_epochs  # the first epoch reached the server; the held ones after it
+        assert f"resuming train run {run_id} after epoch {trained_before} of 4" in resumed.stderr, resumed.stderr[-3000:]
+        check_complete(server.uri, run_id, 4)
+        assert not folder.exists()
+    finally:
+        server.stop()
