@@ -12,6 +12,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.liveness import Heartbeat
 from pipeline.tracking import step_run
+from conftest import run_cli, start_training, wait_for_epochs
 
 
 def dead_pid() -> int:
@@ -74,6 +75,27 @@ def test_runs_stale_lists_orphans_and_marks_them_killed(tracking_uri, capsys):
     status = {r: client.get_run(r).info.status for r in (orphan, alive, remote_lost, remote_alive, old_no_beat)}
     assert status == {orphan: "KILLED", alive: "RUNNING", remote_lost: "RUNNING", remote_alive: "RUNNING",
                       old_no_beat: "KILLED"}
+
+
+@pytest.mark.system
+def test_a_sigkilled_train_is_found_stale_marked_killed_and_resumes(tracking_uri, tmp_path):
+    proc = start_training(["--dataset", "fake", "--weights", "none", "--device", "cpu", "--image-size", "32",
+                           "--batch-size", "32", "--epochs", "2"], tmp_path)
+    run_id = wait_for_epochs(proc, 1)
+    proc.kill()  # SIGKILL: no handler runs, the run stays RUNNING
+    proc.wait(60)
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "RUNNING"
+    listed = run_cli("runs", "--stale", cwd=tmp_path)
+    assert listed.returncode == 0 and listed.stdout.strip().splitlines()[0].split("\t")[0] == run_id, listed.stderr
+    assert listed.stdout.strip().splitlines()[0].endswith(f"\tpid {proc.pid} on this host is gone")
+    marked = run_cli("runs", "--stale", "--mark", "killed", cwd=tmp_path)
+    assert marked.returncode == 0 and marked.stderr.strip().splitlines()[-1] == "1 stale run marked KILLED"
+    assert client.get_run(run_id).info.status == "KILLED"
+    resumed = run_cli("train", "--resume-run-id", run_id, cwd=tmp_path)
+    assert resumed.returncode == 0 and f"resuming train run {run_id} after epoch" in resumed.stderr, resumed.stderr
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val_acc")) == [1, 2]
 
 
 def test_resuming_a_run_whose_process_is_alive_is_refused_unless_forced(tracking_uri, capsys):
