@@ -42,6 +42,20 @@ def wait_for_first_epoch(uri: str, proc: subprocess.Popen, timeout: float = 180.
     raise AssertionError("no epoch logged")
 
 
+def kill_until_an_epoch_waits(server, proc: subprocess.Popen) -> tuple[list[str], threading.Thread]:
+    """Kill the server, then wait until the train says an epoch could not be logged; the lines
+    of its stderr so far (a thread goes on collecting them) and that thread."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    kill_server(server)
+    deadline = time.monotonic() + 120
+    while not any("does not answer" in line for line in lines) and time.monotonic() < deadline:
+        assert proc.poll() is None, "".join(lines)[-3000:]
+        time.sleep(0.2)
+    return lines, reader
+
+
 def check_complete(uri: str, run_id: str, epochs: int) -> None:
     client = mlflow.MlflowClient(uri)
     run = client.get_run(run_id)
@@ -60,14 +74,7 @@ def test_training_goes_on_through_a_server_outage_and_logs_everything_once(tmp_p
     try:
         proc = start_train(server.uri, tmp_path, epochs=6, wait_s=300)
         run_id = wait_for_first_epoch(server.uri, proc)
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
-        reader.start()
-        kill_server(server)
-        deadline = time.monotonic() + 120  # until an epoch ends while the server is away
-        while not any("does not answer" in line for line in lines) and time.monotonic() < deadline:
-            assert proc.poll() is None, "".join(lines)[-3000:]
-            time.sleep(0.2)
+        lines, reader = kill_until_an_epoch_waits(server, proc)
         server = start_server(store, port, workers=1)
         out = proc.stdout.read()
         proc.wait(600)
@@ -123,14 +130,7 @@ def test_ctrl_c_during_an_outage_then_resume_delivers_the_kept_epochs_first(tmp_
     try:
         proc = start_train(server.uri, tmp_path, epochs=4, wait_s=300)
         run_id = wait_for_first_epoch(server.uri, proc)
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
-        reader.start()
-        kill_server(server)
-        deadline = time.monotonic() + 120  # until an epoch ends while the server is away
-        while not any("does not answer" in line for line in lines) and time.monotonic() < deadline:
-            assert proc.poll() is None, "".join(lines)[-3000:]
-            time.sleep(0.2)
+        lines, reader = kill_until_an_epoch_waits(server, proc)
         proc.send_signal(signal.SIGINT)
         proc.wait(120)
         reader.join(30)
