@@ -37,8 +37,8 @@ def read_checkpoint(path: str | Path, name: str | None = None) -> dict[str, Any]
 
 def load_model(path: str | Path, name: str | None = None) -> tuple[CBAMResNet18, dict[str, Any]]:
     """Rebuild the model stored at ``path``; returns it (in eval mode, on CPU) and the checkpoint."""
-    ckpt = read_checkpoint(path, name)
     name = name or f"checkpoint {str(path)!r}"
+    ckpt = read_checkpoint(path, name)
     try:
         model = CBAMResNet18(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["state_dict"])

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.config import check_weights
-from pipeline.contracts import GATE_NORMS, POSITIONS, WEIGHTS  # noqa: F401  (re-exported: the registries of this module)
+from pipeline.contracts import GATE_NORMS, NO_GATE, POSITIONS, WEIGHTS  # noqa: F401  (re-exported: the registries of this module)
 from pipeline.errors import PipelineError, one_line
 from pipeline.gates import GATES, create_gate
 
@@ -77,7 +77,7 @@ class ModelConfig:
         if self.position not in POSITIONS:
             raise PipelineError(f"unknown position {self.position!r}; valid: {', '.join(POSITIONS)}")
         no_cbam = POSITIONS[self.position][0] is None
-        if self.activation not in GATES and not (no_cbam and self.activation == "none"):
+        if self.activation not in GATES and not (no_cbam and self.activation == NO_GATE):
             raise PipelineError(f"unknown activation {self.activation!r}; valid: {', '.join(GATES)}")
         if self.gate_norm not in GATE_NORMS:
             raise PipelineError(f"unknown gate_norm {self.gate_norm!r}; valid: {', '.join(GATE_NORMS)}")
