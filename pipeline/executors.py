@@ -355,8 +355,11 @@ class RayExecutor:
             try:
                 for ref in pending:  # a KeyboardInterrupt in each running task: its runs end KILLED
                     ray.cancel(ref)
-                ray.wait(pending, num_returns=len(pending), timeout=STOP_GRACE_S)
-                for ref in pending:
+                _, stuck = ray.wait(pending, num_returns=len(pending), timeout=STOP_GRACE_S)
+                # force only the tasks that did not stop: force-cancelling a task whose result is
+                # landing races Ray's completion of it ("Tried to complete task that was not
+                # pending") and aborts this process
+                for ref in stuck:
                     ray.cancel(ref, force=True)
             except Exception as cancel_error:  # noqa: BLE001 - the runs are ended below all the same
                 log.warning("sweep: cancelling the Ray tasks failed: %s", one_line(cancel_error))
