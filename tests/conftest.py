@@ -101,6 +101,37 @@ def run_cli(*args: str, env: dict | None = None, cwd=None, timeout=600) -> subpr
     )
 
 
+@pytest.fixture
+def cli_in_process(capsys, caplog):
+    """``python -m pipeline ARGS`` run in this process, through the same ``main`` (no interpreter
+    and import start-up, ~4 s a process on 2 cores): a CompletedProcess whose stdout is what the
+    command printed and whose stderr is the pipeline's log lines, then what it printed there
+    (the ``Error:`` line). For what a real process adds (signals, pipes, exit codes of the
+    interpreter) the tests start one (:func:`run_cli`)."""
+    import logging
+    import signal
+
+    from pipeline.cli import main
+
+    def invoke(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger="pipeline")
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        out, err = capsys.readouterr()
+        log = "".join(f"[pipeline] {r.getMessage()}\n" for r in caplog.records if r.name.startswith("pipeline"))
+        return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], code, out, log + err)
+
+    return invoke
+
+
 def start_training(args, cwd):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args], cwd=cwd, env=env,

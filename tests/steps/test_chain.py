@@ -70,7 +70,7 @@ def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_
 
     # rerun=train: prepare-data reused, train and everything downstream run again
     third = run_main(MainConfig.from_options(activation="softmax", out=str(tmp_path / "out"), rerun=("train",),
-                                             **FAST))
+                                             **FAST), report=False)  # no report: the first run's is checked above
     assert client.get_run(third).data.tags["pipeline.reused_steps"] == "prepare-data"
     rerun = children(tracking_uri, third)
     assert set(rerun) == {"train", "probe-attention", "compute-metrics"}
@@ -87,11 +87,11 @@ def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_
 def test_a_reused_run_whose_artefacts_are_gone_is_run_again(tracking_uri, tmp_path, caplog):
     # on the real digits data (1,797 images), at 32 px to keep it quick
     config = MainConfig.from_options(activation="sigmoid", out=str(tmp_path / "out"), **{**FAST, "dataset": "digits"})
-    first = run_main(config)
+    first = run_main(config, report=False)  # reuse is of steps; the report is the first test's
     probe = children(tracking_uri, first)["probe-attention"]
     artifact_file(probe.info.run_id, CHANNEL_WEIGHTS).unlink()
     caplog.set_level(logging.INFO, logger="pipeline")
-    second = run_main(config)
+    second = run_main(config, report=False)
     assert f"finished run {probe.info.run_id} matches but has lost {CHANNEL_WEIGHTS}" in caplog.text
     assert mlflow.MlflowClient().get_run(second).data.tags["pipeline.reused_steps"] == "prepare-data,train"
     assert set(children(tracking_uri, second)) == {"probe-attention", "compute-metrics"}
@@ -109,7 +109,7 @@ def corrupt_best_checkpoint(train_run_id: str, tmp_path) -> None:
 def test_inline_sweep_runs_every_configuration_under_one_sweep_run(tracking_uri, tmp_path):
     # swish's train run exists already and its best.pt is damaged: the sweep reuses it, its
     # probe (rerun) fails; the others, the baseline without CBAM among them, go on
-    swish = run_main(MainConfig.from_options(activation="swish", out=str(tmp_path / "out"), **FAST))
+    swish = run_main(MainConfig.from_options(activation="swish", out=str(tmp_path / "out"), **FAST), report=False)
     corrupt_best_checkpoint(mlflow.MlflowClient().get_run(swish).data.tags[UPSTREAM_TAGS["train"]], tmp_path)
     config = SweepConfig.from_options(activations=("sigmoid", "swish"), positions=("late", "none"),
                                       rerun=("probe-attention",), out=str(tmp_path / "out"), **FAST)

@@ -12,7 +12,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.liveness import Heartbeat
 from pipeline.tracking import step_run
-from conftest import run_cli, start_training, wait_for_epochs
+from conftest import start_training, wait_for_epochs
 
 
 def dead_pid() -> int:
@@ -78,7 +78,7 @@ def test_runs_stale_lists_orphans_and_marks_them_killed(tracking_uri, capsys):
 
 
 @pytest.mark.system
-def test_a_sigkilled_train_is_found_stale_marked_killed_and_resumes(tracking_uri, tmp_path):
+def test_a_sigkilled_train_is_found_stale_marked_killed_and_resumes(tracking_uri, tmp_path, cli_in_process):
     proc = start_training(["--dataset", "fake", "--weights", "none", "--device", "cpu", "--image-size", "32",
                            "--batch-size", "32", "--epochs", "2"], tmp_path)
     run_id = wait_for_epochs(proc, 1)
@@ -86,13 +86,13 @@ def test_a_sigkilled_train_is_found_stale_marked_killed_and_resumes(tracking_uri
     proc.wait(60)
     client = mlflow.MlflowClient()
     assert client.get_run(run_id).info.status == "RUNNING"
-    listed = run_cli("runs", "--stale", cwd=tmp_path)
+    listed = cli_in_process("runs", "--stale")
     assert listed.returncode == 0 and listed.stdout.strip().splitlines()[0].split("\t")[0] == run_id, listed.stderr
     assert listed.stdout.strip().splitlines()[0].endswith(f"\tpid {proc.pid} on this host is gone")
-    marked = run_cli("runs", "--stale", "--mark", "killed", cwd=tmp_path)
+    marked = cli_in_process("runs", "--stale", "--mark", "killed")
     assert marked.returncode == 0 and marked.stderr.strip().splitlines()[-1] == "1 stale run marked KILLED"
     assert client.get_run(run_id).info.status == "KILLED"
-    resumed = run_cli("train", "--resume-run-id", run_id, cwd=tmp_path)
+    resumed = cli_in_process("train", "--resume-run-id", run_id)
     assert resumed.returncode == 0 and f"resuming train run {run_id} after epoch" in resumed.stderr, resumed.stderr
     assert client.get_run(run_id).info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run_id, "val_acc")) == [1, 2]

@@ -10,7 +10,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.steps.train import run_train
 from cifar_files import write_cifar10
-from conftest import REPO, all_runs, artifact_file, run_cli, start_training, wait_for_epochs
+from conftest import REPO, all_runs, artifact_file, start_training, wait_for_epochs
 
 FAKE = ["--dataset", "fake", "--weights", "none", "--device", "cpu", "--batch-size", "32"]
 
@@ -143,9 +143,9 @@ def test_same_seed_same_device_gives_identical_metrics(tracking_uri):
     assert other["train_loss"] != histories(a)["train_loss"]
 
 
-def test_divergence_fails_the_run_with_one_line_and_keeps_the_last_good_checkpoint(tracking_uri, tmp_path):
+def test_divergence_fails_the_run_with_one_line_and_keeps_the_last_good_checkpoint(tracking_uri, cli_in_process):
     # Adam at lr 2e8: finite first epoch, NaN in the second (deterministic on a CPU)
-    result = run_cli("train", *FAKE, "--image-size", "32", "--epochs", "3", "--lr", "2e8", cwd=tmp_path)
+    result = cli_in_process("train", *FAKE, "--image-size", "32", "--epochs", "3", "--lr", "2e8")
     assert result.returncode == 2
     error = [line for line in result.stderr.replace("\r", "\n").splitlines() if "Error:" in line]
     assert len(error) == 1 and "Traceback" not in result.stderr
@@ -170,50 +170,50 @@ def assert_one_line_error(result, expected):
     assert sum(line.startswith("Error: ") for line in lines) == 1
 
 
-def test_truncated_checkpoint_is_a_one_line_error(finished_train_run, tracking_uri, tmp_path):
+def test_truncated_checkpoint_is_a_one_line_error(finished_train_run, tracking_uri, cli_in_process):
     best = artifact_file(finished_train_run, "checkpoints/best.pt")
     best.write_bytes(best.read_bytes()[: best.stat().st_size // 3])
-    result = run_cli("probe-attention", "--train-run-id", finished_train_run, cwd=tmp_path)
+    result = cli_in_process("probe-attention", "--train-run-id", finished_train_run)
     assert_one_line_error(result, "corrupt or not a checkpoint")
     assert all(r.info.status != "RUNNING" for r in all_runs(tracking_uri))
     assert len(all_runs(tracking_uri)) == 1  # the probe started no run
 
 
-def test_corrupt_last_checkpoint_cannot_be_resumed(finished_train_run, tracking_uri, tmp_path):
+def test_corrupt_last_checkpoint_cannot_be_resumed(finished_train_run, tracking_uri, cli_in_process):
     client = mlflow.MlflowClient()
     client.set_terminated(finished_train_run, "KILLED")  # pretend it was interrupted
     last = artifact_file(finished_train_run, "checkpoints/last.pt")
     last.write_bytes(b"\x80\x02garbage" * 10)
-    result = run_cli("train", "--resume-run-id", finished_train_run, cwd=tmp_path)
+    result = cli_in_process("train", "--resume-run-id", finished_train_run)
     assert_one_line_error(result, "corrupt or not a checkpoint")
     assert client.get_run(finished_train_run).info.status == "KILLED"  # left as it was
 
 
-def test_resuming_a_finished_or_missing_run_is_refused(finished_train_run, tmp_path):
-    assert_one_line_error(run_cli("train", "--resume-run-id", finished_train_run, cwd=tmp_path), "nothing to resume")
-    assert_one_line_error(run_cli("train", "--resume-run-id", "$(touch pwned)", cwd=tmp_path), "does not exist")
+def test_resuming_a_finished_or_missing_run_is_refused(finished_train_run, tmp_path, cli_in_process):
+    assert_one_line_error(cli_in_process("train", "--resume-run-id", finished_train_run), "nothing to resume")
+    assert_one_line_error(cli_in_process("train", "--resume-run-id", "$(touch pwned)"), "does not exist")
     assert not (tmp_path / "pwned").exists()
 
 
-def test_truncated_dataset_files(tracking_uri, tmp_path):
+def test_truncated_dataset_files(tracking_uri, tmp_path, cli_in_process):
     write_cifar10(tmp_path / "data")
     batch = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_2"
     batch.write_bytes(batch.read_bytes()[:1000])
-    result = run_cli("train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--weights", "none",
-                     "--image-size", "32", "--epochs", "1", cwd=tmp_path)
+    result = cli_in_process("train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--weights",
+                            "none", "--image-size", "32", "--epochs", "1")
     assert_one_line_error(result, "data_batch_2")
     assert all_runs(tracking_uri) == []
 
 
-def test_weights_directory_and_huge_image_size(tracking_uri, tmp_path):
-    assert_one_line_error(run_cli("train", *FAKE, "--weights", str(tmp_path), cwd=tmp_path), "is a directory")
-    assert_one_line_error(run_cli("train", *FAKE[2:], "--image-size", "10000", cwd=tmp_path),
+def test_weights_directory_and_huge_image_size(tracking_uri, tmp_path, cli_in_process):
+    assert_one_line_error(cli_in_process("train", *FAKE, "--weights", str(tmp_path)), "is a directory")
+    assert_one_line_error(cli_in_process("train", *FAKE[2:], "--image-size", "10000"),
                           "image_size must be in [32, 1024] pixels, got 10000")
     assert all_runs(tracking_uri) == []
 
 
-def test_num_images_beyond_the_test_set_is_clamped_with_a_warning(finished_train_run, tmp_path):
-    result = run_cli("probe-attention", "--train-run-id", finished_train_run, "--num-images", "1000000", cwd=tmp_path)
+def test_num_images_beyond_the_test_set_is_clamped_with_a_warning(finished_train_run, cli_in_process):
+    result = cli_in_process("probe-attention", "--train-run-id", finished_train_run, "--num-images", "1000000")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "num_images=1000000 is more than the 80 test images: probing all 80" in result.stderr
     probe = mlflow.MlflowClient().get_run(result.stdout.strip().splitlines()[-1])
@@ -236,6 +236,9 @@ def test_shell_syntax_in_parameters_is_never_executed(tracking_uri, tmp_path):
         assert not marker.exists(), name
         if name == "data_dir":  # a strange folder name is just a folder name: fake data needs none
             assert proc.returncode == 0, err[-2000:]
-        else:
-            assert proc.returncode != 0 and "Error: unknown" in err, name
-    assert all(r.info.status in ("FINISHED", "FAILED") for r in all_runs(tracking_uri))
+        else:  # a bad parameter fails the run `mlflow run` made, in one line, naming the parameter
+            assert proc.returncode != 0 and "Traceback (most recent" not in err, (name, err[-2000:])
+            [error] = [line for line in err.splitlines() if line.startswith("Error:")]
+            assert error.startswith(f"Error: unknown {name} "), (name, error)
+    status = sorted(r.info.status for r in all_runs(tracking_uri))
+    assert status == ["FAILED", "FAILED", "FAILED", "FINISHED"]

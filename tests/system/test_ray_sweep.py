@@ -168,8 +168,7 @@ def test_a_killed_worker_is_retried_and_resumes_its_train_run_beside_a_failing_c
     # and does not stop the other configuration
     env = env_for(tracking_server)
     pre = subprocess.run([sys.executable, "-m", "pipeline", "main", "--activation", "swish", *FAKE, "--epochs", "3",
-                          "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, env=env,
-                         timeout=600)
+                          "--no-report"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert pre.returncode == 0, pre.stderr[-3000:]
     [damaged] = [r for r in all_runs(tracking_server) if r.data.tags.get("pipeline.step") == "train"
                  and r.data.params.get("activation") == "swish" and r.data.params.get("epochs") == "3"]

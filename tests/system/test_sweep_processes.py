@@ -87,7 +87,7 @@ def test_sigterm_to_the_top_process_leaves_nothing_running(executor, tracking_ur
     top = subprocess.Popen(
         ["mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local", "-P", f"executor={executor}",
          "-P", f"jobs={jobs}", "-P", "activations=sigmoid,swish", "-P", "dataset=fake", "-P", "weights=none",
-         "-P", "image_size=64", "-P", "epochs=30", "-P", "device=cpu", "-P", f"out={tmp_path / 'out'}"],
+         "-P", "image_size=32", "-P", "epochs=30", "-P", "device=cpu", "-P", f"out={tmp_path / 'out'}"],
         cwd=tmp_path, env=sweep_env(tracking_uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
@@ -112,7 +112,7 @@ def test_ctrl_c_ends_every_interrupted_run_killed(tracking_uri, tmp_path):
     """Ctrl-C in a terminal: SIGINT to the whole foreground process group, workers included."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "sweep", "--executor", "process", "--jobs", "2",
-         "--activations", "sigmoid,softmax,swish", *FAKE, "--image-size", "64", "--epochs", "30",
+         "--activations", "sigmoid,softmax,swish", *FAKE, "--image-size", "32", "--epochs", "30",
          "--out", str(tmp_path / "out")],
         cwd=tmp_path, env=sweep_env(tracking_uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
