@@ -32,7 +32,7 @@ def children(uri, parent_id):
 def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_env):
     uri, env, tmp = project_env["uri"], project_env["env"], project_env["tmp"]
     out = tmp / "out"
-    args = ["-P", "activation=swish", "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=64",
+    args = ["-P", "activation=swish", "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=32",
             "-P", "epochs=2", "-P", f"out={out}"]
     first = mlflow_run(*args, cwd=tmp, env=env)
     assert first.returncode == 0, first.stderr[-4000:]
@@ -52,8 +52,8 @@ def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_e
     assert {i.dataset.name for i in inputs} == {"fake-train", "fake-validation", "fake-test"}
     # the report: local files and artefacts of the parent run
     # plain `mlflow run` without --experiment-name: MLflow's Default experiment
-    report_dir = out / "Default" / "swish_late_fake_64px_2ep_seed0"
-    assert parent.info.run_name == "swish · late · fake 64px 2ep · seed0"
+    report_dir = out / "Default" / "swish_late_fake_32px_2ep_seed0"
+    assert parent.info.run_name == "swish · late · fake 32px 2ep · seed0"
     for name in ("summary.md", "summary.csv", "summary.tex", "weights_late.pdf", "weights_late.png", "metrics_late.png",
                  "curves_late.pdf", "gradient_flow_late.png", "spatial_maps_late.png"):
         assert (report_dir / name).stat().st_size > 0, name
