@@ -221,11 +221,11 @@ def serve(port: int, store: str, host: str = DEFAULT_HOST, backend_store_uri: st
     if workers < 1:
         raise PipelineError(f"workers must be at least 1, got {workers}")
     running = start_server(store, port, host, backend_store_uri or None, workers=workers)
-    click.echo(f"MLflow tracking server running (pid {running.process.pid}), log: {running.log_path}", err=True)
-    click.echo(f"export MLFLOW_TRACKING_URI={running.uri}")
-    click.echo(f"MLflow UI: {running.uri}/#/experiments?workflowType=machine_learning (each main and sweep "
-               "logs the link to its experiment's comparison view)", err=True)
-    try:
+    try:  # from here a Ctrl-C stops the server cleanly, even one that lands while these lines print
+        click.echo(f"MLflow tracking server running (pid {running.process.pid}), log: {running.log_path}", err=True)
+        click.echo(f"export MLFLOW_TRACKING_URI={running.uri}")
+        click.echo(f"MLflow UI: {running.uri}/#/experiments?workflowType=machine_learning (each main and sweep "
+                   "logs the link to its experiment's comparison view)", err=True)
         while running.process.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
