@@ -118,6 +118,7 @@ def cli_in_process(capsys, caplog):
         caplog.clear()
         caplog.set_level(logging.INFO, logger="pipeline")
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        code = 0
         try:
             main(list(args))
         except SystemExit as exc:
@@ -126,7 +127,8 @@ def cli_in_process(capsys, caplog):
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
         out, err = capsys.readouterr()
-        log = "".join(f"[pipeline] {r.getMessage()}\n" for r in caplog.records if r.name.startswith("pipeline"))
+        as_printed = logging.Formatter("[pipeline] %(message)s")  # the CLI's format; with a logged traceback
+        log = "".join(as_printed.format(r) + "\n" for r in caplog.records if r.name.startswith("pipeline"))
         return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], code, out, log + err)
 
     return invoke
