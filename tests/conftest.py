@@ -22,10 +22,16 @@ sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark scripts' functions
 
 
 def pytest_collection_modifyitems(config, items):
-    system = Path(__file__).resolve().parent / "system"
+    """Mark everything under ``tests/system`` ``system``, and hand the tests out slowest folder
+    first (system, steps, unit): pytest-xdist gives each worker the next test when it is free,
+    so the seconds-long unit tests fill the end and both workers finish together (a tracking
+    server test handed out last kept one core idle for over a minute)."""
+    here = Path(__file__).resolve().parent
+    rank = {here / "system": 0, here / "steps": 1}
     for item in items:
-        if system in Path(str(item.fspath)).resolve().parents:
+        if here / "system" in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.system)
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).resolve().parent, 2))  # stable
 
 
 def _threads_per_worker() -> int:
