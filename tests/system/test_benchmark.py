@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -52,3 +53,41 @@ def test_preparing_cifar10_sized_data_for_224_px_holds_no_resized_copy():
     assert report["uint8_dataset_mb"] == pytest.approx(50_000 * 3 * 32 * 32 / 2**20)
     # holding the uint8 images and one 224-px batch: far from the 28 GB of a resized float copy
     assert report["rss_growth_mb"] < 2 * report["uint8_dataset_mb"] + 2 * report["batch_float_mb"] + 100
+
+
+def test_suite_benchmark_counts_each_test_and_sums_per_module(tmp_path):
+    """``bench_suite.py --mode cpu`` on a small project of its own: a test that spends CPU in a
+    process it starts is charged for it; the module sums are the sums of their tests."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    project = tmp_path / "project"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_a.py").write_text(
+        "import subprocess, sys\n"
+        "def test_spins_a_child():\n"
+        "    subprocess.run([sys.executable, '-c', 'import time\\nt = time.process_time()\\n"
+        "while time.process_time() - t < 1.5: pass'], check=True)\n"
+        "def test_idle():\n"
+        "    import time; time.sleep(0.5)\n")
+    (project / "tests" / "test_b.py").write_text("def test_nothing():\n    assert True\n")
+    out = tmp_path / "suite.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_suite.py"), "--mode", "cpu",
+                           "--project-dir", str(project), "--out", str(out), "--", "tests", "-p", "no:cacheprovider"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    tests = {t["nodeid"]: t for t in data["tests"]}
+    assert set(tests) == {"tests/test_a.py::test_spins_a_child", "tests/test_a.py::test_idle",
+                          "tests/test_b.py::test_nothing"}
+    # the child's CPU is charged to the test that started it (the whole machine counts, so beside
+    # another pytest worker a test is charged more: the mode is for an otherwise idle machine)
+    assert tests["tests/test_a.py::test_spins_a_child"]["cpu_s"] >= 1.4
+    assert tests["tests/test_a.py::test_idle"]["wall_s"] >= 0.5
+    assert data["modules"]["tests/test_a.py"] == pytest.approx(
+        tests["tests/test_a.py::test_spins_a_child"]["cpu_s"] + tests["tests/test_a.py::test_idle"]["cpu_s"], abs=0.1)
+    assert data["sum_cpu_s"] == pytest.approx(sum(t["cpu_s"] for t in data["tests"]), abs=0.1)
+    assert data["pytest_summary"].startswith("3 passed") and data["settings"]["commit"] == "unknown"
+    assert data["settings"]["cpu_cores"] == os.cpu_count() and "-n" in data["settings"]["command"]
