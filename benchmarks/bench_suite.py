@@ -26,16 +26,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from bench_end_to_end import git_commit  # benchmarks/ is on the path: the script's folder
+
 HERE = Path(__file__).resolve().parent
 PLUGIN = "bench_suite_plugin"  # benchmarks/bench_suite_plugin.py, loaded with -p
-
-
-def git_commit(project: Path) -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def versions() -> dict:

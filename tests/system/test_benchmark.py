@@ -91,3 +91,14 @@ def test_suite_benchmark_counts_each_test_and_sums_per_module(tmp_path):
     assert data["sum_cpu_s"] == pytest.approx(sum(t["cpu_s"] for t in data["tests"]), abs=0.1)
     assert data["pytest_summary"].startswith("3 passed") and data["settings"]["commit"] == "unknown"
     assert data["settings"]["cpu_cores"] == os.cpu_count() and "-n" in data["settings"]["command"]
+
+
+def test_suite_benchmark_sums_a_tests_setup_call_and_teardown():
+    from bench_suite import by_module, parse_durations
+
+    output = ("12.50s call     tests/a.py::test_x@group\n 1.25s setup    tests/a.py::test_x\n"
+              "0.50s teardown tests/b.py::test_y\n(3 durations < 0.005s hidden.)\n")
+    tests = parse_durations(output)
+    assert tests == [{"nodeid": "tests/a.py::test_x", "duration_s": 13.75},
+                     {"nodeid": "tests/b.py::test_y", "duration_s": 0.5}]
+    assert by_module(tests, "duration_s") == {"tests/a.py": 13.8, "tests/b.py": 0.5}
