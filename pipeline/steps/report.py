@@ -151,6 +151,11 @@ def distinct_seeds(results: list[Result]) -> list[Result]:
     return list(newest.values())
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 run``, ``3 runs``: a count for a figure's title."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _sortable(key: str, value: str):
     if key == "position" and value in POSITIONS:
         return (0, list(POSITIONS).index(value), "")
@@ -524,17 +529,19 @@ def write_figures(results: list[Result], out: Path, tmp: Path, reference: str = 
         what = describe(members[0])
         seeds = len({r.seed for r in members})
         with_attention = sum(len(by_gate[g]) for g in weights)
+        over_seeds = f"(mean over {seeds} seeds)" if seeds > 1 else "(1 seed)"  # not "mean over" one
+        up_to = f"(up to {seeds} seeds)" if seeds > 1 else "(1 seed)"
         figures = {
-            f"weights_{name}": plots.plot_weight_distributions(weights, f"Channel attention weights, {what} "
-                                                                        f"({with_attention} runs)") if weights else None,
-            f"metrics_{name}": plots.plot_gate_metrics(values, f"Metrics per gate, {what} (up to {seeds} seeds)",
+            f"weights_{name}": plots.plot_weight_distributions(
+                weights, f"Channel attention weights, {what} ({counted(with_attention, 'run')})") if weights else None,
+            f"metrics_{name}": plots.plot_gate_metrics(values, f"Metrics per gate, {what} {up_to}",
                                                           reference=reference),
-            f"curves_{name}": plots.plot_curves(histories, f"Training curves, {what} (mean over seeds)"),
+            f"curves_{name}": plots.plot_curves(histories, f"Training curves, {what} {over_seeds}"),
             f"attention_epochs_{name}": plots.plot_attention_epochs(
-                attention, f"Channel attention on validation images over training, {what} (mean over seeds)"),
+                attention, f"Channel attention on validation images over training, {what} {over_seeds}"),
             f"class_attention_{name}": plots.plot_class_attention(
                 class_weights, [str(c) for c in next(iter(meta.values()))["classes"]],
-                f"Channel weights per test class, {what} (mean over seeds)") if class_weights else None,
+                f"Channel weights per test class, {what} {over_seeds}") if class_weights else None,
             f"gradient_flow_{name}": plots.plot_gradient_flow(flows, f"Gradient flow in the last epoch, {what}"),
             f"gate_parameters_{name}": plots.plot_gate_parameters(gate_params, f"Learnable gate parameters, {what}"),
             f"spatial_maps_{name}": spatial_grid(members[0], maps, meta) if maps else None,

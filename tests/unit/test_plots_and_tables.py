@@ -4,7 +4,8 @@ import pytest
 from scipy import stats
 
 from pipeline import plots
-from pipeline.steps.report import GROUP_KEYS, Result, distinct_seeds, figure_groups, summary_table, to_latex, to_markdown
+from pipeline.steps.report import (GROUP_KEYS, Result, counted, distinct_seeds, figure_groups, summary_table,
+                                   to_latex, to_markdown)
 
 
 def labelled_lines(ax):
@@ -240,3 +241,8 @@ def test_class_attention_heatmap_orders_channels_by_mean_weight():
     np.testing.assert_allclose(shown[0], np.array([0.9, 0.5, 0.1]) / m.mean())  # largest mean channel first
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"] and ax.get_ylabel() == "sigmoid"
     assert plots.plot_class_attention({"softmax": np.full((2, 3), np.nan)}, ["a", "b"]) is None
+
+
+def test_figure_titles_count_in_the_singular_and_plural():
+    assert [counted(n, "run") for n in (0, 1, 2, 12)] == ["0 runs", "1 run", "2 runs", "12 runs"]
+    assert counted(1, "seed") == "1 seed" and counted(3, "seed") == "3 seeds"
