@@ -27,11 +27,13 @@ def pytest_collection_modifyitems(config, items):
     so the seconds-long unit tests fill the end and both workers finish together (a tracking
     server test handed out last kept one core idle for over a minute)."""
     here = Path(__file__).resolve().parent
-    rank = {here / "system": 0, here / "steps": 1}
+    rank = {}
     for item in items:
-        if here / "system" in Path(str(item.fspath)).resolve().parents:
+        parents = Path(str(item.fspath)).resolve().parents
+        rank[item.nodeid] = 0 if here / "system" in parents else 1 if here / "steps" in parents else 2
+        if rank[item.nodeid] == 0:
             item.add_marker(pytest.mark.system)
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).resolve().parent, 2))  # stable
+    items.sort(key=lambda item: rank[item.nodeid])  # stable
 
 
 def _threads_per_worker() -> int:

@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 from bench_throughput import PILDataset, data_preparation_memory, synthetic_images
 from pipeline.data import to_model_input
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 KEYS = ("notebook_train_ips", "ours_train_ips", "train_ratio", "notebook_eval_ips", "ours_eval_ips",
         "eval_ratio", "peak_rss_mb")
@@ -58,11 +60,6 @@ def test_preparing_cifar10_sized_data_for_224_px_holds_no_resized_copy():
 def test_suite_benchmark_counts_each_test_and_sums_per_module(tmp_path):
     """``bench_suite.py --mode cpu`` on a small project of its own: a test that spends CPU in a
     process it starts is charged for it; the module sums are the sums of their tests."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     project = tmp_path / "project"
     (project / "tests").mkdir(parents=True)
     (project / "tests" / "test_a.py").write_text(
