@@ -170,7 +170,7 @@ def compute_metrics(**options) -> None:
     """Compute Gini, entropy, focus, sparsity... of a probe-attention run's attention."""
     from pipeline.steps.compute_metrics import run_compute_metrics
 
-    click.echo(run_compute_metrics(cfg.MetricsConfig.from_options(**options)))
+    click.echo(run_compute_metrics(cfg.MetricsConfig.from_options(**options)).run_id)
 
 
 @cli.command(MAIN, cls=StepCommand)
@@ -200,7 +200,7 @@ def report(**options) -> None:
     """Summary tables (Markdown, CSV, LaTeX) and figures (PDF, PNG) of finished runs."""
     from pipeline.steps.report import run_report
 
-    click.echo(run_report(cfg.ReportConfig.from_options(**options)))
+    click.echo(run_report(cfg.ReportConfig.from_options(**options)).run_id)
 
 
 @cli.command()

@@ -1,4 +1,5 @@
-"""How a sweep runs its configurations: a small interface, two executors.
+"""How a sweep runs its configurations: a small interface, three executors, each handed the
+chain to run (``run_main``, by the sweep step) so nothing here imports a step.
 
 - :class:`InlineExecutor` (``inline``, the default): in the sweep's own process, one
   configuration after another, each ``main`` run nested under the sweep run, datasets loaded
@@ -28,12 +29,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from pipeline.config import MainConfig
 from pipeline.errors import PipelineError, one_line
 from pipeline.processes import die_with_parent
-from pipeline.tracking import param_string
+from pipeline.tracking import end_running_children, failed_main_run, param_string, run_metrics, tracking_uri
 
 log = logging.getLogger("pipeline")
 
@@ -66,16 +67,23 @@ class Executor(Protocol):
         ...
 
 
+#: What an executor runs for each configuration: ``chain(config, datasets=..., parent_run_id=...,
+#: report=False, adopt=...)`` returns the main run's id (:func:`pipeline.steps.main.run_main`).
+Chain = Callable[..., str]
+
+
 class InlineExecutor:
+    def __init__(self, chain: Chain):
+        self.chain = chain
+
     def run(self, configs, parent_run_id, experiment_id, progress):
         from pipeline.data import DatasetCache
-        from pipeline.steps.main import run_main
 
         datasets = DatasetCache()
         outcomes = []
         for config in configs:
             try:
-                run_id = run_main(config, datasets=datasets, report=False)
+                run_id = self.chain(config, datasets=datasets, report=False)
                 outcome = Outcome(config.label(), "FINISHED", run_id)
             except KeyboardInterrupt:
                 raise
@@ -89,18 +97,7 @@ class InlineExecutor:
         return outcomes
 
 
-def failed_main_run(parent_run_id: str, experiment_id: str, label: str) -> str:
-    """The id of the (failed or killed) main run ``label`` under the sweep run, "" if none started."""
-    import mlflow
-
-    runs = mlflow.MlflowClient().search_runs(
-        [experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`mlflow.runName` = '{label}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else ""
-
-
-def main_command(config: MainConfig, parent_run_id: str) -> list[str]:
+def worker_command(config: MainConfig, parent_run_id: str) -> list[str]:
     """The ``python -m pipeline main`` command line of one configuration."""
     args = [sys.executable, "-m", "pipeline", "main"]
     for name, value in config.params().items():
@@ -120,11 +117,9 @@ class ProcessExecutor:
         self.jobs = jobs
 
     def environment(self, config: MainConfig, experiment_id: str, slot: int, gpus: int) -> dict[str, str]:
-        import mlflow
-
         env = {k: v for k, v in os.environ.items()
                if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")}
-        env.update(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), MLFLOW_EXPERIMENT_ID=experiment_id,
+        env.update(MLFLOW_TRACKING_URI=tracking_uri(), MLFLOW_EXPERIMENT_ID=experiment_id,
                    PYTHONUNBUFFERED="1")
         if gpus and config.train.device in ("auto", "cuda"):  # an explicit cuda:N is the user's choice
             visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
@@ -150,7 +145,7 @@ class ProcessExecutor:
                 free = sorted(set(range(self.jobs)) - {w.slot for w in running})
                 while pending and free:
                     config, slot = pending.pop(0), free.pop(0)
-                    process = subprocess.Popen(main_command(config, parent_run_id),
+                    process = subprocess.Popen(worker_command(config, parent_run_id),
                                                env=self.environment(config, experiment_id, slot, gpus),
                                                stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
                     running.append(Worker(config, process, slot))
@@ -192,25 +187,6 @@ def stop_workers(workers: list[Worker]) -> None:
             worker.process.wait()
 
 
-def end_running_children(parent_run_id: str, status: str = "KILLED", include_self: bool = False) -> None:
-    """Mark every run below ``parent_run_id`` (children, grandchildren; and itself with
-    ``include_self``) that is still RUNNING."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    parent = client.get_run(parent_run_id)
-    experiment_id = parent.info.experiment_id
-    if include_self and parent.info.status == "RUNNING":
-        client.set_terminated(parent_run_id, status)
-    todo = [parent_run_id]
-    while todo:
-        parent = todo.pop()
-        for run in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'"):
-            todo.append(run.info.run_id)
-            if run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, status)
-
-
 def ray_address(option: str) -> str:
     """The cluster to join: the option, else ``RAY_ADDRESS``; "" for a new local cluster."""
     return (option or os.environ.get("RAY_ADDRESS", "")).strip()
@@ -248,32 +224,30 @@ def absolute_local_uri(uri: str) -> str:
 _WORKER_DATASETS = None
 
 
-def run_configuration(config: MainConfig, parent_run_id: str, threads: int) -> dict:
+def run_configuration(chain: Chain, config: MainConfig, parent_run_id: str, threads: int) -> dict:
     """One configuration's ``main`` chain in a Ray worker; the main run's id and test accuracy.
     A retry (its first worker died) continues the run that worker left."""
     global _WORKER_DATASETS
     logging.basicConfig(level=logging.INFO, format="[pipeline] %(message)s", stream=sys.stderr)
     logging.getLogger("pipeline").setLevel(logging.INFO)
-    import mlflow
     import torch
 
     from pipeline.data import DatasetCache
-    from pipeline.steps.main import run_main
 
     torch.set_num_threads(max(1, threads))
     _WORKER_DATASETS = _WORKER_DATASETS or DatasetCache()
-    run_id = run_main(config, datasets=_WORKER_DATASETS, parent_run_id=parent_run_id, report=False, adopt=True)
-    return {"main_run_id": run_id, "test_acc": mlflow.MlflowClient().get_run(run_id).data.metrics.get("test_acc")}
+    run_id = chain(config, datasets=_WORKER_DATASETS, parent_run_id=parent_run_id, report=False, adopt=True)
+    return {"main_run_id": run_id, "test_acc": run_metrics(run_id).get("test_acc")}
 
 
 class RayExecutor:
-    def __init__(self, address: str = "", gpus_per_job: str = "auto", cpus_per_job: float = 1.0,
+    def __init__(self, chain: Chain, address: str = "", gpus_per_job: str = "auto", cpus_per_job: float = 1.0,
                  max_retries: int = 1):
+        self.chain = chain
         self.address = ray_address(address)
         self.gpus_per_job, self.cpus_per_job, self.max_retries = gpus_per_job, cpus_per_job, max_retries
 
     def run(self, configs, parent_run_id, experiment_id, progress):
-        import mlflow
         import ray
 
         if not sys.stderr.isatty():  # the workers' log lines reach a file or CI: no colour codes
@@ -281,7 +255,7 @@ class RayExecutor:
         # each worker's lines belong to its configuration: Ray's de-duplication would merge equal
         # lines of different configurations into one "[repeated 2x across cluster]"
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        uri = mlflow.get_tracking_uri()
+        uri = tracking_uri()
         env = {"MLFLOW_TRACKING_URI": uri if self.address else absolute_local_uri(uri),
                "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1", "PIPELINE_PROGRESS": "0",
                **{k: v for k, v in os.environ.items() if k in FORWARDED_ENV}}
@@ -305,7 +279,7 @@ class RayExecutor:
             task = ray.remote(run_configuration).options(
                 num_cpus=self.cpus_per_job, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False)
             threads = max(1, int(self.cpus_per_job))
-            refs = {task.remote(config, parent_run_id, threads): config for config in configs}
+            refs = {task.remote(self.chain, config, parent_run_id, threads): config for config in configs}
             return self.collect(ray, refs, parent_run_id, experiment_id, progress)
         finally:
             ray.shutdown()
@@ -380,15 +354,16 @@ FORWARDED_ENV = ("PIPELINE_OFFLINE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKIN
                  "TORCH_HOME", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
 
 
-def make_executor(config) -> Executor:
-    """The executor a :class:`~pipeline.config.SweepConfig` names."""
+def make_executor(config, chain: Chain) -> Executor:
+    """The executor a :class:`~pipeline.config.SweepConfig` names, running ``chain`` for each
+    configuration (the process executor runs it as ``python -m pipeline main`` in its workers)."""
     if config.executor == "inline":
         if config.jobs > 1:
             log.warning("jobs=%d is ignored by executor=inline (one configuration at a time); "
                         "use executor=process or ray to run several at once", config.jobs)
-        return InlineExecutor()
+        return InlineExecutor(chain)
     if config.executor == "process":
         return ProcessExecutor(config.jobs)
     if config.executor == "ray":
-        return RayExecutor(config.ray_address, config.gpus_per_job, config.cpus_per_job, config.max_retries)
+        return RayExecutor(chain, config.ray_address, config.gpus_per_job, config.cpus_per_job, config.max_retries)
     raise PipelineError(f"unknown executor {config.executor!r}; valid: inline, process, ray")

@@ -176,13 +176,15 @@ def metric_values(values: dict[str, dict[str, list[float]]]) -> tuple[list[str],
     return shown, constant
 
 
-def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "Metrics per gate",
-                      reference: str | None = None) -> Figure | None:
+def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
+                      intervals: dict[str, dict[str, tuple[float, float] | None]],
+                      title: str = "Metrics per gate", reference: str | None = None) -> Figure | None:
     """Small multiples, one panel per metric on its fixed, whole range (:data:`METRIC_AXES`):
-    each seed as a dot, the mean as a bar's end with the 95 % CI (Student t) where there are
-    two seeds or more; the ``reference`` gate's CI shaded across the panel, so a gate's mean
-    outside the band stands out. Metrics equal for every gate are left out and named under the
-    title."""
+    each seed as a dot, the mean as a diamond, and the 95 % CI given in ``intervals`` (gate ->
+    metric -> (low, high) in the metric's own units, None below two seeds; computed by the
+    report's statistics, not here) as a bar; the ``reference`` gate's CI shaded across the
+    panel, so a gate's mean outside the band stands out. Metrics equal for every gate are left
+    out and named under the title."""
     shown, constant = metric_values(values)
     if not shown:
         return None
@@ -195,9 +197,9 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "M
     y = np.arange(len(gates))[::-1]
     for ax, metric in zip(axes.ravel(), shown):
         label, lower, upper, scale = METRIC_AXES[metric]
-        band = _ci(values.get(reference, {}).get(metric, []), scale) if reference in values else None
+        band = intervals.get(reference, {}).get(metric) if reference in values else None
         if band is not None:
-            ax.axvspan(*band, color=colours[reference], alpha=0.15, zorder=0, linewidth=0)
+            ax.axvspan(band[0] * scale, band[1] * scale, color=colours[reference], alpha=0.15, zorder=0, linewidth=0)
         for yi, gate in zip(y, gates):
             v = np.asarray(values[gate].get(metric, []), dtype=np.float64) * scale
             v = v[np.isfinite(v)]
@@ -207,9 +209,9 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "M
                        linewidths=0.5, zorder=3, clip_on=False)
             mean = v.mean()
             ax.plot([mean], [yi], marker="D", markersize=4, color=colours[gate], zorder=4, clip_on=False)
-            ci = _ci(v, 1.0)
+            ci = intervals.get(gate, {}).get(metric)
             if ci is not None:
-                ax.plot(list(ci), [yi, yi], color=colours[gate], linewidth=1.5)
+                ax.plot([ci[0] * scale, ci[1] * scale], [yi, yi], color=colours[gate], linewidth=1.5)
         margin = 0.03 * (upper - lower)  # the range is fixed; markers at its ends stay whole
         ax.set_xlim(lower - margin, upper + margin)
         ax.set_xlabel(label)
@@ -228,14 +230,6 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]], title: str = "M
 
     fig.suptitle(f"{title}\n" + textwrap.fill(note, 105))  # the note stays within the page width
     return fig
-
-
-def _ci(values, scale: float) -> tuple[float, float] | None:
-    """The 95 % Student-t CI of the mean of the finite ``values`` × ``scale`` (None below two)."""
-    from pipeline.metrics import ci95
-
-    n, _, _, low, high = ci95(np.asarray(values, dtype=np.float64) * scale)
-    return (low, high) if n >= 2 else None
 
 
 def plot_curves(histories: dict[str, dict[str, list[float]]], title: str = "Training curves") -> Figure:

@@ -275,3 +275,93 @@ def get_step_run(run_id: str, step: str, artifact: str | None = None, finished: 
 
 def download_artifact(run_id: str, artifact: str, dst: str | os.PathLike) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))
+
+
+# Queries the steps, the executors and the report share: each written once, here. -----------
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def get_run(run_id: str):
+    """The run ``run_id``; a one-line error naming the store when it does not exist."""
+    try:
+        return mlflow.MlflowClient().get_run(run_id)
+    except Exception:
+        raise PipelineError(f"run {run_id!r} does not exist in the tracking store {mlflow.get_tracking_uri()!r}") from None
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The latest value of each metric of the run."""
+    return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
+
+
+def metric_history(run_id: str, key: str) -> list[float]:
+    """Every value logged for ``key``, in step order."""
+    return [m.value for m in sorted(mlflow.MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def child_runs(parent_run_id: str, experiment_id: str | None = None, *, status: str | None = None,
+               unfinished: bool = False, name: str | None = None, newest_first: bool = False,
+               limit: int | None = None) -> list:
+    """The runs directly below ``parent_run_id`` (tag :data:`~pipeline.contracts.PARENT_RUN_TAG`),
+    optionally only those with ``status``, not FINISHED (``unfinished``) or named ``name``."""
+    client = mlflow.MlflowClient()
+    if experiment_id is None:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.`{contracts.PARENT_RUN_TAG}` = '{parent_run_id}'"
+    if name is not None:
+        query += f" and tags.`{contracts.RUN_NAME_TAG}` = '{name}'"
+    if status is not None:
+        query += f" and attributes.status = '{status}'"
+    if unfinished:
+        query += " and attributes.status != 'FINISHED'"
+    kwargs: dict[str, Any] = {"order_by": ["attributes.start_time DESC"]} if newest_first else {}
+    if limit is not None:
+        kwargs["max_results"] = limit
+    return client.search_runs([experiment_id], query, **kwargs)
+
+
+def failed_main_run(parent_run_id: str, experiment_id: str, label: str) -> str:
+    """The id of the newest main run ``label`` under the sweep run (a failed or killed
+    configuration), "" if none started."""
+    runs = child_runs(parent_run_id, experiment_id, name=label, newest_first=True, limit=1)
+    return runs[0].info.run_id if runs else ""
+
+
+def orphaned_main_run(parent_run_id: str, label: str):
+    """The RUNNING main run ``label`` under ``parent_run_id``, or None: what a sweep's task
+    whose worker died left (labels are unique within a sweep, and a retry starts only once
+    the first attempt's process is gone)."""
+    runs = child_runs(parent_run_id, status="RUNNING", name=label, newest_first=True, limit=1)
+    return runs[0] if runs else None
+
+
+def end_running_children(parent_run_id: str, status: str = "KILLED", include_self: bool = False) -> None:
+    """Mark every run below ``parent_run_id`` (children, grandchildren; and itself with
+    ``include_self``) that is still RUNNING."""
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    experiment_id = parent.info.experiment_id
+    if include_self and parent.info.status == "RUNNING":
+        client.set_terminated(parent_run_id, status)
+    todo = [parent_run_id]
+    while todo:
+        for run in child_runs(todo.pop(), experiment_id):
+            todo.append(run.info.run_id)
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status)
+
+
+def end_run_as(run_id: str, status: str) -> None:
+    mlflow.MlflowClient().set_terminated(run_id, status)
+
+
+def finished_step_runs(experiment_name: str, step: str):
+    """(the experiment, its FINISHED runs of ``step``); a one-line error if it does not exist."""
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        raise PipelineError(f"experiment {experiment_name!r} does not exist")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'")
+    return exp, runs

@@ -30,6 +30,10 @@ from pipeline.contracts import (
     CLASS_WEIGHTS,
     COMPUTE_METRICS,
     LABELS,
+    METRICS_DIR,
+    METRICS_SUMMARY,
+    METRICS_SUMMARY_JSON,
+    PER_IMAGE_METRICS,
     PROBE_ATTENTION,
     REUSE_KEY_TAG,
     SPATIAL_MAPS,
@@ -38,6 +42,7 @@ from pipeline.contracts import (
     reuse_key,
 )
 from pipeline.metrics import class_means, gini, notebook_gini, per_image_metrics, summarise
+from pipeline.results import StepResult
 from pipeline.tracking import download_artifact, experiment_of, get_step_run, step_run
 
 log = logging.getLogger("pipeline")
@@ -64,7 +69,8 @@ def load_probed(probe_run_id: str) -> Probed:
                       json.loads(Path(download_artifact(probe_run_id, ATTENTION_META, tmp)).read_text()))
 
 
-def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None, run_name: str | None = None) -> str:
+def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,
+                        run_name: str | None = None) -> StepResult:
     """Run the step; ``probed``: the probe's arrays when the caller (``main``) holds them."""
     probe_run = get_step_run(config.probe_run_id, PROBE_ATTENTION, CHANNEL_WEIGHTS)
     probed = probed or load_probed(config.probe_run_id)
@@ -93,23 +99,22 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None, run
         per_image = pd.DataFrame({"image_index": meta["indices"], "label": labels, **values})
         table = pd.DataFrame([{"metric": k, **v} for k, v in summary.items()], columns=["metric", "mean", "std",
                                                                                        "n_defined"])
-        out = Path(tmp)
-        per_image.to_csv(out / "per_image.csv", index=False)
-        table.to_csv(out / "summary.csv", index=False)
-        mlflow.log_artifact(str(out / "per_image.csv"), "metrics")
-        mlflow.log_artifact(str(out / "summary.csv"), "metrics")
+        root = Path(tmp)
+        (root / METRICS_DIR).mkdir()
+        per_image.to_csv(root / PER_IMAGE_METRICS, index=False)
+        table.to_csv(root / METRICS_SUMMARY, index=False)
         if attention:
             classes = list(meta.get("classes") or range(int(labels.max()) + 1))
             means, counts = class_means(weights, labels, len(classes))
-            np.save(out / Path(CLASS_WEIGHTS).name, means.astype(np.float32))
-            pd.DataFrame({"class": classes, "images": counts, "gini": gini(means)}).to_csv(
-                out / Path(CLASS_GINI).name, index=False)
-            mlflow.log_artifact(str(out / Path(CLASS_WEIGHTS).name), "metrics")
-            mlflow.log_artifact(str(out / Path(CLASS_GINI).name), "metrics")
-            mlflow.log_table(table, "metrics/summary.json")
+            np.save(root / CLASS_WEIGHTS, means.astype(np.float32))
+            pd.DataFrame({"class": classes, "images": counts, "gini": gini(means)}).to_csv(root / CLASS_GINI,
+                                                                                          index=False)
+        mlflow.log_artifacts(str(root / METRICS_DIR), METRICS_DIR)
+        if attention:
+            mlflow.log_table(table, METRICS_SUMMARY_JSON)
             log.info("metrics %s over %d images: %s", run.info.run_id, weights.shape[0],
                      ", ".join(f"{k} {v['mean']:.4g}" for k, v in summary.items() if not math.isnan(v["mean"])))
         else:
             log.info("metrics %s: no attention to measure (position none, the baseline without CBAM); test_acc "
                      "%.2f%%", run.info.run_id, logged.get("test_acc", math.nan))
-        return run.info.run_id
+        return StepResult(run.info.run_id)

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import mlflow
 
@@ -28,18 +28,26 @@ from pipeline.contracts import (
     PROBE_ATTENTION,
     REPORT,
     REPORT_DIR,
+    LAST_CHECKPOINT,
     REPORT_KEY_TAG,
     REUSED_STEPS_TAG,
+    STEP_TAG,
     TRAIN,
     UPSTREAM_TAGS,
     reuse_key,
 )
+from pipeline.results import StepResult
 from pipeline.tracking import (
+    child_runs,
     download_artifact,
+    end_run_as,
     experiment_of,
     find_reusable_run,
     log_view_hint,
+    missing_artifacts,
+    orphaned_main_run,
     report_folder,
+    run_metrics,
     step_run,
 )
 
@@ -73,8 +81,8 @@ class Chain:
     run_ids: dict[str, str] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
 
-    def step(self, step: str, config, run: Callable[[str], Any]) -> Any:
-        """The step's result object when it ran here, None when a finished run was reused."""
+    def step(self, step: str, config, run: Callable[[str], StepResult]) -> StepResult | None:
+        """The step's result when it ran here, None when a finished run was reused."""
         if step not in self.forced:
             previous = find_reusable_run(step, reuse_key(step, config.to_dict()), self.experiment_id)
             if previous is not None:
@@ -85,7 +93,7 @@ class Chain:
                 return None
         log.info("%s: %s", step, "running again (rerun)" if step in self.forced else "starting a new run")
         result = run(self.name(step))
-        self.run_ids[step] = result if isinstance(result, str) else result.run_id
+        self.run_ids[step] = result.run_id
         return result
 
 
@@ -101,41 +109,23 @@ def write_main_report(metrics_id: str, out: Path, experiment_id: str, reuse: boo
             shutil.copytree(download_artifact(previous, REPORT_DIR, tmp), out, dirs_exist_ok=True)
         log.info("report: reusing the report of main run %s (same compute-metrics run and report code)", previous)
     else:
-        from pipeline.steps.report import write_report
+        from pipeline.report.write import write_report
 
         write_report([metrics_id], out, title=f"compute-metrics run {metrics_id}")
     mlflow.log_artifacts(str(out), REPORT_DIR)
     mlflow.set_tag(REPORT_KEY_TAG, key)
 
 
-def orphaned_main_run(parent_run_id: str, label: str):
-    """The RUNNING main run ``label`` under ``parent_run_id``, or None. Called by a retry of a
-    sweep's configuration whose worker died (the only way such a run exists: labels are unique
-    within a sweep, and the retry starts only once the first attempt's process is gone)."""
-    client = mlflow.MlflowClient()
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs(
-        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`mlflow.runName` = '{label}' "
-        "and attributes.status = 'RUNNING'", order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
 def adopt_children(main_run_id: str) -> dict[str, str]:
     """The unfinished step runs a dead attempt of ``main_run_id`` left: an interrupted train run
     with a checkpoint is returned to be resumed ({step: run id}); every other one is ended KILLED."""
-    from pipeline.contracts import LAST_CHECKPOINT, STEP_TAG
-    from pipeline.tracking import missing_artifacts
-
-    client = mlflow.MlflowClient()
-    experiment_id = client.get_run(main_run_id).info.experiment_id
     resumable = {}
-    for child in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{main_run_id}' "
-                                    "and attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"]):
+    for child in child_runs(main_run_id, unfinished=True, newest_first=True):
         step = child.data.tags.get(STEP_TAG)
         if step == TRAIN and TRAIN not in resumable and not missing_artifacts(child.info.run_id, [LAST_CHECKPOINT]):
             resumable[TRAIN] = child.info.run_id
         elif child.info.status == "RUNNING":
-            client.set_terminated(child.info.run_id, "KILLED")
+            end_run_as(child.info.run_id, "KILLED")
             log.info("%s run %s of a dead attempt ended KILLED", step, child.info.run_id)
     return resumable
 
@@ -194,7 +184,7 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
         metrics_id = chain.run_ids[COMPUTE_METRICS]
         mlflow.set_tags({**{UPSTREAM_TAGS[s]: rid for s, rid in chain.run_ids.items()},
                          REUSED_STEPS_TAG: ",".join(chain.reused) or "none"})
-        mlflow.log_metrics(mlflow.MlflowClient().get_run(metrics_id).data.metrics)
+        mlflow.log_metrics(run_metrics(metrics_id))
         where = ""
         if report:
             out = report_folder(config.out, experiment_of(run), config.label())

@@ -23,6 +23,7 @@ from pipeline.config import PrepareConfig, default_experiment
 from pipeline.contracts import DATASET_DIGEST_TAG, DATASET_JSON, PREPARE_DATA, REUSE_KEY_TAG, VAL_INDICES, reuse_key
 from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_validation
 from pipeline.tracking import step_run
+from pipeline.results import StepResult
 
 log = logging.getLogger("pipeline")
 
@@ -34,8 +35,7 @@ SOURCES = {
 
 
 @dataclass
-class PrepareResult:
-    run_id: str
+class PrepareResult(StepResult):
     splits: Splits  # what a train step in the same process uses directly
     digest: str
 

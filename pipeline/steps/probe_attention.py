@@ -3,7 +3,8 @@ attention of test images.
 
 Artefacts (of its own run): ``attention/channel_weights.npy`` (float32, [N, C]),
 ``attention/spatial_maps.npy`` (float16, [N, H, W]), ``attention/labels.npy`` (int64, [N]),
-``attention/logits.npy`` (float32, [N, K]), ``attention/meta.json`` and
+``attention/logits.npy`` (float32, [N, K]), ``attention/grid_images.npy`` (uint8, the first
+six probed images, which the report's spatial-map grid draws), ``attention/meta.json`` and
 ``tables/per_class_accuracy.csv``. Metrics: ``test_acc``, ``test_top5`` (percent) and
 ``test_map`` (macro one-vs-rest average precision, scikit-learn) of the probed images.
 The probed images are the first ``num_images`` of the test set, in order, so row 0 is the
@@ -28,10 +29,17 @@ from pipeline.checkpoint import load_model
 from pipeline.config import ProbeConfig
 from pipeline.contracts import (
     ATTENTION_DIR,
+    ATTENTION_META,
     BEST_CHECKPOINT,
+    CHANNEL_WEIGHTS,
+    GRID_IMAGES,
+    GRID_SIZE,
+    LABELS,
+    LOGITS,
     PER_CLASS_ACCURACY,
     PROBE_ATTENTION,
     REUSE_KEY_TAG,
+    SPATIAL_MAPS,
     TRAIN,
     UPSTREAM_TAGS,
     reuse_key,
@@ -41,17 +49,17 @@ from pipeline.devices import resolve_device
 from pipeline.metrics import mean_average_precision
 from pipeline.models import CBAMResNet18
 from pipeline.tracking import download_artifact, experiment_of, get_step_run, step_run
+from pipeline.results import StepResult
 from pipeline.training import score_logits
 
 log = logging.getLogger("pipeline")
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(StepResult):
     """The run and what it recorded, as compute-metrics reads it (``channel_weights``,
     ``spatial_maps`` as stored, ``labels``, ``meta``)."""
 
-    run_id: str
     channel_weights: np.ndarray  # (N, C) float32
     spatial_maps: np.ndarray  # (N, H, W) float16
     labels: np.ndarray  # (N,) int64
@@ -111,12 +119,14 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         test_map = mean_average_precision(labels, attention.logits, num_classes=model.config.num_classes)
         mlflow.log_metrics({"test_acc": scores.acc, "test_top5": scores.top5, "test_map": test_map})
 
-        out = Path(tmp) / ATTENTION_DIR
-        out.mkdir()
-        np.save(out / "channel_weights.npy", attention.channel_weights.astype(np.float32))
-        np.save(out / "spatial_maps.npy", attention.spatial_maps.astype(np.float16))
-        np.save(out / "labels.npy", labels.astype(np.int64))
-        np.save(out / "logits.npy", attention.logits.astype(np.float32))
+        root = Path(tmp)
+        (root / ATTENTION_DIR).mkdir()
+        np.save(root / CHANNEL_WEIGHTS, attention.channel_weights.astype(np.float32))
+        np.save(root / SPATIAL_MAPS, attention.spatial_maps.astype(np.float16))
+        np.save(root / LABELS, labels.astype(np.int64))
+        np.save(root / LOGITS, attention.logits.astype(np.float32))
+        # the images the report's spatial-map grid draws under the maps: it needs no dataset
+        np.save(root / GRID_IMAGES, probed.images[:GRID_SIZE].cpu().numpy().astype(np.uint8))
         meta = {
             "activation": model.config.activation, "position": model.config.position,
             "image_size": image_size, "dataset": dataset_name, "source_run_id": config.train_run_id,
@@ -125,9 +135,9 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
             "channel_weights_shape": list(attention.channel_weights.shape),
             "spatial_maps_shape": list(attention.spatial_maps.shape),
         }
-        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        (root / ATTENTION_META).write_text(json.dumps(meta, indent=1))
         table = per_class_accuracy(labels, attention.logits, meta["classes"] or range(model.config.num_classes))
-        table_path = Path(tmp) / PER_CLASS_ACCURACY
+        table_path = root / PER_CLASS_ACCURACY
         table_path.parent.mkdir()
         table.to_csv(table_path, index=False)
         mlflow.log_artifacts(tmp)

@@ -1,8 +1,9 @@
-"""``sweep``: ``main`` for every (position, activation, seed) under one sweep run, through an
-executor (:mod:`pipeline.executors`), then one report of every finished configuration.
+"""``sweep``: ``main`` for every (position, activation, gate norm, seed) under one sweep run,
+through an executor (:mod:`pipeline.executors`, handed :func:`~pipeline.steps.main.run_main`),
+then one report of every finished configuration.
 
 The MLflow structure: sweep run -> one ``main`` run per configuration (named like
-``late/swish/seed0``) -> its step runs. A configuration that fails is marked FAILED and the
+``swish · late · digits 64px 2ep · seed0``) -> its step runs (``swish · train · seed0``). A configuration that fails is marked FAILED and the
 sweep goes on, listing the failures at the end.
 """
 from __future__ import annotations
@@ -14,10 +15,10 @@ import time
 import mlflow
 
 from pipeline.config import SweepConfig
-from pipeline.contracts import COMPUTE_METRICS, FAILED_TAG, PARENT_RUN_TAG, REPORT_DIR, SWEEP, UPSTREAM_TAGS
+from pipeline.contracts import COMPUTE_METRICS, FAILED_TAG, REPORT_DIR, SWEEP, UPSTREAM_TAGS
 from pipeline.errors import PipelineError
 from pipeline.executors import Outcome, make_executor
-from pipeline.tracking import experiment_of, log_view_hint, report_folder, step_run
+from pipeline.tracking import child_runs, experiment_of, get_run, log_view_hint, report_folder, run_metrics, step_run, tracking_uri
 
 log = logging.getLogger("pipeline")
 
@@ -45,9 +46,7 @@ class SweepProgress:
     def look(self) -> None:
         self.looked = time.monotonic()
         try:
-            self.running = len(mlflow.MlflowClient().search_runs(
-                [self.experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{self.parent_run_id}' "
-                "and attributes.status = 'RUNNING'"))
+            self.running = len(child_runs(self.parent_run_id, self.experiment_id, status="RUNNING"))
         except Exception:  # a count for the eye only: never stop a sweep over it
             return
         if self.bar is not None:
@@ -64,7 +63,7 @@ class SweepProgress:
         if outcome.status == "FINISHED":
             self.finished += 1
             if outcome.test_acc is None and outcome.main_run_id:
-                outcome.test_acc = mlflow.MlflowClient().get_run(outcome.main_run_id).data.metrics.get("test_acc")
+                outcome.test_acc = run_metrics(outcome.main_run_id).get("test_acc")
         else:
             self.failed += 1
         self.look()
@@ -86,15 +85,16 @@ class SweepProgress:
 
 
 def run_sweep(config: SweepConfig) -> str:
-    from pipeline.steps.report import write_report
-
     from pipeline.config import check_writable_folder
+    from pipeline.report.tables import failures_markdown
+    from pipeline.report.write import write_report
+    from pipeline.steps.main import run_main
 
     check_writable_folder("out", config.main.out)
     if config.executor == "ray":  # before the sweep run starts: nothing left RUNNING
         from pipeline.executors import check_ray, ray_address
 
-        check_ray(ray_address(config.ray_address), mlflow.get_tracking_uri())
+        check_ray(ray_address(config.ray_address), tracking_uri())
     configurations = config.configurations()
     n = len(configurations)
     t = config.main.train
@@ -103,7 +103,7 @@ def run_sweep(config: SweepConfig) -> str:
     with step_run(SWEEP, config.params(), config.to_dict(), run_name=name,
                   experiment=config.main.train.experiment()) as run:
         sweep_id = run.info.run_id
-        executor = make_executor(config)
+        executor = make_executor(config, run_main)
         log.info("sweep %s: %d configurations, executor %s", sweep_id, n, config.executor)
         progress = SweepProgress(n, sweep_id, run.info.experiment_id)
         try:
@@ -114,15 +114,14 @@ def run_sweep(config: SweepConfig) -> str:
         failed = [o for o in outcomes if o.status != "FINISHED"]
         mlflow.log_metrics({"configurations": len(outcomes), "failed_configurations": len(failed)})
         mlflow.set_tag(FAILED_TAG, ",".join(o.label for o in failed) or "none")
-        client = mlflow.MlflowClient()
-        metrics_ids = [client.get_run(o.main_run_id).data.tags.get(UPSTREAM_TAGS[COMPUTE_METRICS]) for o in finished]
+        metrics_ids = [get_run(o.main_run_id).data.tags.get(UPSTREAM_TAGS[COMPUTE_METRICS]) for o in finished]
         metrics_ids = [m for m in metrics_ids if m]
         if metrics_ids:
             out = report_folder(config.main.out, experiment_of(run), name)
             write_report(metrics_ids, out, title=f"sweep run {sweep_id}")
             if failed:  # the table covers the finished configurations only: say which are missing
                 with (out / "summary.md").open("a") as md:
-                    md.write(failures_markdown(failed, len(outcomes)))
+                    md.write(failures_markdown([(o.label, o.main_run_id, o.error) for o in failed], len(outcomes)))
             mlflow.log_artifacts(str(out), REPORT_DIR)
         if failed and not finished:
             raise PipelineError(f"all {len(failed)} configurations of sweep {sweep_id} failed, e.g. "
@@ -147,10 +146,3 @@ class PartialSweep(PipelineError):
         super().__init__(f"{failed} of {total} configurations of sweep {sweep_id} failed (listed above and in "
                          "its summary.md); the report covers the rest")
         self.sweep_id = sweep_id
-
-
-def failures_markdown(failed: list[Outcome], total: int) -> str:
-    lines = [f"\n## Failed configurations ({len(failed)} of {total}, not in the tables above)\n",
-             "| configuration | main run | error |", "|---|---|---|"]
-    lines += [f"| {o.label} | {o.main_run_id or '-'} | {o.error.replace('|', '/')} |" for o in failed]
-    return "\n".join(lines) + "\n"

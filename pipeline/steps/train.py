@@ -47,6 +47,7 @@ from pipeline.devices import configure, flag_on, memory_format, resolve_device
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import CBAMResNet18, ModelConfig, build_model
 from pipeline.outbox import DiskFullError, Outbox, deliver_kept, disk_full
+from pipeline.results import StepResult
 from pipeline.tracking import download_artifact, get_step_run, step_run
 from pipeline.training import Evaluation, GradientFlow, evaluate, seed_everything, train_one_epoch
 
@@ -54,8 +55,7 @@ log = logging.getLogger("pipeline")
 
 
 @dataclass
-class TrainResult:
-    run_id: str
+class TrainResult(StepResult):
     model: CBAMResNet18  # the best checkpoint's model, in eval mode, on the training device
     test: Evaluation
 

@@ -79,7 +79,7 @@ def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_
     assert rerun["train"].data.metrics["test_loss"] == kids["train"].data.metrics["test_loss"]
 
     # metrics computed from the arrays in memory equal metrics from the probe's artefacts
-    alone = client.get_run(run_compute_metrics(MetricsConfig(probe_run_id=kids["probe-attention"].info.run_id)))
+    alone = client.get_run(run_compute_metrics(MetricsConfig(probe_run_id=kids["probe-attention"].info.run_id)).run_id)
     for key, value in kids["compute-metrics"].data.metrics.items():
         assert alone.data.metrics[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
 
@@ -178,7 +178,7 @@ def test_report_of_an_experiment_never_pools_unlike_runs(tracking_uri, tmp_path,
         run_main(MainConfig.from_options(activation="sigmoid", dataset=dataset, weights="none", image_size=size,
                                          epochs=1, batch_size=64, device="cpu", num_images=16, out=str(out)),
                  report=False)
-    report_id = run_report(ReportConfig(experiment_name="mixed", out=str(out)))
+    report_id = run_report(ReportConfig(experiment_name="mixed", out=str(out))).run_id
     assert mlflow.MlflowClient().get_run(report_id).info.run_name == "report · experiment"
     folder = out / "mixed" / "report_experiment"
     table = (folder / "summary.md").read_text()

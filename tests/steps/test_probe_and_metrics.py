@@ -79,7 +79,7 @@ def test_probe_logs_documented_arrays_and_scores(store, tmp_path):
     np.testing.assert_allclose(w[0], seen[0].numpy(), atol=1e-6)
 
     # compute-metrics on top of it
-    metrics_id = run_compute_metrics(MetricsConfig(probe_run_id=probe_id))
+    metrics_id = run_compute_metrics(MetricsConfig(probe_run_id=probe_id)).run_id
     logged = client.get_run(metrics_id).data.metrics
     for name, fn in M.CHANNEL_METRICS.items():
         values = fn(w)

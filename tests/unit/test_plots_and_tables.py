@@ -4,8 +4,10 @@ import pytest
 from scipy import stats
 
 from pipeline import plots
-from pipeline.steps.report import (GROUP_KEYS, Result, counted, distinct_seeds, figure_groups, summary_table,
-                                   to_latex, to_markdown)
+from pipeline.report.figures import counted
+from pipeline.report.schema import ATTENTION, GROUP_KEYS, Record
+from pipeline.report.stats import distinct_seeds, figure_groups, interval, summary_table
+from pipeline.report.tables import to_latex, to_markdown
 
 
 def labelled_lines(ax):
@@ -52,7 +54,8 @@ def test_gate_metric_panels_have_fixed_ranges_and_drop_constant_metrics():
         "softmax": {"test_acc": [83.5, 84.0, 83.0], "gini": [0.99, 0.99, 0.99], "sparsity": [0, 0, 0],
                     "entropy": [0.99, 0.99, 0.99], "focus_pct": [50.0] * 3},
     }
-    fig = plots.plot_gate_metrics(values, reference="sigmoid")
+    intervals = {g: {m: interval(v) for m, v in mv.items()} for g, mv in values.items()}
+    fig = plots.plot_gate_metrics(values, intervals, reference="sigmoid")
     panels = [ax for ax in fig.axes if ax.get_visible()]
     # the reference's CI shaded across each panel
     patch = panels[0].patches[0]  # axvspan: a rectangle in data x, axes y
@@ -77,7 +80,7 @@ def test_gate_metric_panels_have_fixed_ranges_and_drop_constant_metrics():
     means = [ln.get_xdata()[0] for ln in sparsity.get_lines() if ln.get_marker() == "D"]
     assert max(means) == pytest.approx(100 * np.mean([0.99, 0.98, 0.99]))
     one_metric = {"a": {"gini": [0.5]}, "b": {"gini": [0.5]}}
-    assert plots.plot_gate_metrics(one_metric) is None  # equal for every gate: nothing to draw
+    assert plots.plot_gate_metrics(one_metric, {}) is None  # equal for every gate: nothing to draw
 
 
 def test_curves_gate_parameters_gradient_flow_and_grid(tmp_path):
@@ -116,7 +119,7 @@ CONFIG = {"dataset": "digits", "image_size": "64", "epochs": "2", "weights": "no
 
 def result(activation, seed, start=0, **metrics):
     config = {**CONFIG, "activation": activation, **{k: metrics.pop(k) for k in list(metrics) if k in GROUP_KEYS}}
-    return Result(config, str(seed), metrics, "t", "p", "m", start)
+    return Record(config, str(seed), metrics, "t", "p", "m", start)
 
 
 def test_summary_table_ci_over_seeds_and_compact_formats():
@@ -129,7 +132,7 @@ def test_summary_table_ci_over_seeds_and_compact_formats():
     half = stats.t.ppf(0.975, 1) * np.std([0.5, 0.7], ddof=1) / np.sqrt(2)
     assert swish["gini_ci95_low"] == pytest.approx(0.6 - half) and swish["gini_ci95_high"] == pytest.approx(0.6 + half)
     assert swish["seeds"] == 2 and np.isnan(table.iloc[0]["gini_std"]) and table.iloc[0]["gini_n"] == 1
-    md = to_markdown(table, "test")
+    md = to_markdown(table, "test", ATTENTION)
     assert "Constant across this report: dataset digits, 64 px, 2 epochs, weights none, lr 0.001, " \
            "batch size 64, val. fraction 0.1, all test images probed, position late." in md
     rows = [line for line in md.splitlines() if line.startswith("| s")]
@@ -138,7 +141,7 @@ def test_summary_table_ci_over_seeds_and_compact_formats():
     assert f"91.0 ± {stats.t.ppf(0.975, 1) * np.std([90, 92], ddof=1) / np.sqrt(2):.1f}" in rows[1]
     assert f"0.600 ± {half:.3f}" in rows[1]
     assert len({len(line) for line in md.splitlines() if line.startswith("|")}) == 1  # aligned
-    tex = to_latex(table, "source: sweep run abc")
+    tex = to_latex(table, ATTENTION, "source: sweep run abc")
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"$\pm$" in tex
     caption = next(line for line in tex.splitlines() if line.startswith(r"\caption"))
     assert "abc" not in caption and "digits" in caption  # the run id only in a comment
@@ -152,7 +155,7 @@ def test_unlike_runs_are_never_pooled_and_a_seed_counts_once():
     assert len(table) == 2 and list(table["dataset"]) == ["digits", "fake"]  # sorted by dataset first
     assert list(table["seeds"]) == [2, 1]
     assert table.iloc[0]["gini"] == pytest.approx((0.5 + 0.8) / 2)  # seed 1's newest run
-    md = to_markdown(table)
+    md = to_markdown(table, "report", ATTENTION)
     header = next(line for line in md.splitlines() if line.startswith("| "))
     assert [h.strip() for h in header.split("|")[1:5]] == ["dataset", "image size (px)", "epochs", "gate"]
     assert "Constant across this report: weights none" in md
@@ -174,7 +177,8 @@ def test_summary_csv_has_every_number(tmp_path):
 
 
 def test_paired_comparisons_against_the_reference_match_an_independent_computation():
-    from pipeline.steps.report import comparison_markdown, paired_comparisons
+    from pipeline.report.stats import paired_comparisons
+    from pipeline.report.tables import comparison_markdown
 
     rng = np.random.default_rng(3)
     ref_acc = 90 + rng.normal(0, 1, 7)
@@ -213,7 +217,7 @@ def test_paired_comparisons_against_the_reference_match_an_independent_computati
     holm = [min(1, 2 * ordered[0]), max(min(1, 2 * ordered[0]), ordered[1])]
     got = sorted([acc.loc["swish", "p_ttest_holm"], acc.loc["softmax", "p_ttest_holm"]])
     assert got == pytest.approx(holm) and np.isnan(acc.loc["sparsemax", "p_ttest_holm"])
-    md = comparison_markdown(table, comparisons, "sigmoid")
+    md = comparison_markdown(table, comparisons, "sigmoid", ATTENTION)
     swish_line = next(line for line in md.splitlines() if line.startswith("| swish"))
     marks = "***" if holm[ordered.index(p)] < 0.001 else "**" if holm[ordered.index(p)] < 0.01 else "*"
     assert f"{mean:+.1f} ± {half:.1f}{marks}" in swish_line

@@ -1,0 +1,156 @@
+"""The only reader of MLflow in the report: which compute-metrics runs a report covers
+(:func:`metrics_runs_of`) and their typed :class:`~pipeline.report.schema.Record`\\ s
+(:func:`gather`), read from what the steps logged: each run's ``config.json``, the
+compute-metrics metrics and its class arrays, the train run's metric histories and gradient
+flow, and the probe's channel weights, spatial maps and grid images. Nothing is re-derived.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import ReportConfig
+from pipeline.contracts import (
+    ATTENTION_META,
+    CHANNEL_WEIGHTS,
+    CLASS_GINI,
+    CLASS_WEIGHTS,
+    COMPUTE_METRICS,
+    CONFIG_JSON,
+    GRAD_FLOW,
+    GRID_IMAGES,
+    MAIN,
+    PROBE_ATTENTION,
+    SPATIAL_MAPS,
+    STEP_TAG,
+    SWEEP,
+    TRAIN,
+    UPSTREAM_TAGS,
+)
+from pipeline.errors import PipelineError, one_line
+from pipeline.report.schema import CURVES, GATE_PARAMETERS, GRID_SIZE, GROUP_KEYS, Record
+from pipeline.report.stats import distinct_seeds
+from pipeline.tracking import (
+    child_runs,
+    download_artifact,
+    experiment_of,
+    finished_step_runs,
+    get_run,
+    metric_history,
+    param_string,
+)
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class Source:
+    """What a report covers: its compute-metrics runs, a title, and where its run goes."""
+
+    metrics_run_ids: list[str]
+    title: str
+    experiment: str  # name
+    name: str  # of the report run and its folder
+
+
+def metrics_runs_of(config: ReportConfig) -> Source:
+    """The compute-metrics runs of the report's source: every FINISHED one of an experiment,
+    those of a sweep's FINISHED main runs, or that of one main run."""
+    if config.experiment_name:
+        exp, runs = finished_step_runs(config.experiment_name, COMPUTE_METRICS)
+        return Source([r.info.run_id for r in runs], f"experiment {config.experiment_name}", exp.name,
+                      "report · experiment")
+    run_id = config.sweep_run_id or config.main_run_id
+    step = SWEEP if config.sweep_run_id else MAIN
+    run = get_run(run_id)
+    if run.data.tags.get(STEP_TAG) != step:
+        raise PipelineError(f"run {run_id!r} is not a {step} run")
+    experiment = experiment_of(run)
+    name = f"report · {run.info.run_name or run_id}"
+    key = UPSTREAM_TAGS[COMPUTE_METRICS]
+    if step == MAIN:
+        metrics_id = run.data.tags.get(key)
+        if not metrics_id or run.info.status != "FINISHED":
+            raise PipelineError(f"main run {run_id!r} is {run.info.status} and has no compute-metrics run to "
+                                "report on; run it again (python -m pipeline main ...) or report another run")
+        return Source([metrics_id], f"main run {run_id}", experiment, name)
+    children = child_runs(run_id, run.info.experiment_id, status="FINISHED")
+    return Source([c.data.tags[key] for c in children if key in c.data.tags], f"sweep run {run_id}", experiment, name)
+
+
+def _json(run_id: str, path: str, tmp: Path) -> dict:
+    return json.loads(download_artifact(run_id, path, tmp / run_id).read_text())
+
+
+def _optional(read, what: str):
+    """``read()``, or None where a run made before the artefact existed lacks it."""
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001 - an older run without it: leave it out of the figures
+        log.debug("report: no %s (%s)", what, one_line(exc))
+        return None
+
+
+def _grid_images_from_dataset(train_config: dict, indices: list[int]) -> np.ndarray | None:
+    """For probe runs made before the probe stored its grid images: the same images, from the
+    dataset (a report of newer runs needs no dataset)."""
+    from pipeline.data import load_dataset
+
+    try:
+        test = load_dataset(train_config["dataset"], train_config.get("data_dir", "data")).test
+    except PipelineError as exc:
+        log.warning("report: no spatial-map grid (%s)", one_line(exc))
+        return None
+    return test.images[indices].numpy()
+
+
+def read_record(run, tmp: Path) -> Record:
+    """The record of one finished compute-metrics run."""
+    train_id = run.data.tags[UPSTREAM_TAGS[TRAIN]]
+    probe_id = run.data.tags[UPSTREAM_TAGS[PROBE_ATTENTION]]
+    train_config = _json(train_id, CONFIG_JSON, tmp)
+    probe_config = _json(probe_id, CONFIG_JSON, tmp)
+    typed = {**train_config, "num_images": probe_config.get("num_images", "")}
+    config = {k: param_string(typed[k]) if k in typed else "" for k in GROUP_KEYS}
+    train = get_run(train_id)
+    histories = {k: metric_history(train_id, k) for k in train.data.metrics  # what the run logged per epoch
+                 if k in CURVES or k in GATE_PARAMETERS or k.startswith("attention/")}
+    flow = _optional(lambda: _json(train_id, GRAD_FLOW, tmp), GRAD_FLOW)
+    record = Record(config, param_string(train_config.get("seed", "")), dict(run.data.metrics), train_id, probe_id,
+                    run.info.run_id, run.info.start_time or 0, histories,
+                    (flow["layers"], flow["mean_abs_grad"][-1]) if flow else None)
+    record.channel_weights = np.load(download_artifact(probe_id, CHANNEL_WEIGHTS, tmp / probe_id))
+    if not record.has_attention:
+        return record
+    meta = _json(probe_id, ATTENTION_META, tmp)
+    record.classes = [str(c) for c in meta["classes"]]
+    record.class_weights = np.load(download_artifact(run.info.run_id, CLASS_WEIGHTS, tmp / run.info.run_id))
+    per_class = pd.read_csv(download_artifact(run.info.run_id, CLASS_GINI, tmp / run.info.run_id),
+                            dtype={"class": str})
+    record.class_gini = dict(zip(per_class["class"], per_class["gini"].astype(float).tolist()))
+    maps = np.load(download_artifact(probe_id, SPATIAL_MAPS, tmp / probe_id))
+    record.grid_indices = list(meta["indices"][:GRID_SIZE])
+    record.grid_maps = maps[:GRID_SIZE]
+    images = _optional(lambda: np.load(download_artifact(probe_id, GRID_IMAGES, tmp / probe_id)), GRID_IMAGES)
+    record.grid_images = images if images is not None else _grid_images_from_dataset(train_config,
+                                                                                      record.grid_indices)
+    return record
+
+
+def gather(metrics_run_ids: list[str]) -> list[Record]:
+    """The finished compute-metrics runs among these ids, each as a record of its chain; one
+    record per configuration and seed (the newest run)."""
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in metrics_run_ids:
+            run = get_run(run_id)
+            if run.data.tags.get(STEP_TAG) != COMPUTE_METRICS or run.info.status != "FINISHED":
+                continue
+            records.append(read_record(run, Path(tmp)))
+    return distinct_seeds(records)

@@ -1,0 +1,55 @@
+"""Writes a report: gather the runs, compute the statistics once, then the tables and figures
+into a folder. The one function of the report layer that writes files."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.plots import EPOCH_PANELS
+from pipeline.report import figures, stats, tables
+from pipeline.report.gather import gather
+from pipeline.report.schema import FAMILIES, Record
+
+log = logging.getLogger("pipeline")
+
+
+def write_records(records: list[Record], out: str | Path, title: str = "report", reference: str = "sigmoid",
+                  families=FAMILIES) -> dict[str, Any]:
+    """The tables and figures of these records into ``out``; every gate is compared with
+    ``reference``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = stats.summary_table(records, families)
+    comparisons = stats.paired_comparisons(records, reference, families)
+    groups = [stats.group_stats(name, members, EPOCH_PANELS, families)
+              for name, members in stats.figure_groups(records).items()]
+    per_class = stats.class_gini_table(groups)
+
+    (out / "summary.csv").write_text(tables.csv_text(table))
+    (out / "comparison.csv").write_text(tables.csv_text(comparisons))
+    markdown = "".join(tables.to_markdown(table, title, f, first=i == 0) for i, f in enumerate(families))
+    markdown += "".join(tables.comparison_markdown(table, comparisons, reference, f, first=i == 0)
+                        for i, f in enumerate(families))
+    latex = "".join(tables.to_latex(table, f, f"source: {title}" if i == 0 else "") for i, f in enumerate(families))
+    latex += "".join(tables.comparison_latex(table, comparisons, reference, f) for f in families)
+    if not per_class.empty:
+        (out / "class_gini.csv").write_text(tables.csv_text(per_class))
+        markdown += tables.class_gini_markdown(per_class)
+    (out / "summary.md").write_text(markdown)
+    (out / "summary.tex").write_text(latex)
+    written = figures.write_figures(groups, out, reference, families)
+    vary = stats.varying_keys(table)
+    log.info("report: %d runs, %d rows%s, %d figure files in %s", len(records), len(table),
+             f" (apart by {', '.join(vary)})" if vary else "", len(written), out)
+    return {"table": table, "comparisons": comparisons, "figures": written, "records": records}
+
+
+def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "report",
+                 reference: str = "sigmoid") -> dict[str, Any]:
+    """Write the tables and figures of these compute-metrics runs into ``out``."""
+    records = gather(metrics_run_ids)
+    if not records:
+        raise PipelineError("no finished compute-metrics runs to report on")
+    return write_records(records, out, title, reference)
