@@ -28,7 +28,7 @@ from pipeline.devices import configure, resolve_device
 from pipeline.models import CBAMResNet18, ModelConfig
 from pipeline.training import evaluate, train_one_epoch
 
-NOTEBOOK_GATES = ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigmoid", "swish")
+from pipeline.contracts import NOTEBOOK_GATES  # noqa: E402
 
 
 def synthetic(n: int, seed: int, device: torch.device) -> ImageSet:

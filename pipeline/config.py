@@ -181,7 +181,7 @@ def _build(cls, values: dict[str, Any], omit: tuple[str, ...]):
 
 @dataclass(frozen=True)
 class PrepareConfig(StepConfig):
-    dataset: str = option("cifar10", "Dataset: cifar10, digits or fake.")
+    dataset: str = option("cifar10", f"Dataset: {', '.join(contracts.DATASET_NAMES)}.")
     data_dir: str = option("data", "Folder holding (or receiving) downloaded datasets.")
     val_fraction: float = option(0.1, "Share of the training set held out to pick the best epoch, in (0, 1).")
     seed: int = option(0, "Seed of the validation split (and of training, in train).")
@@ -194,11 +194,10 @@ class PrepareConfig(StepConfig):
 
 @dataclass(frozen=True)
 class TrainConfig(StepConfig):
-    activation: str = option("sigmoid", "Channel gate: sigmoid, softmax, sparsemax, scaled_tanh, "
-                             "parametric_sigmoid, swish, entmax15, alpha_entmax.")
+    activation: str = option("sigmoid", f"Channel gate: {', '.join(contracts.GATE_NAMES)}.")
     position: str = option("late", "Where CBAM sits: early, middle, late, or none (the baseline without CBAM; "
                            "its gate is then none, whatever activation says).")
-    dataset: str = option("cifar10", "Dataset: cifar10, digits or fake.")
+    dataset: str = option("cifar10", f"Dataset: {', '.join(contracts.DATASET_NAMES)}.")
     data_dir: str = option("data", "Folder holding (or receiving) downloaded datasets.")
     weights: str = option("imagenet", "Backbone weights: imagenet, none, or a ResNet18 state-dict file.")
     image_size: int = option(224, f"Input size in pixels, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}.")
@@ -257,9 +256,7 @@ class TrainConfig(StepConfig):
 
     def gate_label(self) -> str:
         """What the run's attention is: ``swish``, ``softmax · mean_one``, or ``no CBAM``."""
-        if self.position == contracts.NO_CBAM:
-            return contracts.NO_CBAM_LABEL
-        return self.activation + ("" if self.gate_norm == "none" else f" · {self.gate_norm}")
+        return contracts.gate_label(self.activation, self.gate_norm)
 
     def label(self) -> str:
         where = "" if self.position == contracts.NO_CBAM else f" · {self.position}"
@@ -335,17 +332,14 @@ class MainConfig(StepConfig):
 
     def step_run_name(self, step: str) -> str:
         """A step run's name under its main run: ``swish · train · seed0``."""
-        gate = contracts.NO_CBAM_LABEL if self.train.position == contracts.NO_CBAM else self.train.activation
-        return f"{gate} · {step} · seed{self.train.seed}"
+        return f"{contracts.gate_label(self.train.activation)} · {step} · seed{self.train.seed}"
 
 
 @dataclass(frozen=True)
 class SweepConfig(StepConfig):
     OMIT = ("activation", "position", "seed", "gate_norm", "prepare_run_id")
 
-    activations: tuple[str, ...] = option(
-        ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigmoid", "swish", "entmax15", "alpha_entmax"),
-        "Comma list of gates.")
+    activations: tuple[str, ...] = option(contracts.GATE_NAMES, "Comma list of gates.")
     positions: tuple[str, ...] = option(("late",), "Comma list of positions.")
     seeds: tuple[int, ...] = option((0,), "Comma list of seeds.")
     gate_norms: tuple[str, ...] = option(("none",), "Comma list of gate normalisations (none, mean_one): "

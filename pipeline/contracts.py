@@ -13,12 +13,14 @@ import functools
 GATE_NAMES = ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigmoid", "swish", "entmax15",
               "alpha_entmax")
 DATASET_NAMES = ("cifar10", "digits", "fake")
-#: position name -> (ResNet18 stage after which CBAM sits, its channel count)
+#: The six gates of the reference notebook, in its order.
+NOTEBOOK_GATES = GATE_NAMES[:6]
 #: How a gate's weights are normalised: none (the notebook's), or mean_one (sum-to-one gates
 #: multiplied by C, so they average 1 like a sigmoid gate instead of shrinking the features ~C-fold).
 GATE_NORMS = ("none", "mean_one")
 #: The gates whose weights sum to one over channels (pipeline.gates: Gate.sums_to_one).
 SUM_TO_ONE_GATES = ("softmax", "sparsemax", "entmax15", "alpha_entmax")
+#: position name -> (ResNet18 stage after which CBAM sits, its channel count)
 POSITIONS: dict[str, tuple[str | None, int]] = {
     "early": ("layer1", 64),
     "middle": ("layer2", 128),
@@ -30,6 +32,14 @@ POSITIONS: dict[str, tuple[str | None, int]] = {
 NO_CBAM = "none"
 NO_GATE = "none"
 NO_CBAM_LABEL = "no CBAM"  # how run names, tables and figures call it
+
+
+def gate_label(activation: str, gate_norm: str = "none") -> str:
+    """What a run's attention is called in run names, tables and figures: ``swish``,
+    ``softmax · mean_one``, or ``no CBAM`` for the baseline."""
+    if activation == NO_GATE:
+        return NO_CBAM_LABEL
+    return activation + ("" if gate_norm == "none" else f" · {gate_norm}")
 #: Named backbone weights; anything else is taken as the path of a local state-dict file.
 WEIGHTS = ("imagenet", "none")
 
@@ -98,6 +108,11 @@ UPSTREAM_TAGS = {  # tag naming the run of each step, set on the runs downstream
 }
 PARENT_RUN_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+#: Experiment tag MLflow 3's UI reads to open an experiment on its runs (machine learning)
+#: rather than on its GenAI pages (traces), and its value for ours.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+#: Metric-key prefix of a train run's per-epoch attention metrics (``attention/gini``, step = epoch).
+EPOCH_ATTENTION_PREFIX = "attention/"
 
 
 # The reuse key -------------------------------------------------------------------------

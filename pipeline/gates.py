@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.contracts import NOTEBOOK_GATES  # noqa: F401 - the names live in contracts
 from pipeline.errors import PipelineError
 
 
@@ -155,8 +156,6 @@ GATES: dict[str, Callable[[], Gate]] = {
     "alpha_entmax": AlphaEntmax,
 }
 
-#: The six gates of the reference notebook, in its order.
-NOTEBOOK_GATES = ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigmoid", "swish")
 
 
 def create_gate(name: str) -> Gate:

@@ -52,9 +52,7 @@ def log_params_once(params: dict[str, Any]) -> None:
         mlflow.log_params(new)
 
 
-#: Experiment tag MLflow 3's UI reads to open an experiment on its runs (machine learning)
-#: rather than on its GenAI pages (traces).
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = contracts.EXPERIMENT_KIND_TAG, contracts.EXPERIMENT_KIND
 
 
 def ensure_experiment(default: str | None = None) -> str | None:

@@ -23,6 +23,7 @@ from pipeline.contracts import (
     CLASS_WEIGHTS,
     COMPUTE_METRICS,
     CONFIG_JSON,
+    EPOCH_ATTENTION_PREFIX,
     GRAD_FLOW,
     GRID_IMAGES,
     MAIN,
@@ -120,7 +121,7 @@ def read_record(run, tmp: Path) -> Record:
     config = {k: param_string(typed[k]) if k in typed else "" for k in GROUP_KEYS}
     train = get_run(train_id)
     histories = {k: metric_history(train_id, k) for k in train.data.metrics  # what the run logged per epoch
-                 if k in CURVES or k in GATE_PARAMETERS or k.startswith("attention/")}
+                 if k in CURVES or k in GATE_PARAMETERS or k.startswith(EPOCH_ATTENTION_PREFIX)}
     flow = _optional(lambda: _json(train_id, GRAD_FLOW, tmp), GRAD_FLOW)
     record = Record(config, param_string(train_config.get("seed", "")), dict(run.data.metrics), train_id, probe_id,
                     run.info.run_id, run.info.start_time or 0, histories,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.contracts import GRID_SIZE, NO_CBAM, NO_CBAM_LABEL, NO_GATE  # noqa: F401 - GRID_SIZE re-exported
+from pipeline.contracts import GRID_SIZE, NO_CBAM, gate_label  # noqa: F401 - re-exported
 
 #: What defines an experiment: runs that differ in any of these are never pooled (the seed is
 #: what pools). ``gate_norm`` counts where train runs log it.
@@ -87,11 +87,6 @@ def csv_metrics(families=FAMILIES) -> tuple[str, ...]:
     for family in families:
         seen.update(dict.fromkeys(family.csv_metrics))
     return tuple(seen)
-
-
-def gate_label(activation: str) -> str:
-    """A gate as tables and figures name it (the baseline without CBAM: ``no CBAM``)."""
-    return NO_CBAM_LABEL if activation == NO_GATE else activation
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.contracts import GATE_NAMES, GATE_NORMS, NO_GATE, POSITIONS
+from pipeline.contracts import EPOCH_ATTENTION_PREFIX, GATE_NAMES, GATE_NORMS, NO_GATE, POSITIONS
 from pipeline.metrics import ci95, stats_t
 from pipeline.report.schema import CURVES, FAMILIES, GATE_PARAMETERS, GROUP_KEYS, Family, Record, csv_metrics, gate_label
 
@@ -245,7 +245,7 @@ def group_stats(name: str, members: list[Record], epoch_metrics, families: tuple
         g.curves[gate] = {k: mean_lists([r.histories.get(k, []) for r in runs]) for k in CURVES}
         params = {k: mean_lists([r.histories.get(k, []) for r in runs]) for k in GATE_PARAMETERS}
         g.gate_parameters[gate] = {k: v for k, v in params.items() if v}
-        g.attention_epochs[gate] = {m: mean_lists([r.histories.get(f"attention/{m}", []) for r in runs])
+        g.attention_epochs[gate] = {m: mean_lists([r.histories.get(f"{EPOCH_ATTENTION_PREFIX}{m}", []) for r in runs])
                                     for m in epoch_metrics}
         flows = [r.grad_flow for r in runs if r.grad_flow is not None]
         if flows:

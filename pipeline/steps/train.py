@@ -9,7 +9,6 @@ and ``test_acc``, ``test_top5`` (percent) and ``test_loss`` of that checkpoint.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from pipeline.contracts import (
     BEST_CHECKPOINT,
     CONFIG_JSON,
     DATASET_JSON,
+    EPOCH_ATTENTION_PREFIX,
     GRAD_FLOW,
     LAST_CHECKPOINT,
     PREPARE_DATA,
@@ -46,7 +46,8 @@ from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_v
 from pipeline.devices import configure, flag_on, memory_format, resolve_device
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import CBAMResNet18, ModelConfig, build_model
-from pipeline.outbox import DiskFullError, Outbox, deliver_kept, disk_full
+from pipeline.disk import DiskFullError, disk_full, is_disk_full
+from pipeline.outbox import Outbox, deliver_kept
 from pipeline.results import StepResult
 from pipeline.tracking import download_artifact, get_step_run, step_run
 from pipeline.training import Evaluation, GradientFlow, evaluate, seed_everything, train_one_epoch
@@ -127,7 +128,7 @@ def attention_metrics(model, images, image_size: int) -> dict[str, float]:
     for name in EPOCH_ATTENTION_METRICS:
         v = values[name][np.isfinite(values[name])]
         if v.size:
-            out[f"attention/{name}"] = float(v.mean())
+            out[f"{EPOCH_ATTENTION_PREFIX}{name}"] = float(v.mean())
     return out
 
 
@@ -193,163 +194,195 @@ def log_checkpoint_metrics(run_id: str, ckpt: dict) -> None:
         log.info("train %s: logged epoch %d's metrics from its checkpoint", run_id, epoch)
 
 
-def run_train(config: TrainConfig | None = None, resume_run_id: str = "", dataset: Dataset | None = None,
-              splits: Splits | None = None, run_name: str | None = None, force: bool = False) -> TrainResult:
-    """Run the step with a validated config, or continue the interrupted run ``resume_run_id``
-    (in the same MLflow run, from its ``checkpoints/last.pt``). ``dataset`` / ``splits``: what
-    the caller (``main``) has loaded already; ``splits`` must be those of ``prepare_run_id``."""
+def start_or_resume(config: TrainConfig | None, resume_run_id: str, dataset: Dataset | None,
+                    splits: Splits | None, force: bool) -> tuple[TrainConfig, dict | None, Splits]:
+    """The config, the last checkpoint (None for a new run) and the data splits of the run."""
     ckpt = None
     if resume_run_id:
         config, ckpt = resume_point(resume_run_id, force)
     assert config is not None
-    device = resolve_device(config.device)
     if splits is None:
         dataset = dataset or load_dataset(config.dataset, config.data_dir)
         if config.prepare_run_id:
             splits = splits_from_prepare_run(config, dataset)
         else:
             splits = split_validation(dataset, config.val_fraction, config.seed)
+    return config, ckpt, splits
+
+
+class Training:
+    """One train run's state from its first epoch to its test evaluation: :meth:`epochs` trains
+    and stores each epoch (checkpoints before metrics), :meth:`finish` evaluates the best epoch's
+    weights on the test set and delivers the rest. ``stored`` is the last epoch whose checkpoint
+    is in the run (0: none), what an interrupt or a full disk leaves to resume from."""
+
+    def __init__(self, config: TrainConfig, ckpt: dict | None, splits: Splits, model: CBAMResNet18,
+                 device: torch.device, run_id: str, tmp: str):
+        self.config, self.device, self.run_id, self.tmp = config, device, run_id, Path(tmp)
+        configure(device)
+        self.channels_last = flag_on(config.channels_last, self.device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.grad_history: list[list[float]] = []
+        self.best_acc, self.best_epoch, first_epoch = -1.0, 0, 1  # epochs are numbered from 1
+        if ckpt is not None:
+            model.load_state_dict(ckpt["state_dict"])
+        self.model = model.to(self.device, memory_format=memory_format(self.channels_last))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
+                                          fused=flag_on(config.fused_adam, self.device))
+        if ckpt is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            restore_rng_state(ckpt["rng"], self.generator)
+            self.best_acc, self.best_epoch = float(ckpt["best_val_acc"]), int(ckpt["best_epoch"])
+            self.grad_history = [list(g) for g in ckpt.get("grad_history", [])]
+            first_epoch = int(ckpt["epoch"]) + 1
+            log.info("resuming train run %s after epoch %d of %d", run_id, first_epoch - 1, config.epochs)
+            log_checkpoint_metrics(run_id, ckpt)
+        self.first_epoch = self.epoch = first_epoch
+        self.stored = first_epoch - 1
+        self.train, self.val, self.test = (splits.train.to(self.device), splits.val.to(self.device),
+                                           splits.test.to(self.device))
+        if len(self.train) > config.batch_size and len(self.train) % config.batch_size == 1:
+            log.info("train: %d images in batches of %d would leave a last batch of 1 image, on which BatchNorm "
+                     "cannot train: it joins the batch before it (one batch of %d per epoch)", len(self.train),
+                     config.batch_size, config.batch_size + 1)
+        self.watched = attention_sample(self.val, config.attention_images) if self.model.cbam is not None else None
+        self.grad_flow = GradientFlow(self.model)
+        self.outbox = Outbox(run_id)  # epochs go on while the tracking server is away
+        self.best_path, self.last_path = self.tmp / "best.pt", self.tmp / "last.pt"
+        self.common = dict(image_size=config.image_size, amp=config.amp, channels_last=self.channels_last)
+        self.extra = dict(classes=list(splits.classes), image_size=config.image_size, dataset=config.dataset,
+                          source_run_id=run_id)
+        self.best_state = None
+
+    def epochs(self) -> None:
+        config, model = self.config, self.model
+        log.info("train %s: %s at %s on %s (%d train / %d val / %d test), %d epochs on %s", self.run_id,
+                 config.activation, config.position, config.dataset, len(self.train), len(self.val), len(self.test),
+                 config.epochs, self.device)
+        for epoch in range(self.first_epoch, config.epochs + 1):
+            self.epoch = epoch
+            start = time.perf_counter()
+            self.grad_flow.reset()
+            result = train_one_epoch(model, self.train, self.optimizer, batch_size=config.batch_size,
+                                     generator=self.generator, grad_flow=self.grad_flow,
+                                     desc=f"epoch {epoch}/{config.epochs}", **self.common)
+            val_eval = evaluate(model, self.val, **self.common)
+            if not all(math.isfinite(v) for v in (result.loss, val_eval.loss)):
+                kept = (f"{LAST_CHECKPOINT} of run {self.run_id}, after epoch {epoch - 1}" if epoch > 1
+                        else "none (it diverged in the first epoch)")
+                raise PipelineError(
+                    f"training diverged: non-finite loss (train {result.loss}, val {val_eval.loss}) with "
+                    f"activation {config.activation} in epoch {epoch}; last good checkpoint: {kept}")
+            self.grad_history.append(self.grad_flow.epoch_means())
+            metrics = {"train_loss": result.loss, "train_acc": result.acc, "val_loss": val_eval.loss,
+                       "val_acc": val_eval.acc, **(model.gate.learnable_values() if model.gate is not None else {})}
+            if self.watched is not None:
+                metrics.update(attention_metrics(model, self.watched, config.image_size))
+            self.store(epoch, val_eval.acc, metrics)
+            log.info("epoch %d/%d: train_loss %.4f train_acc %.2f%% | val_loss %.4f val_acc %.2f%% (%.1f s)",
+                     epoch, config.epochs, result.loss, result.acc, val_eval.loss, val_eval.acc,
+                     time.perf_counter() - start)
+
+    def store(self, epoch: int, val_acc: float, metrics: dict) -> None:
+        """The epoch's checkpoints, then its metrics: a run never shows an epoch it cannot resume
+        from, and a resume logs the metrics a checkpoint holds if the process died between the two
+        (each epoch's metrics exactly once). Ctrl-C / SIGTERM wait until the epoch is stored whole."""
+        with deferred_interrupts():
+            if val_acc > self.best_acc:
+                self.best_acc, self.best_epoch = val_acc, epoch
+                self.best_state = save_checkpoint(self.best_path, self.model, epoch=epoch, val_acc=val_acc,
+                                                  **self.extra)
+                self.outbox.put_artifact(self.best_path, "checkpoints")
+            # everything needed to continue exactly here (resume_run_id)
+            save_checkpoint(self.last_path, self.model, epoch=epoch, val_acc=val_acc,
+                            optimizer=self.optimizer.state_dict(), rng=rng_state(self.generator),
+                            best_val_acc=self.best_acc, best_epoch=self.best_epoch, grad_history=self.grad_history,
+                            metrics=metrics, **self.extra)
+            self.outbox.put_artifact(self.last_path, "checkpoints")
+            self.outbox.put_metrics(metrics, step=epoch)
+            self.stored = epoch
+
+    @contextmanager
+    def stopping_cleanly(self):
+        """Around the epochs: a full disk becomes one line naming the run to resume once space is
+        freed; an interrupt says what it leaves (the command that continues the run, or that there
+        is no checkpoint yet), and re-raises."""
+        try:
+            yield
+        except DiskFullError as exc:
+            raise disk_full(exc.path, exc.needed, self.run_id if self.stored else None) from None
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise disk_full(exc.filename or self.tmp, checkpoint_bytes(self.model),
+                            self.run_id if self.stored else None) from None
+        except KeyboardInterrupt:
+            if self.stored:
+                log.error("interrupted in epoch %d: run %s ends KILLED, its checkpoint after epoch %d kept; "
+                          "resume with:\n  python -m pipeline train --resume-run-id %s",
+                          self.stored + 1, self.run_id, self.stored, self.run_id)
+            else:
+                log.error("interrupted in epoch %d: run %s ends KILLED before its first epoch ended, so there is "
+                          "no checkpoint to resume from; start it again", self.epoch, self.run_id)
+            raise
+
+    def finish(self) -> TrainResult:
+        """The gradient flow, the best epoch's weights evaluated on the test set, everything
+        delivered (the run ends FINISHED only once everything is logged)."""
+        config = self.config
+        grad_path = self.tmp / Path(GRAD_FLOW).name
+        grad_path.write_text(json.dumps({"layers": self.grad_flow.names, "epochs": list(range(1, config.epochs + 1)),
+                                         "mean_abs_grad": self.grad_history}))
+        self.outbox.put_artifact(grad_path, str(Path(GRAD_FLOW).parent))
+        if self.best_state is not None:  # the best epoch's weights, still in memory
+            self.model.load_state_dict(self.best_state)
+            best_model = self.model
+        else:  # resumed after the best epoch: it is among the run's artefacts
+            best_model, _ = load_model(download_artifact(self.run_id, BEST_CHECKPOINT, self.tmp / "download"))
+            best_model = best_model.to(self.device, memory_format=memory_format(self.channels_last))
+        best_model.eval()
+        test_eval = evaluate(best_model, self.test, **self.common)
+        self.outbox.put_metrics({"test_acc": test_eval.acc, "test_top5": test_eval.top5,
+                                 "test_loss": test_eval.loss, "best_epoch": self.best_epoch})
+        self.outbox.deliver_or_stop()
+        log.info("best epoch %d (val_acc %.2f%%): test_acc %.2f%%, test_top5 %.2f%%",
+                 self.best_epoch, self.best_acc, test_eval.acc, test_eval.top5)
+        return TrainResult(self.run_id, best_model, test_eval)
+
+
+def run_train(config: TrainConfig | None = None, resume_run_id: str = "", dataset: Dataset | None = None,
+              splits: Splits | None = None, run_name: str | None = None, force: bool = False) -> TrainResult:
+    """Run the step with a validated config, or continue the interrupted run ``resume_run_id``
+    (in the same MLflow run, from its ``checkpoints/last.pt``). ``dataset`` / ``splits``: what
+    the caller (``main``) has loaded already; ``splits`` must be those of ``prepare_run_id``.
+
+    Phases: start or resume (config, checkpoint, splits, model), the epochs (inside
+    :meth:`Training.stopping_cleanly`), finish (test evaluation, delivery); then, once the run
+    is FINISHED, ``last.pt`` is dropped if the config says so."""
+    config, ckpt, splits = start_or_resume(config, resume_run_id, dataset, splits, force)
+    device = resolve_device(config.device)
     seed_everything(config.seed)
     model_config = ModelConfig(config.activation, config.position, num_classes=len(splits.classes),
                                gate_norm=config.gate_norm)
-    if config.gate_norm != "none" and model_config.position != "none":
-        if config.activation not in SUM_TO_ONE_GATES:
-            log.info("gate_norm %s leaves %s unchanged: its weights do not sum to one", config.gate_norm,
-                     config.activation)
+    if config.gate_norm != "none" and model_config.position != "none" and config.activation not in SUM_TO_ONE_GATES:
+        log.info("gate_norm %s leaves %s unchanged: its weights do not sum to one", config.gate_norm,
+                 config.activation)
     model = build_model(model_config, "none" if ckpt else config.weights)
-
-    params = {
-        **config.params(),
-        "num_classes": len(splits.classes),
-        "train_size": len(splits.train),
-        "val_size": len(splits.val),
-        "test_size": len(splits.test),
-    }
+    params = {**config.params(), "num_classes": len(splits.classes), "train_size": len(splits.train),
+              "val_size": len(splits.val), "test_size": len(splits.test)}
     tags = {REUSE_KEY_TAG: reuse_key(TRAIN, config.to_dict())}
     if config.prepare_run_id:
         tags[UPSTREAM_TAGS[PREPARE_DATA]] = config.prepare_run_id
     with step_run(TRAIN, params, config.to_dict(), run_name=run_name or config.label(), tags=tags,
                   run_id=resume_run_id or None, experiment=config.experiment()) as run, \
             tempfile.TemporaryDirectory() as tmp:
-        run_id = run.info.run_id
-        configure(device)
-        channels_last = flag_on(config.channels_last, device)
-        generator = torch.Generator().manual_seed(config.seed)
-        grad_history: list[list[float]] = []
-        best_acc, best_epoch, first_epoch = -1.0, 0, 1  # epochs are numbered from 1
-        if ckpt is not None:
-            model.load_state_dict(ckpt["state_dict"])
-        model = model.to(device, memory_format=memory_format(channels_last))
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=flag_on(config.fused_adam, device))
-        if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            restore_rng_state(ckpt["rng"], generator)
-            best_acc, best_epoch = float(ckpt["best_val_acc"]), int(ckpt["best_epoch"])
-            grad_history = [list(g) for g in ckpt.get("grad_history", [])]
-            first_epoch = int(ckpt["epoch"]) + 1
-            log.info("resuming train run %s after epoch %d of %d", run_id, first_epoch - 1, config.epochs)
-            log_checkpoint_metrics(run_id, ckpt)
-        train, val, test = splits.train.to(device), splits.val.to(device), splits.test.to(device)
-        if len(train) > config.batch_size and len(train) % config.batch_size == 1:
-            log.info("train: %d images in batches of %d would leave a last batch of 1 image, on which BatchNorm "
-                     "cannot train: it joins the batch before it (one batch of %d per epoch)", len(train),
-                     config.batch_size, config.batch_size + 1)
-        watched = attention_sample(val, config.attention_images) if model.cbam is not None else None
-        grad_flow = GradientFlow(model)
-        outbox = Outbox(run_id)  # epochs go on while the tracking server is away
-        best_path, last_path = Path(tmp) / "best.pt", Path(tmp) / "last.pt"
-        common = dict(image_size=config.image_size, amp=config.amp, channels_last=channels_last)
-        extra = dict(classes=list(splits.classes), image_size=config.image_size, dataset=config.dataset,
-                     source_run_id=run_id)
-        epoch = first_epoch
-        stored = first_epoch - 1  # the last epoch whose checkpoint is in the run (0: none)
-        best_state = None
-        try:  # from the line that says training starts, an interrupt says what it leaves
-            log.info(
-                "train %s: %s at %s on %s (%d train / %d val / %d test), %d epochs on %s",
-                run_id, config.activation, config.position, config.dataset,
-                len(train), len(val), len(test), config.epochs, device,
-            )
-            for epoch in range(first_epoch, config.epochs + 1):
-                start = time.perf_counter()
-                grad_flow.reset()
-                result = train_one_epoch(
-                    model, train, optimizer, batch_size=config.batch_size, generator=generator,
-                    grad_flow=grad_flow, desc=f"epoch {epoch}/{config.epochs}", **common,
-                )
-                val_eval = evaluate(model, val, **common)
-                if not all(math.isfinite(v) for v in (result.loss, val_eval.loss)):
-                    kept = (f"{LAST_CHECKPOINT} of run {run_id}, after epoch {epoch - 1}" if epoch > 1
-                            else "none (it diverged in the first epoch)")
-                    raise PipelineError(
-                        f"training diverged: non-finite loss (train {result.loss}, val {val_eval.loss}) with "
-                        f"activation {config.activation} in epoch {epoch}; last good checkpoint: {kept}"
-                    )
-                grad_history.append(grad_flow.epoch_means())
-                metrics = {
-                    "train_loss": result.loss,
-                    "train_acc": result.acc,
-                    "val_loss": val_eval.loss,
-                    "val_acc": val_eval.acc,
-                    **(model.gate.learnable_values() if model.gate is not None else {}),
-                }
-                if watched is not None:
-                    metrics.update(attention_metrics(model, watched, config.image_size))
-                # the epoch's checkpoints are stored before its metrics: a run never shows an epoch
-                # it cannot resume from, and a resume logs the metrics a checkpoint holds if the
-                # process died between the two (each epoch's metrics exactly once)
-                with deferred_interrupts():  # Ctrl-C / SIGTERM wait until the epoch is stored whole
-                    if val_eval.acc > best_acc:
-                        best_acc, best_epoch = val_eval.acc, epoch
-                        best_state = save_checkpoint(best_path, model, epoch=epoch, val_acc=val_eval.acc, **extra)
-                        outbox.put_artifact(best_path, "checkpoints")
-                    # everything needed to continue exactly here (resume_run_id)
-                    save_checkpoint(last_path, model, epoch=epoch, val_acc=val_eval.acc,
-                                    optimizer=optimizer.state_dict(), rng=rng_state(generator), best_val_acc=best_acc,
-                                    best_epoch=best_epoch, grad_history=grad_history, metrics=metrics, **extra)
-                    outbox.put_artifact(last_path, "checkpoints")
-                    outbox.put_metrics(metrics, step=epoch)
-                    stored = epoch
-                log.info(
-                    "epoch %d/%d: train_loss %.4f train_acc %.2f%% | val_loss %.4f val_acc %.2f%% (%.1f s)",
-                    epoch, config.epochs, result.loss, result.acc, val_eval.loss, val_eval.acc,
-                    time.perf_counter() - start,
-                )
-        except DiskFullError as exc:  # name the run to resume once space is freed
-            raise disk_full(exc.path, exc.needed, run_id if stored else None) from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise disk_full(exc.filename or tmp, checkpoint_bytes(model), run_id if stored else None) from None
-        except KeyboardInterrupt:
-            if stored:
-                log.error("interrupted in epoch %d: run %s ends KILLED, its checkpoint after epoch %d kept; "
-                          "resume with:\n  python -m pipeline train --resume-run-id %s",
-                          stored + 1, run_id, stored, run_id)
-            else:
-                log.error("interrupted in epoch %d: run %s ends KILLED before its first epoch ended, so there is "
-                          "no checkpoint to resume from; start it again", epoch, run_id)
-            raise
-        grad_path = Path(tmp) / Path(GRAD_FLOW).name
-        grad_path.write_text(json.dumps(
-            {"layers": grad_flow.names, "epochs": list(range(1, config.epochs + 1)), "mean_abs_grad": grad_history}))
-        outbox.put_artifact(grad_path, str(Path(GRAD_FLOW).parent))
-        if best_state is not None:  # the best epoch's weights, still in memory
-            model.load_state_dict(best_state)
-            best_model = model
-        else:  # resumed after the best epoch: it is among the run's artefacts
-            best_model, _ = load_model(download_artifact(run_id, BEST_CHECKPOINT, Path(tmp) / "download"))
-            best_model = best_model.to(device, memory_format=memory_format(channels_last))
-        best_model.eval()
-        test_eval = evaluate(best_model, test, **common)
-        outbox.put_metrics({"test_acc": test_eval.acc, "test_top5": test_eval.top5,
-                            "test_loss": test_eval.loss, "best_epoch": best_epoch})
-        outbox.deliver_or_stop()  # the run ends FINISHED only once everything is logged
-        log.info("best epoch %d (val_acc %.2f%%): test_acc %.2f%%, test_top5 %.2f%%",
-                 best_epoch, best_acc, test_eval.acc, test_eval.top5)
+        training = Training(config, ckpt, splits, model, device, run.info.run_id, tmp)
+        with training.stopping_cleanly():  # from the line that says training starts
+            training.epochs()
+        result = training.finish()
     if not config.keep_last_checkpoint:  # only once the run is FINISHED: until then it is the resume point
-        drop_last_checkpoint(run_id)
-    return TrainResult(run_id, best_model, test_eval)
+        drop_last_checkpoint(result.run_id)
+    return result
 
 
 def drop_last_checkpoint(run_id: str) -> None:

@@ -11,7 +11,7 @@ from pipeline.contracts import CHAIN, CHANNEL_WEIGHTS, UPSTREAM_TAGS
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.main import run_main
 from pipeline.steps.sweep import PartialSweep, run_sweep
-from conftest import all_runs, artifact_file
+from helpers import all_runs, artifact_file
 
 FAST = dict(dataset="fake", weights="none", image_size=32, epochs=1, batch_size=32, device="cpu")
 

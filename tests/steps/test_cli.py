@@ -2,7 +2,7 @@ import mlflow
 import pytest
 
 from pipeline.cli import main
-from conftest import all_runs, run_cli
+from helpers import all_runs, run_cli
 
 FAST = ["--dataset", "fake", "--weights", "none", "--image-size", "32", "--epochs", "1", "--device", "cpu"]
 

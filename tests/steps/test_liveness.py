@@ -12,7 +12,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.liveness import Heartbeat
 from pipeline.tracking import step_run
-from conftest import start_training, wait_for_epochs
+from helpers import start_training, wait_for_epochs
 
 
 def dead_pid() -> int:

@@ -13,7 +13,7 @@ from pipeline.data import load_dataset, to_model_input
 from pipeline.config import MetricsConfig, ProbeConfig
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
-from conftest import all_runs
+from helpers import all_runs
 
 pytestmark = pytest.mark.xdist_group("probe_store")  # one worker builds the module's train run
 

@@ -10,7 +10,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.steps.train import run_train
 from cifar_files import write_cifar10
-from conftest import REPO, all_runs, artifact_file, start_training, wait_for_epochs
+from helpers import REPO, all_runs, artifact_file, start_training, wait_for_epochs
 
 FAKE = ["--dataset", "fake", "--weights", "none", "--device", "cpu", "--batch-size", "32"]
 

@@ -9,7 +9,7 @@ import torch
 
 from bench_throughput import PILDataset, data_preparation_memory, synthetic_images
 from pipeline.data import to_model_input
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 KEYS = ("notebook_train_ips", "ours_train_ips", "train_ratio", "notebook_eval_ips", "ours_eval_ips",
         "eval_ratio", "peak_rss_mb")

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import start_training, wait_for_epochs
+from helpers import start_training, wait_for_epochs
 
 FAKE = ["--dataset", "fake", "--weights", "none", "--device", "cpu", "--batch-size", "32", "--image-size", "32"]
 

@@ -7,7 +7,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import REPO, all_runs
+from helpers import REPO, all_runs
 
 pytestmark = pytest.mark.xdist_group("mlflow_project")  # one worker builds the module's train run
 

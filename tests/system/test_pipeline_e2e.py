@@ -7,7 +7,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import REPO, all_runs
+from helpers import REPO, all_runs
 
 STEPS = ["prepare-data", "train", "probe-attention", "compute-metrics"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import all_runs
+from helpers import all_runs
 from pipeline.server import free_port, health
 
 pytest.importorskip("ray")

@@ -7,7 +7,7 @@ import sys
 
 import mlflow
 
-from conftest import REPO, all_runs
+from helpers import REPO, all_runs
 
 ARGS = ["main", "--activation", "sigmoid", "--dataset", "fake", "--weights", "none", "--image-size", "32",
         "--epochs", "1", "--device", "cpu"]

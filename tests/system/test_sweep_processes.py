@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import REPO, all_runs
+from helpers import REPO, all_runs
 
 FAKE = ["--dataset", "fake", "--weights", "none", "--device", "cpu"]
 

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.server import free_port, health, start_server
 from pipeline.tracking import view_url
-from conftest import REPO
+from helpers import REPO
 
 STEPS = ["prepare-data", "train", "probe-attention", "compute-metrics"]
 POSTGRES_ENV = "PIPELINE_TEST_POSTGRES_URI"

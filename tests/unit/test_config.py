@@ -10,7 +10,7 @@ from pipeline import config as cfg
 from pipeline.cli import cli
 from pipeline.contracts import code_version, reuse_key, step_sources
 from pipeline.errors import PipelineError
-from conftest import REPO
+from helpers import REPO
 
 REQUIRED = {("probe-attention", "train_run_id"), ("compute-metrics", "probe_run_id")}
 
