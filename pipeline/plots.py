@@ -442,6 +442,9 @@ def save_figure(fig: Figure, stem) -> list[str]:
     """Write ``stem``.pdf (vector) and ``stem``.png (300 dpi at print size); returns the paths."""
     paths = [f"{stem}.pdf", f"{stem}.png"]
     fig.savefig(paths[0])
+    # the layout the first save computed holds for the second (same size in inches): computing
+    # constrained layout again took about a third of a report's drawing time
+    fig.set_layout_engine("none")
     fig.savefig(paths[1], dpi=300)
     plt.close(fig)
     return paths

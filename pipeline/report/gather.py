@@ -6,6 +6,7 @@ flow, and the probe's channel weights, spatial maps and grid images. Nothing is 
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -85,62 +86,84 @@ def metrics_runs_of(config: ReportConfig) -> Source:
     return Source([c.data.tags[key] for c in children if key in c.data.tags], f"sweep run {run_id}", experiment, name)
 
 
-def _json(run_id: str, path: str, tmp: Path) -> dict:
-    return json.loads(download_artifact(run_id, path, tmp / run_id).read_text())
+def _folder(run_id: str, folder: str, tmp: Path) -> Path:
+    """The run's artefact folder, downloaded once (one store round trip for all its files)."""
+    local = tmp / run_id / folder
+    if not local.exists():
+        try:
+            download_artifact(run_id, folder, tmp / run_id)
+        except Exception:  # noqa: BLE001 - the run logged nothing there
+            local.mkdir(parents=True, exist_ok=True)
+    return local
 
 
-def _optional(read, what: str):
-    """``read()``, or None where a run made before the artefact existed lacks it."""
-    try:
-        return read()
-    except Exception as exc:  # noqa: BLE001 - an older run without it: leave it out of the figures
-        log.debug("report: no %s (%s)", what, one_line(exc))
-        return None
+def _file(run_id: str, path: str, tmp: Path) -> Path | None:
+    """A logged file of the run (its folder downloaded whole), None where it was not logged."""
+    folder, _, name = path.rpartition("/")
+    if folder:
+        local = _folder(run_id, folder, tmp) / name
+    else:
+        local = tmp / run_id / name
+        if not local.exists():
+            try:
+                download_artifact(run_id, path, tmp / run_id)
+            except Exception:  # noqa: BLE001 - not logged
+                return None
+    return local if local.exists() else None
+
+
+def _json(run_id: str, path: str, tmp: Path) -> dict | None:
+    local = _file(run_id, path, tmp)
+    return json.loads(local.read_text()) if local is not None else None
+
+
+@functools.lru_cache(maxsize=4)
+def _test_images(dataset: str, data_dir: str):
+    from pipeline.data import load_dataset
+
+    return load_dataset(dataset, data_dir).test.images
 
 
 def _grid_images_from_dataset(train_config: dict, indices: list[int]) -> np.ndarray | None:
     """For probe runs made before the probe stored its grid images: the same images, from the
     dataset (a report of newer runs needs no dataset)."""
-    from pipeline.data import load_dataset
-
     try:
-        test = load_dataset(train_config["dataset"], train_config.get("data_dir", "data")).test
+        images = _test_images(train_config["dataset"], train_config.get("data_dir", "data"))
     except PipelineError as exc:
         log.warning("report: no spatial-map grid (%s)", one_line(exc))
         return None
-    return test.images[indices].numpy()
+    return images[indices].numpy()
 
 
 def read_record(run, tmp: Path) -> Record:
     """The record of one finished compute-metrics run."""
+    metrics_id = run.info.run_id
     train_id = run.data.tags[UPSTREAM_TAGS[TRAIN]]
     probe_id = run.data.tags[UPSTREAM_TAGS[PROBE_ATTENTION]]
-    train_config = _json(train_id, CONFIG_JSON, tmp)
-    probe_config = _json(probe_id, CONFIG_JSON, tmp)
+    train_config = _json(train_id, CONFIG_JSON, tmp) or {}
+    probe_config = _json(probe_id, CONFIG_JSON, tmp) or {}
     typed = {**train_config, "num_images": probe_config.get("num_images", "")}
     config = {k: param_string(typed[k]) if k in typed else "" for k in GROUP_KEYS}
     train = get_run(train_id)
     histories = {k: metric_history(train_id, k) for k in train.data.metrics  # what the run logged per epoch
                  if k in CURVES or k in GATE_PARAMETERS or k.startswith(EPOCH_ATTENTION_PREFIX)}
-    flow = _optional(lambda: _json(train_id, GRAD_FLOW, tmp), GRAD_FLOW)
+    flow = _json(train_id, GRAD_FLOW, tmp)  # None: a train run older than the artefact
     record = Record(config, param_string(train_config.get("seed", "")), dict(run.data.metrics), train_id, probe_id,
-                    run.info.run_id, run.info.start_time or 0, histories,
+                    metrics_id, run.info.start_time or 0, histories,
                     (flow["layers"], flow["mean_abs_grad"][-1]) if flow else None)
-    record.channel_weights = np.load(download_artifact(probe_id, CHANNEL_WEIGHTS, tmp / probe_id))
+    record.channel_weights = np.load(_file(probe_id, CHANNEL_WEIGHTS, tmp))
     if not record.has_attention:
         return record
     meta = _json(probe_id, ATTENTION_META, tmp)
     record.classes = [str(c) for c in meta["classes"]]
-    record.class_weights = np.load(download_artifact(run.info.run_id, CLASS_WEIGHTS, tmp / run.info.run_id))
-    per_class = pd.read_csv(download_artifact(run.info.run_id, CLASS_GINI, tmp / run.info.run_id),
-                            dtype={"class": str})
+    record.class_weights = np.load(_file(metrics_id, CLASS_WEIGHTS, tmp))
+    per_class = pd.read_csv(_file(metrics_id, CLASS_GINI, tmp), dtype={"class": str})
     record.class_gini = dict(zip(per_class["class"], per_class["gini"].astype(float).tolist()))
-    maps = np.load(download_artifact(probe_id, SPATIAL_MAPS, tmp / probe_id))
     record.grid_indices = list(meta["indices"][:GRID_SIZE])
-    record.grid_maps = maps[:GRID_SIZE]
-    images = _optional(lambda: np.load(download_artifact(probe_id, GRID_IMAGES, tmp / probe_id)), GRID_IMAGES)
-    record.grid_images = images if images is not None else _grid_images_from_dataset(train_config,
-                                                                                      record.grid_indices)
+    record.grid_maps = np.load(_file(probe_id, SPATIAL_MAPS, tmp))[:GRID_SIZE]
+    images = _file(probe_id, GRID_IMAGES, tmp)
+    record.grid_images = np.load(images) if images is not None else _grid_images_from_dataset(
+        train_config, record.grid_indices)
     return record
 
 
