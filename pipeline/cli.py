@@ -230,27 +230,20 @@ def sync(folders: tuple[str, ...]) -> None:
               help="Seconds without a heartbeat after which a run on another host counts as gone.")
 def runs(stale: bool, mark: str | None, experiment_name: str, stale_after: float) -> None:
     """Find runs left RUNNING by a process that died (SIGKILL, OOM, a lost host) and end them."""
-    import mlflow
-
+    from pipeline.contracts import STEP_TAG
     from pipeline.liveness import stale_runs
+    from pipeline.tracking import end_run_as, experiment_ids
 
     if not stale:
         raise PipelineError("say what to list: runs --stale (RUNNING runs whose process is gone)")
     if stale_after <= 0:
         raise PipelineError(f"stale_after must be positive, got {stale_after}")
-    client = mlflow.MlflowClient()
-    if experiment_name:
-        exp = client.get_experiment_by_name(experiment_name)
-        if exp is None:
-            raise PipelineError(f"experiment {experiment_name!r} does not exist")
-        ids = [exp.experiment_id]
-    else:
-        ids = [e.experiment_id for e in client.search_experiments()]
+    ids = experiment_ids(experiment_name)
     found = stale_runs(ids, stale_after) if ids else []
     for run, state in found:
         if mark:
-            client.set_terminated(run.info.run_id, mark.upper())
-        click.echo(f"{run.info.run_id}\t{run.data.tags.get('pipeline.step', '?')}\t{run.info.run_name}\t{state.why}"
+            end_run_as(run.info.run_id, mark.upper())
+        click.echo(f"{run.info.run_id}\t{run.data.tags.get(STEP_TAG, '?')}\t{run.info.run_name}\t{state.why}"
                    + (f"\tmarked {mark.upper()}" if mark else ""))
     click.echo(f"{len(found)} stale run{'s' if len(found) != 1 else ''}"
                + (f" marked {mark.upper()}" if mark and found else ""), err=True)

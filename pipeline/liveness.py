@@ -1,6 +1,7 @@
 """Is a RUNNING run alive? Every step run records where it runs (tags ``pipeline.host``,
 ``pipeline.pid``) and, while it runs, a heartbeat (tag ``pipeline.heartbeat``: Unix time,
-refreshed every :data:`HEARTBEAT_S` seconds by a background thread).
+refreshed every :data:`pipeline.tracking.HEARTBEAT_S` seconds by a background thread,
+:class:`pipeline.tracking.Heartbeat`).
 
 A RUNNING run is *stale* (its process is gone and nothing will end it) when, on this host,
 its pid is dead; on another host, when its heartbeat is older than ``stale_after`` seconds
@@ -13,46 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass
 
-from pipeline.contracts import HEARTBEAT_TAG, HOST_TAG, PID_TAG, RESUMER_TAG, STEP_TAG
+from pipeline.contracts import HEARTBEAT_TAG, HOST_TAG, PID_TAG, RESUMER_TAG
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
 
-HEARTBEAT_S = float(os.environ.get("PIPELINE_HEARTBEAT_S", "60"))
 STALE_AFTER_S = 600.0  # 10 heartbeats missed
-
-
-class Heartbeat:
-    """Sets the run's heartbeat tag now and every ``every`` seconds until stopped; a failed
-    update (the server is briefly away) is skipped, never raised into the step."""
-
-    def __init__(self, run_id: str, every: float = HEARTBEAT_S):
-        import mlflow
-
-        self.run_id, self.every = run_id, every
-        self.client = mlflow.MlflowClient()
-        self.stopped = threading.Event()
-        self.beat()
-        self.thread = threading.Thread(target=self.loop, name=f"heartbeat-{run_id[:8]}", daemon=True)
-        self.thread.start()
-
-    def beat(self) -> None:
-        try:
-            self.client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
-        except Exception as exc:  # the next beat tries again
-            log.debug("heartbeat of %s not recorded: %s", self.run_id, exc)
-
-    def loop(self) -> None:
-        while not self.stopped.wait(self.every):
-            self.beat()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=5)
 
 
 def pid_alive(pid: int) -> bool:
@@ -92,13 +62,10 @@ def liveness(run, stale_after: float = STALE_AFTER_S, now: float | None = None) 
 
 def stale_runs(experiment_ids: list[str], stale_after: float = STALE_AFTER_S) -> list[tuple[object, Liveness]]:
     """The pipeline's RUNNING runs in these experiments whose process is gone."""
-    import mlflow
+    from pipeline.tracking import running_step_runs
 
-    runs = mlflow.MlflowClient().search_runs(
-        experiment_ids, f"attributes.status = 'RUNNING' and tags.`{STEP_TAG}` != ''",
-        order_by=["attributes.start_time ASC"])
     found = []
-    for run in runs:
+    for run in running_step_runs(experiment_ids):
         state = liveness(run, stale_after)
         if not state.alive:
             found.append((run, state))
@@ -149,19 +116,18 @@ def claim_for_resume(run_id: str, force: bool = False) -> None:
     :data:`CLAIM_WAIT_S`: of two claimants the later writer wins. ``force`` claims regardless."""
     import uuid
 
-    import mlflow
+    from pipeline.tracking import get_run, set_run_tag
 
-    client = mlflow.MlflowClient()
-    holder = _claim_holder(client.get_run(run_id), time.time())
+    holder = _claim_holder(get_run(run_id), time.time())
     if holder and not force:
         raise PipelineError(f"run {run_id!r} is being resumed by {holder}: resuming it here too would train it "
                             "twice at once; wait for that process, or pass --force if it is gone")
     mine = f"{socket.gethostname()}:{os.getpid()}:{time.time():.3f}:{uuid.uuid4().hex[:8]}"
-    client.set_tag(run_id, RESUMER_TAG, mine)
+    set_run_tag(run_id, RESUMER_TAG, mine)
     if force:
         return
     time.sleep(CLAIM_WAIT_S)
-    now = client.get_run(run_id).data.tags.get(RESUMER_TAG, "")
+    now = get_run(run_id).data.tags.get(RESUMER_TAG, "")
     if now != mine:
         host, pid = (now.rsplit(":", 3) + ["?", "?"])[:2]
         where = "this host" if host == socket.gethostname() else host

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,10 @@ log = logging.getLogger("pipeline")
 # MLflow's artefact upload/download bars fill redirected logs with fragments; the pipeline says
 # what it stores and fetches in its own log lines (a user's explicit setting is kept)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+#: Seconds between two heartbeats of a running step (tag ``pipeline.heartbeat``, :mod:`pipeline.liveness`).
+HEARTBEAT_S = float(os.environ.get("PIPELINE_HEARTBEAT_S", "60"))
+
 
 def param_string(value: Any) -> str:
     """How a parameter value is logged: bools and numbers in one canonical spelling, lists
@@ -203,8 +208,6 @@ def step_run(
             mlflow.set_tag(contracts.RUN_NAME_TAG, run_name)
         log_params_once(params)
         mlflow.log_dict(config if config is not None else params, CONFIG_JSON)
-        from pipeline.liveness import Heartbeat
-
         heartbeat = Heartbeat(run.info.run_id)
         try:
             yield run
@@ -218,6 +221,33 @@ def step_run(
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+class Heartbeat:
+    """Sets the run's heartbeat tag now and every ``every`` seconds until stopped; a failed
+    update (the server is briefly away) is skipped, never raised into the step."""
+
+    def __init__(self, run_id: str, every: float = HEARTBEAT_S):
+        self.run_id, self.every = run_id, every
+        self.client = mlflow.MlflowClient()
+        self.stopped = threading.Event()
+        self.beat()
+        self.thread = threading.Thread(target=self.loop, name=f"heartbeat-{run_id[:8]}", daemon=True)
+        self.thread.start()
+
+    def beat(self) -> None:
+        try:
+            self.client.set_tag(self.run_id, contracts.HEARTBEAT_TAG, f"{time.time():.0f}")
+        except Exception as exc:  # the next beat tries again
+            log.debug("heartbeat of %s not recorded: %s", self.run_id, exc)
+
+    def loop(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.beat()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
 
 
 def missing_artifacts(run_id: str, paths) -> list[str]:
@@ -289,6 +319,10 @@ def get_run(run_id: str):
         raise PipelineError(f"run {run_id!r} does not exist in the tracking store {mlflow.get_tracking_uri()!r}") from None
 
 
+def set_run_tag(run_id: str, key: str, value: str) -> None:
+    mlflow.MlflowClient().set_tag(run_id, key, value)
+
+
 def run_metrics(run_id: str) -> dict[str, float]:
     """The latest value of each metric of the run."""
     return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
@@ -297,6 +331,11 @@ def run_metrics(run_id: str) -> dict[str, float]:
 def metric_history(run_id: str, key: str) -> list[float]:
     """Every value logged for ``key``, in step order."""
     return [m.value for m in sorted(mlflow.MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def metric_steps(run_id: str, key: str) -> list[int]:
+    """The steps at which ``key`` was logged."""
+    return [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
 
 
 def child_runs(parent_run_id: str, experiment_id: str | None = None, *, status: str | None = None,
@@ -353,6 +392,33 @@ def end_running_children(parent_run_id: str, status: str = "KILLED", include_sel
 
 def end_run_as(run_id: str, status: str) -> None:
     mlflow.MlflowClient().set_terminated(run_id, status)
+
+
+def experiment_ids(name: str = "") -> list[str]:
+    """The id of the experiment ``name`` (a one-line error if it does not exist), or of every
+    experiment for ""."""
+    client = mlflow.MlflowClient()
+    if not name:
+        return [e.experiment_id for e in client.search_experiments()]
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise PipelineError(f"experiment {name!r} does not exist")
+    return [exp.experiment_id]
+
+
+def running_step_runs(experiment_ids: list[str]) -> list:
+    """The pipeline's RUNNING runs in these experiments, oldest first."""
+    return mlflow.MlflowClient().search_runs(
+        experiment_ids, f"attributes.status = 'RUNNING' and tags.`{STEP_TAG}` != ''",
+        order_by=["attributes.start_time ASC"])
+
+
+def delete_artifact(run_id: str, path: str) -> None:
+    """Delete an artefact of the run from its store (any store MLflow can delete from: local,
+    the tracking server's proxied artefacts, S3, ...)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(mlflow.get_run(run_id).info.artifact_uri).delete_artifacts(path)
 
 
 def finished_step_runs(experiment_name: str, step: str):

@@ -49,7 +49,7 @@ from pipeline.models import CBAMResNet18, ModelConfig, build_model
 from pipeline.disk import DiskFullError, disk_full, is_disk_full
 from pipeline.outbox import Outbox, deliver_kept
 from pipeline.results import StepResult
-from pipeline.tracking import download_artifact, get_step_run, step_run
+from pipeline.tracking import delete_artifact, download_artifact, get_step_run, metric_steps, step_run
 from pipeline.training import Evaluation, GradientFlow, evaluate, seed_everything, train_one_epoch
 
 log = logging.getLogger("pipeline")
@@ -188,7 +188,7 @@ def log_checkpoint_metrics(run_id: str, ckpt: dict) -> None:
     """Log the metrics of the checkpoint's epoch if the run lacks them (its process died after
     storing the checkpoint, before logging them)."""
     epoch, metrics = int(ckpt["epoch"]), ckpt.get("metrics") or {}
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_acc")}
+    logged = set(metric_steps(run_id, "val_acc"))
     if metrics and epoch not in logged:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
         log.info("train %s: logged epoch %d's metrics from its checkpoint", run_id, epoch)
@@ -388,10 +388,8 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
 def drop_last_checkpoint(run_id: str) -> None:
     """Delete ``checkpoints/last.pt`` of a finished run from its artefact store (any store MLflow
     can delete from: local, the tracking server's proxied artefacts, S3, ...)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
     try:
-        get_artifact_repository(mlflow.get_run(run_id).info.artifact_uri).delete_artifacts(LAST_CHECKPOINT)
+        delete_artifact(run_id, LAST_CHECKPOINT)
         log.info("train %s: dropped %s (keep_last_checkpoint=false; best.pt is kept)", run_id, LAST_CHECKPOINT)
     except Exception as exc:  # the run is finished and complete; only the space is not freed
         log.warning("train %s: could not delete %s: %s", run_id, LAST_CHECKPOINT, one_line(exc))

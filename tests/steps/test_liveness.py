@@ -10,8 +10,7 @@ import mlflow
 import pytest
 
 from pipeline.cli import main
-from pipeline.liveness import Heartbeat
-from pipeline.tracking import step_run
+from pipeline.tracking import Heartbeat, step_run
 from helpers import start_training, wait_for_epochs
 
 

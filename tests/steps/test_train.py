@@ -2,7 +2,6 @@ import json
 
 import mlflow
 import pytest
-import torch
 
 from pipeline.checkpoint import load_model
 from pipeline.config import TrainConfig

@@ -5,7 +5,7 @@ from torchvision.models import resnet18
 from pipeline.checkpoint import load_model, save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.gates import GATES
-from pipeline.models import POSITIONS, CBAMResNet18, ModelConfig, build_model, load_backbone
+from pipeline.models import CBAMResNet18, ModelConfig, build_model, load_backbone
 
 # (stage, channels, map side at 64 px, map side at 224 px): the ResNet18 stem divides by 4,
 # each later stage by 2 more.

@@ -1,0 +1,133 @@
+"""The report's statistics and tables, checked against independent computations (scipy),
+without MLflow or torch: the report layer's pure part is importable and testable alone."""
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from pipeline.report.schema import ATTENTION, GROUP_KEYS, Record
+from pipeline.report.stats import distinct_seeds, figure_groups, summary_table
+from pipeline.report.tables import to_latex, to_markdown
+
+
+def test_stats_and_tables_import_neither_mlflow_nor_torch():
+    code = ("import sys, pipeline.report.stats, pipeline.report.tables, pipeline.report.schema; "
+            "print(sorted(m for m in ('mlflow', 'torch', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+CONFIG = {"dataset": "digits", "image_size": "64", "epochs": "2", "weights": "none", "lr": "0.001", "batch_size": "64",
+          "val_fraction": "0.1", "num_images": "-1", "gate_norm": "", "position": "late"}
+
+
+def result(activation, seed, start=0, **metrics):
+    config = {**CONFIG, "activation": activation, **{k: metrics.pop(k) for k in list(metrics) if k in GROUP_KEYS}}
+    return Record(config, str(seed), metrics, "t", "p", "m", start)
+
+
+def test_summary_table_ci_over_seeds_and_compact_formats():
+    results = [result("swish", 0, gini=0.5, test_acc=90.0), result("swish", 1, gini=0.7, test_acc=92.0),
+               result("sigmoid", 0, gini=0.3542, test_acc=89.91, sparsity=0.0125)]
+    table = summary_table(results)
+    assert list(table["activation"]) == ["sigmoid", "swish"]  # registry order
+    swish = table.iloc[1]
+    assert swish["gini"] == pytest.approx(0.6) and swish["gini_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    half = stats.t.ppf(0.975, 1) * np.std([0.5, 0.7], ddof=1) / np.sqrt(2)
+    assert swish["gini_ci95_low"] == pytest.approx(0.6 - half) and swish["gini_ci95_high"] == pytest.approx(0.6 + half)
+    assert swish["seeds"] == 2 and np.isnan(table.iloc[0]["gini_std"]) and table.iloc[0]["gini_n"] == 1
+    md = to_markdown(table, "test", ATTENTION)
+    assert "Constant across this report: dataset digits, 64 px, 2 epochs, weights none, lr 0.001, " \
+           "batch size 64, val. fraction 0.1, all test images probed, position late." in md
+    rows = [line for line in md.splitlines() if line.startswith("| s")]
+    assert [c.strip() for c in rows[0].split("|")[1:-1]] == ["sigmoid", "1", "89.9", "0.354", "n/a", "1.2", "n/a", "n/a", "n/a"]
+    # one decimal convention per column: accuracy 1 decimal, Gini 3, the CI half-width alike
+    assert f"91.0 ± {stats.t.ppf(0.975, 1) * np.std([90, 92], ddof=1) / np.sqrt(2):.1f}" in rows[1]
+    assert f"0.600 ± {half:.3f}" in rows[1]
+    assert len({len(line) for line in md.splitlines() if line.startswith("|")}) == 1  # aligned
+    tex = to_latex(table, ATTENTION, "source: sweep run abc")
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"$\pm$" in tex
+    caption = next(line for line in tex.splitlines() if line.startswith(r"\caption"))
+    assert "abc" not in caption and "digits" in caption  # the run id only in a comment
+    assert tex.splitlines()[0] == "% source: sweep run abc"
+
+
+def test_unlike_runs_are_never_pooled_and_a_seed_counts_once():
+    results = [result("swish", 0, gini=0.5), result("swish", 0, gini=0.9, dataset="fake", image_size="32", epochs="1"),
+               result("swish", 1, gini=0.7), result("swish", 1, start=5, gini=0.8)]  # a rerun of seed 1: newest counts
+    table = summary_table(distinct_seeds(results))
+    assert len(table) == 2 and list(table["dataset"]) == ["digits", "fake"]  # sorted by dataset first
+    assert list(table["seeds"]) == [2, 1]
+    assert table.iloc[0]["gini"] == pytest.approx((0.5 + 0.8) / 2)  # seed 1's newest run
+    md = to_markdown(table, "report", ATTENTION)
+    header = next(line for line in md.splitlines() if line.startswith("| "))
+    assert [h.strip() for h in header.split("|")[1:5]] == ["dataset", "image size (px)", "epochs", "gate"]
+    assert "Constant across this report: weights none" in md
+    groups = figure_groups([r for r in results if r.start_time == 0])
+    assert set(groups) == {"digits_64px_2ep_late", "fake_32px_1ep_late"}
+
+
+def test_summary_csv_has_every_number(tmp_path):
+    results = [result("sigmoid", s, gini=g, test_acc=a) for s, g, a in ((0, 0.3, 88.0), (1, 0.4, 90.0), (2, 0.35, 89.0))]
+    table = summary_table(results)
+    table.to_csv(tmp_path / "s.csv", index=False)
+    back = pd.read_csv(tmp_path / "s.csv")
+    n, mean, std = 3, 89.0, 1.0
+    half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)
+    row = back.iloc[0]
+    assert row["test_acc"] == pytest.approx(mean) and row["test_acc_std"] == pytest.approx(std)
+    assert row["test_acc_ci95_low"] == pytest.approx(mean - half) and row["test_acc_ci95_high"] == pytest.approx(mean + half)
+    assert row["seeds"] == 3 and row["seed_list"] == "0 1 2"
+
+
+def test_paired_comparisons_against_the_reference_match_an_independent_computation():
+    from pipeline.report.stats import paired_comparisons
+    from pipeline.report.tables import comparison_markdown
+
+    rng = np.random.default_rng(3)
+    ref_acc = 90 + rng.normal(0, 1, 7)
+    swish_acc = ref_acc - 1.0 + rng.normal(0, 0.3, 7)
+    results = [result("sigmoid", s, test_acc=ref_acc[s], gini=0.3 + 0.01 * s) for s in range(7)]
+    results += [result("swish", s, test_acc=swish_acc[s], gini=0.7 + 0.02 * s) for s in range(7)]
+    results += [result("softmax", s, test_acc=80.0 + s * s, gini=0.99) for s in (0, 2, 5)]  # seeds missing
+    results += [result("sparsemax", 4, test_acc=40.0, gini=0.99)]  # one seed
+    table = summary_table(results)
+    comparisons = paired_comparisons(results, "sigmoid")
+    acc = comparisons[comparisons["metric"] == "test_acc"].set_index("gate")
+    assert set(acc.index) == {"swish", "softmax", "sparsemax"}
+
+    def expected(diffs):
+        d = np.asarray(diffs)
+        n, mean, sd = d.size, d.mean(), d.std(ddof=1)
+        t = mean / (sd / np.sqrt(n))
+        return mean, stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n), 2 * stats.t.sf(abs(t), n - 1)
+
+    mean, half, p = expected(swish_acc - ref_acc)
+    row = acc.loc["swish"]
+    assert row["pairs"] == 7 and row["mean_diff"] == pytest.approx(mean)
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((mean - half, mean + half))
+    assert row["p_ttest"] == pytest.approx(p)
+    assert row["p_wilcoxon"] == pytest.approx(stats.wilcoxon(swish_acc - ref_acc).pvalue)  # 7 pairs >= 6
+    soft = [80.0 + s * s - ref_acc[s] for s in (0, 2, 5)]  # paired over the common seeds only
+    mean_s, half_s, p_s = expected(soft)
+    row = acc.loc["softmax"]
+    assert row["pairs"] == 3 and row["seeds"] == "0 2 5" and row["mean_diff"] == pytest.approx(mean_s)
+    assert row["ci95_high"] == pytest.approx(mean_s + half_s) and np.isnan(row["p_wilcoxon"])  # < 6 pairs
+    row = acc.loc["sparsemax"]
+    assert row["pairs"] == 1 and row["mean_diff"] == pytest.approx(40.0 - ref_acc[4])
+    assert np.isnan(row["ci95_low"]) and np.isnan(row["p_ttest"])  # one pair: no interval, no test
+    # Holm across the gates with a p-value: the smaller times 2, the larger times 1, monotone
+    ordered = sorted([p, p_s])
+    holm = [min(1, 2 * ordered[0]), max(min(1, 2 * ordered[0]), ordered[1])]
+    got = sorted([acc.loc["swish", "p_ttest_holm"], acc.loc["softmax", "p_ttest_holm"]])
+    assert got == pytest.approx(holm) and np.isnan(acc.loc["sparsemax", "p_ttest_holm"])
+    md = comparison_markdown(table, comparisons, "sigmoid", ATTENTION)
+    swish_line = next(line for line in md.splitlines() if line.startswith("| swish"))
+    marks = "***" if holm[ordered.index(p)] < 0.001 else "**" if holm[ordered.index(p)] < 0.01 else "*"
+    assert f"{mean:+.1f} ± {half:.1f}{marks}" in swish_line
+    sparse_line = next(line for line in md.splitlines() if line.startswith("| sparsemax"))
+    assert f"{40.0 - ref_acc[4]:+.1f} " in sparse_line and "±" not in sparse_line.split("|")[3]
+    assert "fewer than two pairs" in md and "Holm" in md
