@@ -57,6 +57,11 @@ def test_probe_logs_documented_arrays_and_scores(store, tmp_path):
     assert meta["activation"] == "sparsemax" and meta["position"] == "middle" and meta["image_size"] == 32
     assert meta["source_run_id"] == store["train_id"] and meta["indices"] == list(range(80))
     np.testing.assert_array_equal(arrays["labels"], load_dataset("fake").test.labels.numpy())
+    # the report's spatial-map grid draws these: the first six probed images, as the dataset holds them
+    grid = np.load(mlflow.artifacts.download_artifacts(run_id=probe_id, artifact_path="attention/grid_images.npy",
+                                                       dst_path=str(tmp_path / "grid")))
+    assert grid.dtype == np.uint8 and grid.shape == (6, 3, 32, 32)
+    np.testing.assert_array_equal(grid, load_dataset("fake").test.images[:6].numpy())
 
     # scores: the same best checkpoint on the same test images as train's final evaluation
     train_metrics = client.get_run(store["train_id"]).data.metrics
