@@ -308,7 +308,8 @@ def plot_class_attention(matrices: dict[str, np.ndarray], classes: list[str],
     if not gates:
         return None
     k = len(classes)
-    fig, axes = plt.subplots(len(gates), 1, figsize=(PAGE_WIDTH_IN, 0.55 + len(gates) * (0.25 + 0.085 * k)),
+    bar_below = 0.5 if len(gates) == 1 else 0.0  # the colour bar's room when it goes under one heatmap
+    fig, axes = plt.subplots(len(gates), 1, figsize=(PAGE_WIDTH_IN, 0.55 + bar_below + len(gates) * (0.25 + 0.085 * k)),
                              squeeze=False, constrained_layout=True)
     norm = LogNorm(1e-2, 1e2)
     image = None
@@ -324,7 +325,9 @@ def plot_class_attention(matrices: dict[str, np.ndarray], classes: list[str],
         ax.set_ylabel(gate, rotation=0, ha="right", va="center")
         ax.set_xticks([])
     axes[-1, 0].set_xlabel(f"channels, by the gate's mean weight (largest left; {m.shape[1]} in all)")
-    fig.colorbar(image, ax=axes[:, 0], fraction=0.03, pad=0.01, label="weight / gate's mean weight")
+    # beside one heatmap the label is longer than the bar: below it, across, instead
+    below = dict(location="bottom", shrink=0.4, aspect=40) if len(gates) == 1 else dict(fraction=0.03)
+    fig.colorbar(image, ax=axes[:, 0], pad=0.01, label="weight / gate's mean weight", **below)
     fig.suptitle(title)
     return fig
 
@@ -409,7 +412,8 @@ def plot_spatial_grid(images: np.ndarray, maps_by_label: dict[str, np.ndarray],
     labels = list(maps_by_label)
     k = images.shape[0]
     cell = min(0.9, (PAGE_WIDTH_IN - 1.2) / k)
-    fig, axes = plt.subplots(len(labels) + 1, k, figsize=(cell * k + 1.2, cell * (len(labels) + 1) + 0.5),
+    bar_below = 0.55 if len(labels) == 1 else 0.0  # the colour bar's room when it goes under one row of maps
+    fig, axes = plt.subplots(len(labels) + 1, k, figsize=(cell * k + 1.2, cell * (len(labels) + 1) + 0.5 + bar_below),
                              squeeze=False, constrained_layout=True)
     pictures = np.transpose(images, (0, 2, 3, 1))
     gray = pictures.astype(np.float32).mean(axis=3)
@@ -433,7 +437,9 @@ def plot_spatial_grid(images: np.ndarray, maps_by_label: dict[str, np.ndarray],
             spine.set_visible(False)
     if labels:  # an opaque bar: the overlays' transparency would wash it out
         scale = ScalarMappable(norm=Normalize(0.0, 1.0), cmap="inferno")
-        fig.colorbar(scale, ax=axes[1:, :], shrink=0.9, fraction=0.05, pad=0.02, label="spatial attention (0..1)")
+        # beside a single row of maps the label is longer than the bar: below it, across, instead
+        where = dict(location="bottom", shrink=0.4, aspect=40) if len(labels) == 1 else dict(shrink=0.9, fraction=0.05)
+        fig.colorbar(scale, ax=axes[1:, :], pad=0.02, label="spatial attention (0..1)", **where)
     fig.suptitle(title)
     return fig
 
@@ -442,9 +448,6 @@ def save_figure(fig: Figure, stem) -> list[str]:
     """Write ``stem``.pdf (vector) and ``stem``.png (300 dpi at print size); returns the paths."""
     paths = [f"{stem}.pdf", f"{stem}.png"]
     fig.savefig(paths[0])
-    # the layout the first save computed holds for the second (same size in inches): computing
-    # constrained layout again took about a third of a report's drawing time
-    fig.set_layout_engine("none")
-    fig.savefig(paths[1], dpi=300)
+    fig.savefig(paths[1], dpi=300)  # laid out again: a layout from the PDF's save clips labels at 300 dpi
     plt.close(fig)
     return paths

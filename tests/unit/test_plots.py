@@ -135,3 +135,22 @@ def test_figure_titles_count_in_the_singular_and_plural():
 
     assert [counted(n, "run") for n in (0, 1, 2, 12)] == ["0 runs", "1 run", "2 runs", "12 runs"]
     assert counted(1, "seed") == "1 seed" and counted(3, "seed") == "3 seeds"
+
+
+def test_a_single_row_puts_its_colour_bar_below_and_its_label_inside_the_figure():
+    def inside(fig, ax):  # the axes with its tick labels and its label, within the figure
+        fig.canvas.draw()
+        box = ax.get_tightbbox(fig.canvas.get_renderer())
+        return fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1
+
+    one = plots.plot_spatial_grid(np.zeros((6, 3, 8, 8), dtype=np.uint8), {"swish": np.full((6, 2, 2), 0.5)})
+    *_, bar = one.axes
+    assert bar.get_xlabel() == "spatial attention (0..1)" and inside(one, bar)  # across, under the maps
+    assert bar.get_position().y1 < min(ax.get_position().y0 for ax in one.axes[:-1])
+    two = plots.plot_spatial_grid(np.zeros((6, 3, 8, 8), dtype=np.uint8),
+                                  {"a": np.full((6, 2, 2), 0.5), "b": np.zeros((6, 2, 2))})
+    assert two.axes[-1].get_ylabel() == "spatial attention (0..1)" and inside(two, two.axes[-1])  # beside them
+    heat = plots.plot_class_attention({"swish": np.random.default_rng(0).random((10, 64))}, [str(k) for k in range(10)])
+    heatmap, bar = heat.axes
+    assert bar.get_xlabel() == "weight / gate's mean weight" and inside(heat, bar)
+    assert bar.get_position().y1 < heatmap.get_position().y0
