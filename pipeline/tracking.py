@@ -323,6 +323,17 @@ def set_run_tag(run_id: str, key: str, value: str) -> None:
     mlflow.MlflowClient().set_tag(run_id, key, value)
 
 
+def read_config(run_id: str) -> dict:
+    """The typed configuration a step run logged (its ``config.json``)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return json.loads(download_artifact(run_id, CONFIG_JSON, tmp).read_text())
+        except Exception:
+            raise PipelineError(f"run {run_id!r} has no {CONFIG_JSON}: it was not logged by a pipeline step") from None
+
+
 def run_metrics(run_id: str) -> dict[str, float]:
     """The latest value of each metric of the run."""
     return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)

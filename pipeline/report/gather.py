@@ -27,6 +27,7 @@ from pipeline.contracts import (
     EPOCH_ATTENTION_PREFIX,
     GRAD_FLOW,
     GRID_IMAGES,
+    LABELS,
     MAIN,
     PROBE_ATTENTION,
     SPATIAL_MAPS,
@@ -156,9 +157,17 @@ def read_record(run, tmp: Path) -> Record:
         return record
     meta = _json(probe_id, ATTENTION_META, tmp)
     record.classes = [str(c) for c in meta["classes"]]
-    record.class_weights = np.load(_file(metrics_id, CLASS_WEIGHTS, tmp))
-    per_class = pd.read_csv(_file(metrics_id, CLASS_GINI, tmp), dtype={"class": str})
-    record.class_gini = dict(zip(per_class["class"], per_class["gini"].astype(float).tolist()))
+    weights_file, gini_file = _file(metrics_id, CLASS_WEIGHTS, tmp), _file(metrics_id, CLASS_GINI, tmp)
+    if weights_file is not None and gini_file is not None:
+        record.class_weights = np.load(weights_file)
+        per_class = pd.read_csv(gini_file, dtype={"class": str})
+        record.class_gini = dict(zip(per_class["class"], per_class["gini"].astype(float).tolist()))
+    else:  # a compute-metrics run older than its class files: the same formula on the probe's arrays
+        from pipeline.metrics import class_means, gini
+
+        labels = np.load(_file(probe_id, LABELS, tmp))
+        record.class_weights = class_means(record.channel_weights, labels, len(record.classes))[0]
+        record.class_gini = dict(zip(record.classes, gini(record.class_weights).tolist()))
     record.grid_indices = list(meta["indices"][:GRID_SIZE])
     record.grid_maps = np.load(_file(probe_id, SPATIAL_MAPS, tmp))[:GRID_SIZE]
     images = _file(probe_id, GRID_IMAGES, tmp)

@@ -175,7 +175,8 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
 
         probe_config = config.probe(chain.run_ids[TRAIN])
         probed = chain.step(PROBE_ATTENTION, probe_config, lambda name: run_probe(
-            probe_config, model=trained.model if trained else None, dataset=dataset(), run_name=name))
+            probe_config, model=trained.model if trained else None, dataset=dataset(), run_name=name,
+            train_config=train_config.to_dict()))
 
         metrics_config = MetricsConfig(probe_run_id=chain.run_ids[PROBE_ATTENTION])
         chain.step(COMPUTE_METRICS, metrics_config,

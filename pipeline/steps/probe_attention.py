@@ -48,7 +48,7 @@ from pipeline.data import Dataset, load_dataset
 from pipeline.devices import resolve_device
 from pipeline.metrics import mean_average_precision
 from pipeline.models import CBAMResNet18
-from pipeline.tracking import download_artifact, experiment_of, get_step_run, step_run
+from pipeline.tracking import download_artifact, experiment_of, get_step_run, read_config, step_run
 from pipeline.results import StepResult
 from pipeline.training import score_logits
 
@@ -79,12 +79,14 @@ def per_class_accuracy(labels: np.ndarray, logits: np.ndarray, classes) -> pd.Da
 
 
 def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: Dataset | None = None,
-              run_name: str | None = None) -> ProbeResult:
-    """Run the step. ``model`` / ``dataset``: the train run's best model and its data when the
-    caller (``main``) holds them already; otherwise both are loaded from the train run."""
+              run_name: str | None = None, train_config: dict | None = None) -> ProbeResult:
+    """Run the step. ``model`` / ``dataset`` / ``train_config``: the train run's best model, its
+    data and its typed configuration when the caller (``main``) holds them already; otherwise
+    they are loaded from the train run (its ``config.json``)."""
     train_run = get_step_run(config.train_run_id, TRAIN, BEST_CHECKPOINT)
     device = resolve_device(config.device)
-    train_params = train_run.data.params
+    if train_config is None:
+        train_config = read_config(config.train_run_id)
     if model is None:
         with tempfile.TemporaryDirectory() as tmp:
             model, ckpt = load_model(download_artifact(config.train_run_id, BEST_CHECKPOINT, tmp),
@@ -92,9 +94,9 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         checkpoint_epoch = ckpt.get("epoch")
     else:
         checkpoint_epoch = int(train_run.data.metrics.get("best_epoch", -1))
-    dataset_name = train_params.get("dataset")
-    data_dir = config.data_dir or train_params.get("data_dir", "data")
-    image_size = int(float(train_params.get("image_size", 224)))
+    dataset_name = train_config["dataset"]
+    data_dir = config.data_dir or train_config.get("data_dir", "data")
+    image_size = int(train_config["image_size"])
     if dataset is None or dataset.name != dataset_name:
         dataset = load_dataset(dataset_name, data_dir)
     test = dataset.test
@@ -108,7 +110,7 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
 
     params = {**config.params(), "num_images_probed": n, "activation": model.config.activation,
               "position": model.config.position, "dataset": dataset_name, "image_size": image_size,
-              "seed": train_params.get("seed", "")}
+              "seed": train_config.get("seed", "")}
     tags = {UPSTREAM_TAGS[TRAIN]: config.train_run_id, REUSE_KEY_TAG: reuse_key(PROBE_ATTENTION, config.to_dict())}
     with step_run(PROBE_ATTENTION, params, config.to_dict(), run_name=run_name or f"{model.config.activation} · probe-attention",
                   tags=tags, experiment=experiment_of(train_run)) as run, \

@@ -4,7 +4,7 @@ same tables, byte for byte.
 The runs are written here with plain MLflow calls, in the exact form the steps of commit
 6fcf597 logged them (params, ``config.json``, metric histories, the probe's arrays, the
 compute-metrics class files), so they do not depend on today's step code. The expected files
-in ``tests/data/report_before/`` are what that commit's ``report`` step wrote from this store
+in ``tests/expected/report_before/`` are what that commit's ``report`` step wrote from this store
 (``python tests/steps/test_report_rebuild.py OUT`` builds the store and reports it with
 whatever ``pipeline`` is importable), the sweep's run id written as ``SWEEP_RUN_ID``."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipeline.metrics import class_means, gini
 
-EXPECTED = Path(__file__).resolve().parents[1] / "data" / "report_before"
+EXPECTED = Path(__file__).resolve().parents[1] / "expected" / "report_before"
 TABLES = ("summary.md", "summary.csv", "comparison.csv", "summary.tex", "class_gini.csv")
 C, N, K = 16, 12, 10  # channels, probed images, classes (digits)
 #: (activation, position, gate_norm, seeds): sigmoid and swish with 6 seeds (the Wilcoxon test
@@ -47,7 +47,7 @@ def _log_dir(files: dict[str, object]) -> None:
         mlflow.log_artifacts(tmp)
 
 
-def build_store(rerun_seed: bool = True) -> str:
+def build_store(rerun_seed: bool = True, configs=CONFIGS) -> str:
     """A finished sweep in the active tracking store, logged as the old steps logged it; its id."""
     client = mlflow.MlflowClient()
     exp = client.create_experiment("cbam-gates-digits")  # given to every run: a nested run goes to the active one
@@ -55,7 +55,7 @@ def build_store(rerun_seed: bool = True) -> str:
     labels = np.arange(N) % K
     with mlflow.start_run(experiment_id=exp, run_name="sweep") as sweep:
         mlflow.set_tag("pipeline.step", "sweep")
-        todo = [(a, p, g, s) for a, p, g, seeds in CONFIGS for s in seeds]
+        todo = [(a, p, g, s) for a, p, g, seeds in configs for s in seeds]
         if rerun_seed:
             todo.append(("softmax", "late", "none", 1))  # a seed run twice: the newest counts
         for activation, position, gate_norm, seed in todo:
@@ -146,6 +146,21 @@ def test_a_report_of_runs_made_before_the_report_layer_has_the_same_tables(track
     assert comparison.loc[comparison["gate"] == "swish", "p_wilcoxon"].notna().all()
     assert {p.name for p in folder.glob("spatial_maps_*.png")} == {"spatial_maps_none_late.png",
                                                                     "spatial_maps_mean_one_late.png"}
+
+
+def test_a_compute_metrics_run_older_than_its_class_files_gets_them_from_the_probe(tracking_uri):
+    from helpers import artifact_file
+    from pipeline.report.gather import gather
+
+    build_store(rerun_seed=False, configs=[("softmax", "late", "none", [0])])
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
+                               filter_string="tags.`pipeline.step` = 'compute-metrics' and params.activation = 'softmax'")
+    logged = gather([run.info.run_id])[0]
+    for path in ("metrics/class_channel_weights.npy", "metrics/class_gini.csv"):
+        artifact_file(run.info.run_id, path).unlink()
+    derived = gather([run.info.run_id])[0]
+    assert derived.class_gini == logged.class_gini and len(derived.class_gini) == K  # the same formula, exactly
+    np.testing.assert_allclose(derived.class_weights, logged.class_weights, rtol=1e-6)  # logged as float32
 
 
 if __name__ == "__main__":  # python tests/steps/test_report_rebuild.py OUT: the expected files, from this store
