@@ -311,27 +311,39 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+#: What MLflow answers for a run id that is not in the store (malformed ids included).
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def get_run(run_id: str):
-    """The run ``run_id``; a one-line error naming the store when it does not exist."""
+    """The run ``run_id``; a one-line error naming the store when it does not exist (any other
+    failure, a server away say, is raised as MLflow raised it)."""
     try:
         return mlflow.MlflowClient().get_run(run_id)
-    except Exception:
+    except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND_CODES:
+            raise
         raise PipelineError(f"run {run_id!r} does not exist in the tracking store {mlflow.get_tracking_uri()!r}") from None
+
+
+def artifact_names(run_id: str, folder: str = "") -> set[str]:
+    """The names of the files and folders directly in the run's artefact ``folder`` ("" = root)."""
+    return {Path(f.path).name for f in mlflow.MlflowClient().list_artifacts(run_id, folder or None)}
 
 
 def set_run_tag(run_id: str, key: str, value: str) -> None:
     mlflow.MlflowClient().set_tag(run_id, key, value)
 
 
-def read_config(run_id: str) -> dict:
-    """The typed configuration a step run logged (its ``config.json``)."""
+def read_config(run_id: str) -> dict | None:
+    """The typed configuration a step run logged (its ``config.json``); None for a run made
+    before steps logged it."""
     import tempfile
 
+    if CONFIG_JSON not in artifact_names(run_id):
+        return None
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            return json.loads(download_artifact(run_id, CONFIG_JSON, tmp).read_text())
-        except Exception:
-            raise PipelineError(f"run {run_id!r} has no {CONFIG_JSON}: it was not logged by a pipeline step") from None
+        return json.loads(download_artifact(run_id, CONFIG_JSON, tmp).read_text())
 
 
 def run_metrics(run_id: str) -> dict[str, float]:

@@ -40,6 +40,7 @@ from pipeline.errors import PipelineError, one_line
 from pipeline.report.schema import CURVES, GATE_PARAMETERS, GRID_SIZE, GROUP_KEYS, Record
 from pipeline.report.stats import distinct_seeds
 from pipeline.tracking import (
+    artifact_names,
     child_runs,
     download_artifact,
     experiment_of,
@@ -87,35 +88,67 @@ def metrics_runs_of(config: ReportConfig) -> Source:
     return Source([c.data.tags[key] for c in children if key in c.data.tags], f"sweep run {run_id}", experiment, name)
 
 
+_LISTED: dict[tuple[Path, str], set[str]] = {}
+
+
+def _names(run_id: str, tmp: Path) -> set[str]:
+    """What is in the run's artefact root, listed once per gather."""
+    if (tmp, run_id) not in _LISTED:
+        _LISTED[(tmp, run_id)] = artifact_names(run_id)
+    return _LISTED[(tmp, run_id)]
+
+
 def _folder(run_id: str, folder: str, tmp: Path) -> Path:
-    """The run's artefact folder, downloaded once (one store round trip for all its files)."""
+    """The run's artefact folder, downloaded once (one store round trip for all its files);
+    an empty folder where the run logged nothing there (any other failure is raised)."""
     local = tmp / run_id / folder
     if not local.exists():
-        try:
+        if folder in _names(run_id, tmp):
             download_artifact(run_id, folder, tmp / run_id)
-        except Exception:  # noqa: BLE001 - the run logged nothing there
-            local.mkdir(parents=True, exist_ok=True)
+        local.mkdir(parents=True, exist_ok=True)
     return local
 
 
 def _file(run_id: str, path: str, tmp: Path) -> Path | None:
-    """A logged file of the run (its folder downloaded whole), None where it was not logged."""
+    """A logged file of the run, None where the run did not log it (a run made before the
+    artefact existed)."""
     folder, _, name = path.rpartition("/")
     if folder:
         local = _folder(run_id, folder, tmp) / name
     else:
         local = tmp / run_id / name
-        if not local.exists():
-            try:
-                download_artifact(run_id, path, tmp / run_id)
-            except Exception:  # noqa: BLE001 - not logged
-                return None
+        if not local.exists() and name in _names(run_id, tmp):
+            download_artifact(run_id, path, tmp / run_id)
     return local if local.exists() else None
+
+
+def _required(run_id: str, path: str, tmp: Path) -> Path:
+    local = _file(run_id, path, tmp)
+    if local is None:
+        raise PipelineError(f"run {run_id!r} has no artefact {path!r}: it cannot be reported on")
+    return local
 
 
 def _json(run_id: str, path: str, tmp: Path) -> dict | None:
     local = _file(run_id, path, tmp)
     return json.loads(local.read_text()) if local is not None else None
+
+
+def _config(run, train, probe, tmp: Path) -> tuple[dict[str, str], str, dict]:
+    """The grouping keys as logged, the seed, and the train run's typed config: from each run's
+    ``config.json``; for runs made before steps logged it, from their parameters (as the report
+    read them then: the train run's, else the compute-metrics run's; ``num_images`` the probe's)."""
+    train_config = _json(train.info.run_id, CONFIG_JSON, tmp)
+    probe_config = _json(probe.info.run_id, CONFIG_JSON, tmp)
+    if train_config is not None and probe_config is not None:
+        typed = {**train_config, "num_images": probe_config.get("num_images", "")}
+        config = {k: param_string(typed[k]) if k in typed else "" for k in GROUP_KEYS}
+        return config, param_string(train_config.get("seed", "")), train_config
+    p, params = run.data.params, train.data.params
+    config = {k: params.get(k, p.get(k, "")) for k in GROUP_KEYS}
+    config.update(activation=p["activation"], position=p["position"], num_images=probe.data.params.get("num_images", ""))
+    return config, p.get("seed", params.get("seed", "")), {"dataset": params.get("dataset"),
+                                                           "data_dir": params.get("data_dir", "data")}
 
 
 @functools.lru_cache(maxsize=4)
@@ -141,21 +174,18 @@ def read_record(run, tmp: Path) -> Record:
     metrics_id = run.info.run_id
     train_id = run.data.tags[UPSTREAM_TAGS[TRAIN]]
     probe_id = run.data.tags[UPSTREAM_TAGS[PROBE_ATTENTION]]
-    train_config = _json(train_id, CONFIG_JSON, tmp) or {}
-    probe_config = _json(probe_id, CONFIG_JSON, tmp) or {}
-    typed = {**train_config, "num_images": probe_config.get("num_images", "")}
-    config = {k: param_string(typed[k]) if k in typed else "" for k in GROUP_KEYS}
     train = get_run(train_id)
+    config, seed, train_config = _config(run, train, get_run(probe_id), tmp)
     histories = {k: metric_history(train_id, k) for k in train.data.metrics  # what the run logged per epoch
                  if k in CURVES or k in GATE_PARAMETERS or k.startswith(EPOCH_ATTENTION_PREFIX)}
     flow = _json(train_id, GRAD_FLOW, tmp)  # None: a train run older than the artefact
-    record = Record(config, param_string(train_config.get("seed", "")), dict(run.data.metrics), train_id, probe_id,
+    record = Record(config, seed, dict(run.data.metrics), train_id, probe_id,
                     metrics_id, run.info.start_time or 0, histories,
                     (flow["layers"], flow["mean_abs_grad"][-1]) if flow else None)
-    record.channel_weights = np.load(_file(probe_id, CHANNEL_WEIGHTS, tmp))
+    record.channel_weights = np.load(_required(probe_id, CHANNEL_WEIGHTS, tmp))
     if not record.has_attention:
         return record
-    meta = _json(probe_id, ATTENTION_META, tmp)
+    meta = json.loads(_required(probe_id, ATTENTION_META, tmp).read_text())
     record.classes = [str(c) for c in meta["classes"]]
     weights_file, gini_file = _file(metrics_id, CLASS_WEIGHTS, tmp), _file(metrics_id, CLASS_GINI, tmp)
     if weights_file is not None and gini_file is not None:
@@ -165,11 +195,11 @@ def read_record(run, tmp: Path) -> Record:
     else:  # a compute-metrics run older than its class files: the same formula on the probe's arrays
         from pipeline.metrics import class_means, gini
 
-        labels = np.load(_file(probe_id, LABELS, tmp))
+        labels = np.load(_required(probe_id, LABELS, tmp))
         record.class_weights = class_means(record.channel_weights, labels, len(record.classes))[0]
         record.class_gini = dict(zip(record.classes, gini(record.class_weights).tolist()))
     record.grid_indices = list(meta["indices"][:GRID_SIZE])
-    record.grid_maps = np.load(_file(probe_id, SPATIAL_MAPS, tmp))[:GRID_SIZE]
+    record.grid_maps = np.load(_required(probe_id, SPATIAL_MAPS, tmp))[:GRID_SIZE]
     images = _file(probe_id, GRID_IMAGES, tmp)
     record.grid_images = np.load(images) if images is not None else _grid_images_from_dataset(
         train_config, record.grid_indices)
@@ -181,9 +211,13 @@ def gather(metrics_run_ids: list[str]) -> list[Record]:
     record per configuration and seed (the newest run)."""
     records = []
     with tempfile.TemporaryDirectory() as tmp:
-        for run_id in metrics_run_ids:
-            run = get_run(run_id)
-            if run.data.tags.get(STEP_TAG) != COMPUTE_METRICS or run.info.status != "FINISHED":
-                continue
-            records.append(read_record(run, Path(tmp)))
+        try:
+            for run_id in metrics_run_ids:
+                run = get_run(run_id)
+                if run.data.tags.get(STEP_TAG) != COMPUTE_METRICS or run.info.status != "FINISHED":
+                    continue
+                records.append(read_record(run, Path(tmp)))
+        finally:
+            for key in [k for k in _LISTED if k[0] == Path(tmp)]:
+                del _LISTED[key]
     return distinct_seeds(records)

@@ -78,6 +78,13 @@ def per_class_accuracy(labels: np.ndarray, logits: np.ndarray, classes) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def params_config(params: dict[str, str]) -> dict:
+    """What the probe needs of a train run made before steps logged ``config.json``, from its
+    parameters (logged as strings; MLflow writes integers given on its command line as ``64.0``)."""
+    return {"dataset": params.get("dataset"), "data_dir": params.get("data_dir", "data"),
+            "image_size": int(float(params.get("image_size", 224))), "seed": params.get("seed", "")}
+
+
 def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: Dataset | None = None,
               run_name: str | None = None, train_config: dict | None = None) -> ProbeResult:
     """Run the step. ``model`` / ``dataset`` / ``train_config``: the train run's best model, its
@@ -86,7 +93,7 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
     train_run = get_step_run(config.train_run_id, TRAIN, BEST_CHECKPOINT)
     device = resolve_device(config.device)
     if train_config is None:
-        train_config = read_config(config.train_run_id)
+        train_config = read_config(config.train_run_id) or params_config(train_run.data.params)
     if model is None:
         with tempfile.TemporaryDirectory() as tmp:
             model, ckpt = load_model(download_artifact(config.train_run_id, BEST_CHECKPOINT, tmp),

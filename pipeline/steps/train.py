@@ -195,19 +195,21 @@ def log_checkpoint_metrics(run_id: str, ckpt: dict) -> None:
 
 
 def start_or_resume(config: TrainConfig | None, resume_run_id: str, dataset: Dataset | None,
-                    splits: Splits | None, force: bool) -> tuple[TrainConfig, dict | None, Splits]:
-    """The config, the last checkpoint (None for a new run) and the data splits of the run."""
+                    splits: Splits | None, force: bool) -> tuple[TrainConfig, dict | None, torch.device, Splits]:
+    """The config, the last checkpoint (None for a new run), the device (checked before any
+    data is loaded) and the data splits of the run."""
     ckpt = None
     if resume_run_id:
         config, ckpt = resume_point(resume_run_id, force)
     assert config is not None
+    device = resolve_device(config.device)
     if splits is None:
         dataset = dataset or load_dataset(config.dataset, config.data_dir)
         if config.prepare_run_id:
             splits = splits_from_prepare_run(config, dataset)
         else:
             splits = split_validation(dataset, config.val_fraction, config.seed)
-    return config, ckpt, splits
+    return config, ckpt, device, splits
 
 
 class Training:
@@ -359,8 +361,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
     Phases: start or resume (config, checkpoint, splits, model), the epochs (inside
     :meth:`Training.stopping_cleanly`), finish (test evaluation, delivery); then, once the run
     is FINISHED, ``last.pt`` is dropped if the config says so."""
-    config, ckpt, splits = start_or_resume(config, resume_run_id, dataset, splits, force)
-    device = resolve_device(config.device)
+    config, ckpt, device, splits = start_or_resume(config, resume_run_id, dataset, splits, force)
     seed_everything(config.seed)
     model_config = ModelConfig(config.activation, config.position, num_classes=len(splits.classes),
                                gate_norm=config.gate_norm)

@@ -47,10 +47,11 @@ def _log_dir(files: dict[str, object]) -> None:
         mlflow.log_artifacts(tmp)
 
 
-def build_store(rerun_seed: bool = True, configs=CONFIGS) -> str:
+def build_store(rerun_seed: bool = True, configs=CONFIGS, config_json: bool = True) -> str:
     """A finished sweep in the active tracking store, logged as the old steps logged it; its id."""
     client = mlflow.MlflowClient()
-    exp = client.create_experiment("cbam-gates-digits")  # given to every run: a nested run goes to the active one
+    found = client.get_experiment_by_name("cbam-gates-digits")
+    exp = found.experiment_id if found else client.create_experiment("cbam-gates-digits")  # given to every run: a nested run goes to the active one
     rng = np.random.default_rng(20)
     labels = np.arange(N) % K
     with mlflow.start_run(experiment_id=exp, run_name="sweep") as sweep:
@@ -78,7 +79,7 @@ def build_store(rerun_seed: bool = True, configs=CONFIGS) -> str:
                                             **({"gate_scale": float(rng.uniform(1, 2))} if activation == "swish" else {})},
                                            step=epoch)
                     mlflow.log_metrics({"test_acc": 90.0, "best_epoch": 2})
-                    _log_dir({"config.json": train_cfg, "gradients/grad_flow.json": {
+                    _log_dir({**({"config.json": train_cfg} if config_json else {}), "gradients/grad_flow.json": {
                         "layers": ["conv1.weight", "layer4.1.conv2.weight", "fc.weight"], "epochs": [1, 2],
                         "mean_abs_grad": rng.uniform(1e-5, 1e-2, (2, 3)).tolist()}})
                 with mlflow.start_run(experiment_id=exp, nested=True) as probe:
@@ -94,8 +95,9 @@ def build_store(rerun_seed: bool = True, configs=CONFIGS) -> str:
                     meta = {"activation": activation, "position": position, "image_size": 64, "dataset": "digits",
                             "source_run_id": train.info.run_id, "classes": [str(k) for k in range(K)],
                             "num_images": N, "indices": list(range(N)), "split": "test"}
-                    _log_dir({"config.json": {"train_run_id": train.info.run_id, "num_images": -1, "batch_size": 256,
-                                              "data_dir": "", "device": "auto"},
+                    _log_dir({**({"config.json": {"train_run_id": train.info.run_id, "num_images": -1,
+                                                  "batch_size": 256, "data_dir": "", "device": "auto"}}
+                                 if config_json else {}),
                               "attention/channel_weights.npy": weights,
                               "attention/spatial_maps.npy": rng.uniform(0, 1, (N, side, side)).astype(np.float16),
                               "attention/labels.npy": labels.astype(np.int64), "attention/meta.json": meta})
@@ -167,3 +169,23 @@ if __name__ == "__main__":  # python tests/steps/test_report_rebuild.py OUT: the
     out = Path(sys.argv[1])
     mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
     print(report(build_store(), out / "report"))
+
+
+def test_runs_made_before_steps_logged_config_json_are_grouped_by_their_parameters(tracking_uri):
+    from pipeline.report.gather import gather
+    from pipeline.steps.probe_attention import params_config
+
+    configs = [("softmax", "late", "mean_one", [2])]
+    with_json, without = (build_store(rerun_seed=False, configs=configs, config_json=flag) for flag in (True, False))
+    records = {}
+    for sweep_id in (with_json, without):
+        [main] = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                               filter_string=f"tags.`mlflow.parentRunId` = '{sweep_id}'")
+                  if r.info.status == "FINISHED"]
+        [records[sweep_id]] = gather([main.data.tags["pipeline.metrics_run_id"]])
+    typed, from_params = records[with_json], records[without]
+    assert from_params.config == typed.config and from_params.seed == typed.seed == "2"
+    assert typed.config["gate_norm"] == "mean_one" and typed.config["lr"] == "0.001" and typed.config["num_images"] == "-1"
+    # the probe of such a train run reads what it needs from the parameters (integers as `mlflow run` logs them)
+    assert params_config({"dataset": "digits", "image_size": "64.0", "seed": "3"}) == {
+        "dataset": "digits", "data_dir": "data", "image_size": 64, "seed": "3"}
