@@ -252,14 +252,13 @@ class Heartbeat:
 
 def missing_artifacts(run_id: str, paths) -> list[str]:
     """Which of ``paths`` the run's artefact store no longer lists."""
-    client = mlflow.MlflowClient()
     listed: dict[str, set[str]] = {}
     missing = []
     for path in paths:
         folder, _, name = path.rpartition("/")
         if folder not in listed:
             try:
-                listed[folder] = {Path(f.path).name for f in client.list_artifacts(run_id, folder or None)}
+                listed[folder] = artifact_names(run_id, folder)
             except Exception:  # the store itself is gone or unreadable
                 listed[folder] = set()
         if name not in listed[folder]:
