@@ -12,7 +12,7 @@ import functools
 # pipeline.data.DATASETS hold exactly these names (tests/unit/test_config.py checks it).
 GATE_NAMES = ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigmoid", "swish", "entmax15",
               "alpha_entmax")
-DATASET_NAMES = ("cifar10", "digits", "fake")
+DATASET_NAMES = ("cifar10", "digits", "cluttered-digits", "cluttered-cifar10", "fake")
 #: The six gates of the reference notebook, in its order.
 NOTEBOOK_GATES = GATE_NAMES[:6]
 #: How a gate's weights are normalised: none (the notebook's), or mean_one (sum-to-one gates
@@ -68,12 +68,20 @@ LABELS = "attention/labels.npy"  # probe-attention: int64 (N,)
 LOGITS = "attention/logits.npy"  # probe-attention: float32 (N, K)
 GRID_IMAGES = "attention/grid_images.npy"  # probe-attention: uint8 (k, 3, h, w), the report's spatial-map grid
 GRID_SIZE = 6  # the images of that grid: the first probed ones
+CAMS = "attention/cam.npy"  # probe-attention: float16 (N, h, w), CAM of the true class on the last feature map
+MASKS = "attention/masks.npy"  # probe-attention, datasets with ground truth: bool (N, H, W) at native size
+BOXES = "attention/boxes.npy"  # probe-attention, datasets with ground truth: int64 (N, 4) half-open x0, y0, x1, y1
+#: Metric-key prefix of compute-metrics' localisation metrics (``loc/cbam_pxap``, ``loc/cam_pointing_mask``).
+LOCALISATION_PREFIX = "loc/"
+#: The maps localisation judges: the CBAM spatial map, the CAM, and two chance references.
+LOCALISED_MAPS = ("cbam", "cam", "uniform", "centre")
 ATTENTION_META = "attention/meta.json"  # probe-attention: what was probed, with which model
 PER_CLASS_ACCURACY = "tables/per_class_accuracy.csv"  # probe-attention
 METRICS_DIR = "metrics"
 PER_IMAGE_METRICS = "metrics/per_image.csv"  # compute-metrics: one row per image
 METRICS_SUMMARY = "metrics/summary.csv"  # compute-metrics: one row per metric
 METRICS_SUMMARY_JSON = "metrics/summary.json"  # compute-metrics: the same, as an MLflow table
+LOCALISATION_TABLE = "metrics/localisation.csv"  # compute-metrics, datasets with ground truth: one row per map
 CLASS_WEIGHTS = "metrics/class_channel_weights.npy"  # compute-metrics: float32 (K, C), each class's mean weights
 CLASS_GINI = "metrics/class_gini.csv"  # compute-metrics: class, images, gini of its mean weight vector
 REPORT_DIR = "report"  # main, sweep, report: tables and figures

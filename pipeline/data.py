@@ -10,6 +10,14 @@ to ``image_size`` and normalising (mean = std = 0.5, as in the notebook) happen 
 - ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8x8 grey images,
   10 classes, offline). Grey levels 0..16 are scaled to 0..255 and copied to 3 channels.
   Fixed split: a stratified 80/20 split with ``random_state=0`` (1,437 train, 360 test).
+- ``cluttered-digits``: each digit of ``digits`` (same split) on a 64x64 black canvas at a
+  seeded random position and side 16..24 px, among four 8-px fragments of other digits of the
+  same split (:mod:`pipeline.placement`, after the cluttered MNIST of Jaderberg et al. 2015),
+  with the target's stroke mask and box as localisation ground truth. At ``image_size`` 128
+  the CBAM map after layer1 / layer2 / layer4 is 32 / 16 / 4 pixels.
+- ``cluttered-cifar10``: CIFAR-10 placed the same way (side 32..48 px on a 96x96 canvas,
+  distractors cut from other CIFAR images of the split; the object is the whole pasted image,
+  its box the pasted rectangle).
 - ``fake``: seeded synthetic 32x32 images, for tests: 320 train and 80 test images in
   10 classes, each class a distinct mean colour plus noise, so it is learnable.
 
@@ -30,6 +38,7 @@ import torch
 from torch.nn import functional as F
 
 from pipeline.errors import PipelineError, one_line
+from pipeline.placement import Placement, place_on_canvas
 
 NORMALISE_MEAN = 0.5
 NORMALISE_STD = 0.5
@@ -43,19 +52,30 @@ DIGITS_SPLIT_SEED = 0
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images (N, 3, H, W) uint8 and labels (N,) int64."""
+    """Images (N, 3, H, W) uint8 and labels (N,) int64; for a dataset with localisation ground
+    truth also ``masks`` (N, H, W) bool (the object's pixels) and ``boxes`` (N, 4) int64 (its
+    half-open bounds x0, y0, x1, y1), at the images' native size (:mod:`pipeline.placement`)."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    masks: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def has_ground_truth(self) -> bool:
+        return self.masks is not None
+
     def subset(self, indices: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images[indices], self.labels[indices])
+        return ImageSet(self.images[indices], self.labels[indices],
+                        None if self.masks is None else self.masks[indices.to(self.masks.device)],
+                        None if self.boxes is None else self.boxes[indices.to(self.boxes.device)])
 
     def to(self, device: torch.device | str) -> "ImageSet":
-        return ImageSet(self.images.to(device), self.labels.to(device))
+        # the ground truth stays on the CPU: only the metrics read it
+        return ImageSet(self.images.to(device), self.labels.to(device), self.masks, self.boxes)
 
 
 @dataclass(frozen=True)
@@ -163,6 +183,31 @@ def load_digits(data_dir: str | Path | None = None, download: bool = True) -> Da
     )
 
 
+#: Placement of the cluttered datasets, and the seeds of their train and test canvases.
+CLUTTERED_DIGITS = Placement(canvas=64, object_sizes=(16, 24), distractors=4, fragment=8)
+CLUTTERED_CIFAR10 = Placement(canvas=96, object_sizes=(32, 48), distractors=4, fragment=12, whole_object=True)
+PLACEMENT_SEEDS = {"train": 1, "test": 2}
+
+
+def cluttered(dataset: Dataset, name: str, placement: Placement) -> Dataset:
+    """``dataset`` with every image placed on a canvas among distractors from its own split
+    (so no test image appears in a training canvas), with the masks and boxes."""
+    def place(part: ImageSet, split: str) -> ImageSet:
+        placed = place_on_canvas(part.images.numpy(), placement, PLACEMENT_SEEDS[split])
+        return ImageSet(_images_from_numpy(placed.images), part.labels.clone(), torch.from_numpy(placed.masks),
+                        torch.from_numpy(placed.boxes))
+
+    return Dataset(name, place(dataset.train, "train"), place(dataset.test, "test"), dataset.classes)
+
+
+def load_cluttered_digits(data_dir: str | Path | None = None, download: bool = True) -> Dataset:
+    return cluttered(load_digits(), "cluttered-digits", CLUTTERED_DIGITS)
+
+
+def load_cluttered_cifar10(data_dir: str | Path = "data", download: bool = True) -> Dataset:
+    return cluttered(load_cifar10(data_dir, download), "cluttered-cifar10", CLUTTERED_CIFAR10)
+
+
 def load_fake(data_dir: str | Path | None = None, download: bool = True) -> Dataset:
     gen = torch.Generator().manual_seed(1234)
     num_classes, size = 10, 32
@@ -181,9 +226,11 @@ def load_fake(data_dir: str | Path | None = None, download: bool = True) -> Data
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "cifar10": load_cifar10,
     "digits": load_digits,
+    "cluttered-digits": load_cluttered_digits,
+    "cluttered-cifar10": load_cluttered_cifar10,
     "fake": load_fake,
 }
-OFFLINE_DATASETS = ("digits", "fake")
+OFFLINE_DATASETS = ("digits", "cluttered-digits", "fake")
 
 
 def load_dataset(name: str, data_dir: str | Path = "data", download: bool = True) -> Dataset:
@@ -285,9 +332,13 @@ def iterate_batches(
 
 
 def content_digest(dataset: Dataset) -> str:
-    """SHA-256 over the images and labels of both splits: the dataset's identity."""
+    """SHA-256 over the images and labels of both splits (and their masks and boxes, where the
+    dataset has them): the dataset's identity."""
     h = hashlib.sha256()
     for part in (dataset.train, dataset.test):
         h.update(part.images.contiguous().numpy().tobytes())
         h.update(part.labels.contiguous().numpy().tobytes())
+        if part.has_ground_truth:
+            h.update(part.masks.contiguous().numpy().tobytes())
+            h.update(part.boxes.contiguous().numpy().tobytes())
     return h.hexdigest()

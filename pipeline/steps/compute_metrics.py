@@ -8,6 +8,12 @@ artefacts ``metrics/per_image.csv`` (one row per image) and ``metrics/summary.cs
 ``metrics/summary.json`` (one row per metric: mean, std, n_defined). A probe of the baseline
 without CBAM (channel weights of shape (N, 0)) has no attention to measure: its run logs the
 accuracy metrics only, and its summary has no rows.
+
+For a dataset with localisation ground truth (masks and boxes in the probe), it also logs
+``loc/<map>_<metric>`` (:func:`pipeline.localisation.judge_maps`: maps ``cbam``, ``cam``,
+``uniform``, ``centre``; metrics ``pxap``, ``maxboxacc``, ``boxacc_iou30/50/70``,
+``pointing_mask``, ``pointing_box``, ``energy_box``) and ``metrics/localisation.csv`` (one row
+per map). A dataset without ground truth logs none of them.
 """
 from __future__ import annotations
 
@@ -25,14 +31,19 @@ import pandas as pd
 from pipeline.config import MetricsConfig
 from pipeline.contracts import (
     ATTENTION_META,
+    BOXES,
+    CAMS,
     CHANNEL_WEIGHTS,
     CLASS_GINI,
     CLASS_WEIGHTS,
     COMPUTE_METRICS,
     LABELS,
+    LOCALISATION_PREFIX,
+    MASKS,
     METRICS_DIR,
     METRICS_SUMMARY,
     METRICS_SUMMARY_JSON,
+    LOCALISATION_TABLE,
     PER_IMAGE_METRICS,
     PROBE_ATTENTION,
     REUSE_KEY_TAG,
@@ -43,7 +54,7 @@ from pipeline.contracts import (
 )
 from pipeline.metrics import class_means, gini, notebook_gini, per_image_metrics, summarise
 from pipeline.results import StepResult
-from pipeline.tracking import download_artifact, experiment_of, get_step_run, step_run
+from pipeline.tracking import artifact_names, download_artifact, experiment_of, get_step_run, step_run
 
 log = logging.getLogger("pipeline")
 
@@ -59,14 +70,37 @@ class Probed:
     spatial_maps: np.ndarray  # (N, H, W) float16
     labels: np.ndarray  # (N,) int64
     meta: dict
+    cams: np.ndarray | None = None  # (N, h, w); None: a probe made before it recorded CAMs
+    masks: np.ndarray | None = None  # (N, H, W) bool; None: no ground truth
+    boxes: np.ndarray | None = None  # (N, 4) int64
 
 
 def load_probed(probe_run_id: str) -> Probed:
     with tempfile.TemporaryDirectory() as tmp:
+        stored = artifact_names(probe_run_id, "attention")
+
+        def optional(path: str):
+            return np.load(download_artifact(probe_run_id, path, tmp)) if Path(path).name in stored else None
+
         return Probed(np.load(download_artifact(probe_run_id, CHANNEL_WEIGHTS, tmp)),
                       np.load(download_artifact(probe_run_id, SPATIAL_MAPS, tmp)),
                       np.load(download_artifact(probe_run_id, LABELS, tmp)),
-                      json.loads(Path(download_artifact(probe_run_id, ATTENTION_META, tmp)).read_text()))
+                      json.loads(Path(download_artifact(probe_run_id, ATTENTION_META, tmp)).read_text()),
+                      optional(CAMS), optional(MASKS), optional(BOXES))
+
+
+def localisation_of(probed: Probed) -> dict[str, dict[str, float]]:
+    """The localisation metrics of the probe's maps (:func:`pipeline.localisation.judge_maps`);
+    empty for a dataset without ground truth."""
+    if probed.masks is None:
+        return {}
+    from pipeline.localisation import judge_maps
+
+    meta = probed.meta
+    spatial = probed.spatial_maps.astype(np.float32) if probed.channel_weights.shape[1] else None
+    cams = probed.cams.astype(np.float32) if probed.cams is not None else None
+    return judge_maps(spatial, cams, probed.masks, probed.boxes, int(meta.get("native_size", probed.masks.shape[-1])),
+                      int(meta["image_size"]))
 
 
 def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,
@@ -78,6 +112,7 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,
     attention = weights.shape[1] > 0  # the baseline without CBAM (position none) has none
     values = per_image_metrics(weights, probed.spatial_maps.astype(np.float32)) if attention else {}
     summary = summarise(values) if attention else {}
+    localised = localisation_of(probed)
 
     params = {**config.params(), **{k: meta[k] for k in ("activation", "position", "dataset", "image_size")},
               "num_images": int(weights.shape[0]), "train_run_id": meta["source_run_id"],
@@ -94,6 +129,8 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,
         if attention:
             logged["first_image/notebook_gini"] = notebook_gini(weights[0])
         logged.update({k: probe_run.data.metrics[k] for k in CARRIED_METRICS if k in probe_run.data.metrics})
+        logged.update({f"{LOCALISATION_PREFIX}{kind}_{name}": value for kind, scores in localised.items()
+                       for name, value in scores.items()})
         mlflow.log_metrics(logged)
 
         per_image = pd.DataFrame({"image_index": meta["indices"], "label": labels, **values})
@@ -109,7 +146,16 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,
             np.save(root / CLASS_WEIGHTS, means.astype(np.float32))
             pd.DataFrame({"class": classes, "images": counts, "gini": gini(means)}).to_csv(root / CLASS_GINI,
                                                                                           index=False)
+        if localised:
+            pd.DataFrame([{"map": kind, **scores} for kind, scores in localised.items()]).to_csv(
+                root / LOCALISATION_TABLE, index=False)
         mlflow.log_artifacts(str(root / METRICS_DIR), METRICS_DIR)
+        if localised:
+            log.info("localisation %s: %s", run.info.run_id, "; ".join(
+                f"{kind} PxAP {v['pxap']:.1f} pointing {v['pointing_mask']:.3f}" for kind, v in localised.items()))
+        else:
+            log.info("metrics %s: dataset %s has no localisation ground truth: no localisation metrics",
+                     run.info.run_id, meta["dataset"])
         if attention:
             mlflow.log_table(table, METRICS_SUMMARY_JSON)
             log.info("metrics %s over %d images: %s", run.info.run_id, weights.shape[0],

@@ -30,6 +30,8 @@ log = logging.getLogger("pipeline")
 SOURCES = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "digits": "sklearn.datasets.load_digits",
+    "cluttered-digits": "pipeline.data.load_cluttered_digits",
+    "cluttered-cifar10": "pipeline.data.load_cluttered_cifar10",
     "fake": "pipeline.data.load_fake",
 }
 
@@ -75,7 +77,7 @@ def run_prepare(config: PrepareConfig, dataset: Dataset | None = None, run_name:
         "dataset": dataset.name, "classes": list(dataset.classes), "content_sha256": digest,
         "train_size": len(splits.train), "val_size": len(splits.val), "test_size": len(dataset.test),
         "image_shape": list(dataset.train.images.shape[1:]), "val_fraction": config.val_fraction,
-        "seed": config.seed,
+        "seed": config.seed, "ground_truth": "masks and boxes" if dataset.test.has_ground_truth else "none",
     }
     params = {**config.params(), "train_size": len(splits.train), "val_size": len(splits.val),
               "test_size": len(dataset.test), "num_classes": len(dataset.classes)}

@@ -3,9 +3,13 @@ attention of test images.
 
 Artefacts (of its own run): ``attention/channel_weights.npy`` (float32, [N, C]),
 ``attention/spatial_maps.npy`` (float16, [N, H, W]), ``attention/labels.npy`` (int64, [N]),
-``attention/logits.npy`` (float32, [N, K]), ``attention/grid_images.npy`` (uint8, the first
+``attention/logits.npy`` (float32, [N, K]), ``attention/cam.npy`` (float16, [N, h, w]: the
+class activation map of each image's true class on the final feature map, the classical
+weakly-supervised localisation baseline), ``attention/grid_images.npy`` (uint8, the first
 six probed images, which the report's spatial-map grid draws), ``attention/meta.json`` and
-``tables/per_class_accuracy.csv``. Metrics: ``test_acc``, ``test_top5`` (percent) and
+``tables/per_class_accuracy.csv``; for a dataset with localisation ground truth also
+``attention/masks.npy`` (bool, [N, H, W]) and ``attention/boxes.npy`` (int64, [N, 4], half-open
+x0, y0, x1, y1), at the images' native size (compute-metrics resizes them as the images are). Metrics: ``test_acc``, ``test_top5`` (percent) and
 ``test_map`` (macro one-vs-rest average precision, scikit-learn) of the probed images.
 The probed images are the first ``num_images`` of the test set, in order, so row 0 is the
 notebook's single image. A train run without CBAM (position none, the baseline) has no
@@ -31,11 +35,14 @@ from pipeline.contracts import (
     ATTENTION_DIR,
     ATTENTION_META,
     BEST_CHECKPOINT,
+    BOXES,
+    CAMS,
     CHANNEL_WEIGHTS,
     GRID_IMAGES,
     GRID_SIZE,
     LABELS,
     LOGITS,
+    MASKS,
     PER_CLASS_ACCURACY,
     PROBE_ATTENTION,
     REUSE_KEY_TAG,
@@ -65,6 +72,9 @@ class ProbeResult(StepResult):
     labels: np.ndarray  # (N,) int64
     logits: np.ndarray  # (N, K) float32
     meta: dict
+    cams: np.ndarray | None = None  # (N, h, w) float16
+    masks: np.ndarray | None = None  # (N, H, W) bool, native size; None: no ground truth
+    boxes: np.ndarray | None = None  # (N, 4) int64
 
 
 def per_class_accuracy(labels: np.ndarray, logits: np.ndarray, classes) -> pd.DataFrame:
@@ -134,6 +144,12 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         np.save(root / SPATIAL_MAPS, attention.spatial_maps.astype(np.float16))
         np.save(root / LABELS, labels.astype(np.int64))
         np.save(root / LOGITS, attention.logits.astype(np.float32))
+        np.save(root / CAMS, attention.cams.astype(np.float16))
+        masks = boxes = None
+        if probed.has_ground_truth:
+            masks, boxes = probed.masks.numpy().astype(bool), probed.boxes.numpy().astype(np.int64)
+            np.save(root / MASKS, masks)
+            np.save(root / BOXES, boxes)
         # the images the report's spatial-map grid draws under the maps: it needs no dataset
         np.save(root / GRID_IMAGES, probed.images[:GRID_SIZE].cpu().numpy().astype(np.uint8))
         meta = {
@@ -143,6 +159,8 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
             "num_images": n, "indices": indices.tolist(), "split": "test",
             "channel_weights_shape": list(attention.channel_weights.shape),
             "spatial_maps_shape": list(attention.spatial_maps.shape),
+            "cam_shape": list(attention.cams.shape), "native_size": int(test.images.shape[-1]),
+            "ground_truth": probed.has_ground_truth,
         }
         (root / ATTENTION_META).write_text(json.dumps(meta, indent=1))
         table = per_class_accuracy(labels, attention.logits, meta["classes"] or range(model.config.num_classes))
@@ -157,4 +175,5 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         # the arrays as stored (maps in float16), so metrics from memory equal metrics from the artefacts
         return ProbeResult(run.info.run_id, attention.channel_weights.astype(np.float32),
                            attention.spatial_maps.astype(np.float16), labels.astype(np.int64),
-                           attention.logits.astype(np.float32), meta)
+                           attention.logits.astype(np.float32), meta, attention.cams.astype(np.float16),
+                           masks, boxes)

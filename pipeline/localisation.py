@@ -1,0 +1,238 @@
+"""Localisation metrics: does a map fall on the object? Pure numpy and scipy over a batch of
+maps (N, H, W) already at the image's size, against ground-truth masks (N, H, W) bool and
+boxes (N, 4) int (half-open x0, y0, x1, y1). Definitions, sources and edge cases:
+``docs/metrics.md``.
+
+- **PxAP** (Choe et al., CVPR 2020, "Evaluating Weakly Supervised Object Localization
+  Methods Right"; clovaai/wsolevaluation ``MaskEvaluator``): every map min-max normalised per
+  image, the pixels of *all* images pooled, precision and recall of "score >= τ" against the
+  masks for τ = 0, 0.001, ..., 0.999; PxAP = Σ_l P(τ_l) (R(τ_l) − R(τ_{l+1})) × 100.
+- **MaxBoxAccV2** (same paper, ``BoxEvaluator`` with ``multi_contour_eval``): for each IoU
+  threshold δ ∈ {0.3, 0.5, 0.7}, the best over τ = 0, 0.01, ..., 0.99 of BoxAcc(τ, δ), the
+  share of images where the box of *some* connected region of "score >= τ" has IoU >= δ with
+  the ground-truth box; then the mean over δ (percent).
+- **Pointing game** (Zhang et al., ECCV 2016, "Top-down Neural Attention by Excitation
+  Backprop"; Quantus ``PointingGame``): is the map's maximum on the object? Ties count as the
+  share of the maximal pixels that lie on it, so a constant map scores the object's pixel
+  share (chance), not 1.
+- **Energy in box** (Wang et al., CVPR-W 2020, "Score-CAM", energy-based pointing game;
+  Quantus ``RelevanceMassAccuracy`` with a box): the share of the min-max-normalised map's
+  mass inside the box; a constant map spreads its mass evenly (the box's area share).
+
+A constant map (every pixel equal, or any NaN) normalises to zeros, as in wsolevaluation.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import ndimage
+
+#: wsolevaluation's default curve intervals: 0.001 for PxAP, 0.01 for boxes (``cam_curve_interval``).
+PXAP_THRESHOLDS = np.arange(1000) / 1000.0
+BOX_THRESHOLDS = np.arange(100) / 100.0
+IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def normalise_maps(maps) -> np.ndarray:
+    """Min-max normalise each map to [0, 1]: (m − min) / (max − min). A constant map, or one
+    holding a NaN or infinity, becomes all zeros (wsolevaluation ``normalize_scoremap``).
+
+    Shape: (N, H, W) -> (N, H, W) float64."""
+    m = np.asarray(maps, dtype=np.float64)
+    low = m.min(axis=(1, 2), keepdims=True)
+    span = m.max(axis=(1, 2), keepdims=True) - low
+    ok = np.isfinite(m).all(axis=(1, 2), keepdims=True) & (span > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(ok, (m - low) / np.where(span > 0, span, 1.0), 0.0)
+    return out
+
+
+def upsample_maps(maps, size: int) -> np.ndarray:
+    """(N, h, w) -> (N, size, size) float32: bilinear, as the images are resized to the model's
+    input (``align_corners=False``); an empty set of maps stays empty."""
+    import torch
+    from torch.nn import functional as F
+
+    m = torch.as_tensor(np.asarray(maps, dtype=np.float32))
+    if m.shape[0] == 0 or tuple(m.shape[1:]) == (size, size):
+        return m.numpy()
+    return F.interpolate(m[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def resize_masks(masks, size: int) -> np.ndarray:
+    """(N, h, w) bool -> (N, size, size) bool by nearest neighbour (pixel i takes source pixel
+    floor(i·h/size), torch's ``nearest``): the ground truth resized as the images are."""
+    m = np.asarray(masks, dtype=bool)
+    rows = (np.arange(size) * m.shape[1]) // size
+    cols = (np.arange(size) * m.shape[2]) // size
+    return m[:, rows][:, :, cols]
+
+
+def resize_boxes(boxes, native: int, size: int) -> np.ndarray:
+    """Half-open boxes on a ``native``-px image -> the same boxes on a ``size``-px image: the
+    bounds of the nearest-neighbour resized box mask (exact for integer scale factors)."""
+    b = np.asarray(boxes, dtype=np.int64)
+    # output pixel i lies in the box iff floor(i * native / size) in [b0, b1): i in [ceil(b0 * size / native), ...)
+    return -((-b * size) // native)
+
+
+def centre_prior(size: int) -> np.ndarray:
+    """(size, size): a Gaussian centred on the image, σ = size / 4; the chance reference that
+    knows only that objects tend to sit near the middle."""
+    c = (np.arange(size) + 0.5) - size / 2
+    sigma = size / 4
+    return np.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * sigma ** 2))
+
+
+def pxap(maps, masks, thresholds: np.ndarray = PXAP_THRESHOLDS) -> float:
+    """Pixel average precision (percent) of the maps against the masks, pixels pooled over all
+    images (a dataset-level score, not a mean of per-image APs). NaN if no mask has a pixel.
+
+    With tp(τ), fp(τ) the pooled pixel counts of "normalised score >= τ" on and off the
+    masks, P = tp / (tp + fp), R = tp / #mask pixels, thresholds in decreasing order:
+    PxAP = Σ_l P(τ_l) (R(τ_l) − R(τ_{l-1})) × 100, over thresholds with tp + fp > 0
+    (wsolevaluation ``MaskEvaluator.compute``). A map equal to its mask gives 100; a
+    constant map gives the masks' pixel share × 100.
+    """
+    scores = normalise_maps(maps)
+    truth = np.asarray(masks, dtype=bool)
+    if scores.shape != truth.shape:
+        raise ValueError(f"maps {scores.shape} and masks {truth.shape} differ in shape")
+    edges = np.append(thresholds, [1.0, 2.0, 3.0])  # the last bins hold scores of exactly 1
+    on, _ = np.histogram(scores[truth], bins=edges)
+    off, _ = np.histogram(scores[~truth], bins=edges)
+    positives = on.sum()
+    if positives == 0:
+        return float("nan")
+    tp, fp = on[::-1].cumsum(), off[::-1].cumsum()  # counts of score >= each edge, highest edge first
+    predicted = tp + fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / np.where(predicted > 0, predicted, 1), 0.0)
+    recall = tp / positives
+    return float((precision[1:] * np.diff(recall))[predicted[1:] > 0].sum() * 100.0)
+
+
+def _iou(box: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """IoU of one half-open box (4,) with each of (M, 4)."""
+    w = np.clip(np.minimum(box[2], candidates[:, 2]) - np.maximum(box[0], candidates[:, 0]), 0, None)
+    h = np.clip(np.minimum(box[3], candidates[:, 3]) - np.maximum(box[1], candidates[:, 1]), 0, None)
+    inter = w * h
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (candidates[:, 2] - candidates[:, 0]) * (candidates[:, 3] - candidates[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def region_boxes(binary: np.ndarray) -> np.ndarray:
+    """Half-open bounds (M, 4) of each 8-connected region of a (H, W) bool image (the outer
+    contours cv2.findContours would find); (0, 4) when nothing is set."""
+    labelled, count = ndimage.label(binary, structure=_EIGHT_CONNECTED)
+    if count == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    return np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in ndimage.find_objects(labelled)],
+                    dtype=np.int64)
+
+
+def best_ious(maps, boxes, thresholds: np.ndarray = BOX_THRESHOLDS) -> np.ndarray:
+    """(N, T): for each image and threshold τ, the largest IoU with the image's box of any
+    region of "normalised score >= τ" (0 where no region exists). The T binary maps of an image
+    are labelled in one call, as a stack whose planes do not connect."""
+    scores = normalise_maps(maps)
+    boxes = np.asarray(boxes, dtype=np.int64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    out = np.zeros((scores.shape[0], len(thresholds)))
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = _EIGHT_CONNECTED
+    previous = None
+    for i, s in enumerate(scores):
+        if previous is None or not np.array_equal(s, previous):  # a prior map is the same for every image
+            labelled, count = ndimage.label(s[None] >= thresholds[:, None, None], structure=structure)  # (T, H, W)
+            slices = ndimage.find_objects(labelled)
+            planes = np.array([z[0].start for z in slices], dtype=np.int64)
+            regions = np.array([[z[2].start, z[1].start, z[2].stop, z[1].stop] for z in slices],
+                               dtype=np.int64).reshape(-1, 4)
+            previous = s
+        if len(regions):
+            np.maximum.at(out[i], planes, _iou(boxes[i], regions))
+    return out
+
+
+def max_box_acc(maps, boxes, iou_thresholds=IOU_THRESHOLDS,
+                thresholds: np.ndarray = BOX_THRESHOLDS) -> dict[float, float]:
+    """MaxBoxAcc (percent) at each IoU threshold δ: max over τ of the share of images with
+    best IoU >= δ; key ``"mean"``: MaxBoxAccV2, their mean. A map equal to its box (1 inside,
+    0 outside) scores 100 at every δ."""
+    ious = best_ious(maps, boxes, thresholds)  # (N, T)
+    out: dict = {delta: float((ious >= delta).mean(axis=0).max() * 100.0) for delta in iou_thresholds}
+    out["mean"] = float(np.mean([out[d] for d in iou_thresholds]))
+    return out
+
+
+def pointing_game(maps, masks) -> np.ndarray:
+    """Per image (N,): the share of the map's maximal pixels that lie in the mask (1 or 0 when
+    the maximum is unique). NaN for an empty mask, or a map holding a NaN. A map equal to its
+    mask scores 1; a constant map the mask's pixel share."""
+    m = np.asarray(maps, dtype=np.float64)
+    truth = np.asarray(masks, dtype=bool)
+    finite = np.isfinite(m).all(axis=(1, 2))
+    top = m == np.where(finite, m.max(axis=(1, 2)), np.nan)[:, None, None]
+    hits = (top & truth).sum(axis=(1, 2)) / np.maximum(top.sum(axis=(1, 2)), 1)
+    return np.where(truth.any(axis=(1, 2)) & finite, hits, np.nan)
+
+
+def box_masks(boxes, size: int) -> np.ndarray:
+    """Half-open boxes (N, 4) -> (N, size, size) bool masks of their pixels."""
+    b = np.asarray(boxes, dtype=np.int64)
+    idx = np.arange(size)
+    cols = (idx[None, :] >= b[:, 0:1]) & (idx[None, :] < b[:, 2:3])  # (N, W)
+    rows = (idx[None, :] >= b[:, 1:2]) & (idx[None, :] < b[:, 3:4])  # (N, H)
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def energy_in_box(maps, boxes) -> np.ndarray:
+    """Per image (N,): Σ_box s / Σ s with s the min-max-normalised map; a constant map counts
+    as uniform mass (the box's area share). NaN for an empty box."""
+    m = np.asarray(maps, dtype=np.float64)
+    s = normalise_maps(m)
+    constant = s.sum(axis=(1, 2)) == 0
+    s = np.where(constant[:, None, None], 1.0, s)
+    inside = box_masks(boxes, m.shape[-1])
+    share = (s * inside).sum(axis=(1, 2)) / s.sum(axis=(1, 2))
+    return np.where(inside.any(axis=(1, 2)), share, np.nan)
+
+
+def localisation_metrics(maps, masks, boxes) -> dict[str, float]:
+    """Every localisation metric of one kind of map over the probed images (maps, masks and
+    boxes at the same size): ``pxap``, ``maxboxacc`` (V2), ``boxacc_iou30/50/70``,
+    ``pointing_mask``, ``pointing_box`` and ``energy_box`` (per-image means, NaN ignored)."""
+    size = np.asarray(maps).shape[-1]
+    box = max_box_acc(maps, boxes)
+    with warnings.catch_warnings():  # a mean over no defined image is NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pointing_mask = float(np.nanmean(pointing_game(maps, masks)))
+        pointing_box = float(np.nanmean(pointing_game(maps, box_masks(boxes, size))))
+        energy = float(np.nanmean(energy_in_box(maps, boxes)))
+    return {"pxap": pxap(maps, masks), "maxboxacc": box["mean"],
+            **{f"boxacc_iou{round(d * 100)}": box[d] for d in IOU_THRESHOLDS},
+            "pointing_mask": pointing_mask, "pointing_box": pointing_box, "energy_box": energy}
+
+
+def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int) -> dict[str, dict[str, float]]:
+    """The localisation metrics of each map a probe recorded, and of the chance references,
+    at the model's input size: ``cbam`` (the spatial maps, when the model has CBAM), ``cam``
+    (when recorded), ``uniform`` (a constant map) and ``centre`` (:func:`centre_prior`). Maps
+    are upsampled bilinearly, masks by nearest neighbour and boxes to match (from ``native``
+    px to ``size`` px)."""
+    truth = resize_masks(masks, size)
+    bounds = resize_boxes(boxes, native, size)
+    n = truth.shape[0]
+    maps = {}
+    if spatial_maps is not None and np.asarray(spatial_maps).size:
+        maps["cbam"] = upsample_maps(spatial_maps, size)
+    if cams is not None and np.asarray(cams).size:
+        maps["cam"] = upsample_maps(cams, size)
+    maps["uniform"] = np.ones((n, size, size))
+    maps["centre"] = np.broadcast_to(centre_prior(size), (n, size, size))
+    return {name: localisation_metrics(m, truth, bounds) for name, m in maps.items()}
