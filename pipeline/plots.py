@@ -15,6 +15,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 PAGE_WIDTH_IN = 7.0  # a two-column paper's text width (figure*)
+COLUMN_WIDTH_IN = 3.35  # one column of it (figure)
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
          "legend.fontsize": 7, "figure.titlesize": 9, "axes.spines.top": False, "axes.spines.right": False}
 plt.rcParams.update(STYLE)
@@ -40,6 +41,10 @@ METRIC_AXES = {
     "sparsity": ("weights exactly 0 (%)", 0.0, 100.0, 100.0),
     "focus_pct": ("channels above mean (%)", 0.0, 100.0, 1.0),
     "focus_area_ratio": ("focus area (%)", 0.0, 100.0, 100.0),
+    "loc/cbam_pxap": ("CBAM map PxAP", 0.0, 100.0, 1.0),
+    "loc/cam_pxap": ("CAM PxAP", 0.0, 100.0, 1.0),
+    "loc/cbam_pointing_mask": ("CBAM map pointing game", 0.0, 1.0, 1.0),
+    "loc/cam_pointing_mask": ("CAM pointing game", 0.0, 1.0, 1.0),
 }
 
 
@@ -178,13 +183,15 @@ def metric_values(values: dict[str, dict[str, list[float]]]) -> tuple[list[str],
 
 def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
                       intervals: dict[str, dict[str, tuple[float, float] | None]],
-                      title: str = "Metrics per gate", reference: str | None = None) -> Figure | None:
+                      title: str = "Metrics per gate", reference: str | None = None,
+                      chance: dict[str, float] | None = None) -> Figure | None:
     """Small multiples, one panel per metric on its fixed, whole range (:data:`METRIC_AXES`):
     each seed as a dot, the mean as a diamond, and the 95 % CI given in ``intervals`` (gate ->
     metric -> (low, high) in the metric's own units, None below two seeds; computed by the
     report's statistics, not here) as a bar; the ``reference`` gate's CI shaded across the
-    panel, so a gate's mean outside the band stands out. Metrics equal for every gate are left
-    out and named under the title."""
+    panel, so a gate's mean outside the band stands out; ``chance`` (metric -> value, e.g. a
+    uniform map's score) drawn as a dashed line. Metrics equal for every gate are left out and
+    named under the title."""
     shown, constant = metric_values(values)
     if not shown:
         return None
@@ -200,6 +207,8 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
         band = intervals.get(reference, {}).get(metric) if reference in values else None
         if band is not None:
             ax.axvspan(band[0] * scale, band[1] * scale, color=colours[reference], alpha=0.15, zorder=0, linewidth=0)
+        if chance and np.isfinite(chance.get(metric, np.nan)):
+            ax.axvline(chance[metric] * scale, color="0.35", linestyle="--", linewidth=0.9, zorder=1)
         for yi, gate in zip(y, gates):
             v = np.asarray(values[gate].get(metric, []), dtype=np.float64) * scale
             v = v[np.isfinite(v)]
@@ -224,6 +233,8 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
     note = "dots: seeds; diamond: mean; bar: 95 % CI (t, n ≥ 2)"
     if reference in values:
         note += f"; shaded: {reference}'s CI"
+    if chance and any(m in chance for m in shown):
+        note += "; dashed: chance (a uniform map)"
     if constant:
         note += f"; equal for every gate, not shown: {', '.join(constant)}"
     import textwrap
@@ -441,6 +452,68 @@ def plot_spatial_grid(images: np.ndarray, maps_by_label: dict[str, np.ndarray],
         where = dict(location="bottom", shrink=0.4, aspect=40) if len(labels) == 1 else dict(shrink=0.9, fraction=0.05)
         fig.colorbar(scale, ax=axes[1:, :], pad=0.02, label="spatial attention (0..1)", **where)
     fig.suptitle(title)
+    return fig
+
+
+def _normalised(m: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] as the localisation metrics see a map; a constant map is all zeros."""
+    m = np.asarray(m, dtype=np.float32)
+    span = float(m.max() - m.min()) if m.size else 0.0
+    return (m - m.min()) / span if span > 0 and np.isfinite(span) else np.zeros_like(m)
+
+
+def plot_localisation_grid(images: np.ndarray, masks: np.ndarray, boxes: np.ndarray,
+                           maps_by_label: dict[str, np.ndarray], title: str = "Localisation") -> Figure:
+    """images: (K, 3, h, w) uint8; masks: (K, h, w) bool; boxes: (K, 4) half-open x0, y0, x1, y1;
+    maps_by_label: row label -> (K, H, W) maps of any size. One column per image, sized for a
+    paper column: the first row the image with its ground truth (mask outline and box), each
+    further row one map, min-max normalised per image as the localisation metrics see it,
+    bilinear to the image, with the mask's outline over it."""
+    from torch import from_numpy
+    from torch.nn.functional import interpolate
+
+    labels = list(maps_by_label)
+    k = images.shape[0]
+    label_in = 0.85  # room for the row labels
+    cell = min(0.75, (COLUMN_WIDTH_IN - label_in) / k)
+    fig, axes = plt.subplots(len(labels) + 1, k, figsize=(COLUMN_WIDTH_IN, cell * (len(labels) + 1) + 0.75),
+                             squeeze=False, constrained_layout=True)
+    pictures = np.transpose(images, (0, 2, 3, 1))
+    gray = pictures.astype(np.float32).mean(axis=3)
+    side = pictures.shape[1]
+
+    def outline(ax, i, colour):
+        ax.contour(masks[i].astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.6)
+
+    for i in range(k):
+        axes[0, i].imshow(pictures[i], interpolation="nearest")
+        outline(axes[0, i], i, "#00e5ff")
+        x0, y0, x1, y1 = (float(v) for v in boxes[i])
+        axes[0, i].add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="#ffd400",
+                                           linewidth=0.7))
+        axes[0, i].set_title(f"image {i + 1}", fontsize=7)
+    axes[0, 0].set_ylabel("image,\nground truth", rotation=0, ha="right", va="center", fontsize=7)
+    for r, label in enumerate(labels, start=1):
+        maps = np.asarray(maps_by_label[label], dtype=np.float32)
+        for i in range(k):
+            upsampled = interpolate(from_numpy(maps[i][None, None].copy()), size=(side, side), mode="bilinear",
+                                    align_corners=False)[0, 0].numpy()
+            axes[r, i].imshow(gray[i], cmap="gray", interpolation="nearest")
+            axes[r, i].imshow(_normalised(upsampled), cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.7)
+            outline(axes[r, i], i, "#00e5ff")
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    if labels:
+        fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap="inferno"), ax=axes[1:, :], location="bottom",
+                     shrink=0.7, aspect=35, pad=0.01,
+                     label="map, min-max per image\ncyan: object mask; yellow: its box")
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, 60), fontsize=7)
     return fig
 
 

@@ -32,7 +32,8 @@ def family_figure(g: GroupStats, family: Family, title: str, reference: str):
     """A family's panels: each of its figure metrics per gate, seeds and CI, the reference shaded."""
     values = {gate: {m: v[m] for m in family.figure_metrics} for gate, v in g.values.items()}
     intervals = {gate: {m: v[m] for m in family.figure_metrics} for gate, v in g.intervals.items()}
-    return plots.plot_gate_metrics(values, intervals, title, reference=reference)
+    chance = {m: g.chance[m] for m in family.figure_metrics if m in g.chance}
+    return plots.plot_gate_metrics(values, intervals, title, reference=reference, chance=chance or None)
 
 
 def spatial_grid(g: GroupStats):
@@ -54,6 +55,31 @@ def spatial_grid(g: GroupStats):
     h, w = example.grid_maps.shape[1:]
     return plots.plot_spatial_grid(example.grid_images[:k], {gate: r.grid_maps[:k] for gate, r in firsts.items()},
                                    f"Spatial attention ({h}×{w} map, bilinear to the image), {describe(g.members[0])}")
+
+
+def localisation_grid(g: GroupStats):
+    """The first probed images with their ground truth, each gate's CBAM map and its network's
+    CAM below them; None where the dataset has no ground truth."""
+    firsts = {gate: runs[0] for gate, runs in g.gates.items()}
+    firsts = {gate: r for gate, r in firsts.items() if r.grid_masks is not None and r.grid_images is not None}
+    if not firsts:
+        return None
+    k = min(4, *(r.grid_masks.shape[0] for r in firsts.values()))
+    indices = [r.grid_indices[:k] for r in firsts.values() if r.grid_indices]
+    if any(ix != indices[0] for ix in indices):
+        log.warning("report: the probes looked at different test images; no localisation grid")
+        return None
+    example = next(iter(firsts.values()))
+    rows = {}
+    for gate, r in firsts.items():
+        if r.grid_maps is not None and r.grid_maps.shape[1] > 0:
+            rows[f"{gate}\nCBAM map"] = r.grid_maps[:k]
+        if r.grid_cams is not None:
+            rows[f"{gate}\nCAM"] = r.grid_cams[:k]
+    if not rows:
+        return None
+    return plots.plot_localisation_grid(example.grid_images[:k], example.grid_masks[:k], example.grid_boxes[:k],
+                                        rows, f"Localisation: CBAM spatial maps and CAMs, {describe(g.members[0])}")
 
 
 def group_figures(g: GroupStats, reference: str, families: tuple[Family, ...] = FAMILIES) -> dict[str, object]:
@@ -83,6 +109,7 @@ def group_figures(g: GroupStats, reference: str, families: tuple[Family, ...] = 
         f"gradient_flow_{name}": plots.plot_gradient_flow(g.gradient_flow, f"Gradient flow in the last epoch, {what}"),
         f"gate_parameters_{name}": plots.plot_gate_parameters(g.gate_parameters, f"Learnable gate parameters, {what}"),
         f"spatial_maps_{name}": spatial_grid(g) if g.weights else None,
+        f"localisation_maps_{name}": localisation_grid(g),
     })
     return figures
 

@@ -19,6 +19,8 @@ import pandas as pd
 from pipeline.config import ReportConfig
 from pipeline.contracts import (
     ATTENTION_META,
+    BOXES,
+    CAMS,
     CHANNEL_WEIGHTS,
     CLASS_GINI,
     CLASS_WEIGHTS,
@@ -29,6 +31,7 @@ from pipeline.contracts import (
     GRID_IMAGES,
     LABELS,
     MAIN,
+    MASKS,
     PROBE_ATTENTION,
     SPATIAL_MAPS,
     STEP_TAG,
@@ -183,9 +186,16 @@ def read_record(run, tmp: Path) -> Record:
                     metrics_id, run.info.start_time or 0, histories,
                     (flow["layers"], flow["mean_abs_grad"][-1]) if flow else None)
     record.channel_weights = np.load(_required(probe_id, CHANNEL_WEIGHTS, tmp))
+    meta = json.loads(_required(probe_id, ATTENTION_META, tmp).read_text())
+    record.grid_indices = list(meta["indices"][:GRID_SIZE])
+    images = _file(probe_id, GRID_IMAGES, tmp)
+    record.grid_images = np.load(images) if images is not None else None
+    cams, masks, boxes = (_file(probe_id, path, tmp) for path in (CAMS, MASKS, BOXES))
+    record.grid_cams = np.load(cams)[:GRID_SIZE] if cams is not None else None  # None: a probe older than CAMs
+    if masks is not None and boxes is not None:  # a dataset with localisation ground truth
+        record.grid_masks, record.grid_boxes = np.load(masks)[:GRID_SIZE], np.load(boxes)[:GRID_SIZE]
     if not record.has_attention:
         return record
-    meta = json.loads(_required(probe_id, ATTENTION_META, tmp).read_text())
     record.classes = [str(c) for c in meta["classes"]]
     weights_file, gini_file = _file(metrics_id, CLASS_WEIGHTS, tmp), _file(metrics_id, CLASS_GINI, tmp)
     if weights_file is not None and gini_file is not None:
@@ -198,11 +208,9 @@ def read_record(run, tmp: Path) -> Record:
         labels = np.load(_required(probe_id, LABELS, tmp))
         record.class_weights = class_means(record.channel_weights, labels, len(record.classes))[0]
         record.class_gini = dict(zip(record.classes, gini(record.class_weights).tolist()))
-    record.grid_indices = list(meta["indices"][:GRID_SIZE])
     record.grid_maps = np.load(_required(probe_id, SPATIAL_MAPS, tmp))[:GRID_SIZE]
-    images = _file(probe_id, GRID_IMAGES, tmp)
-    record.grid_images = np.load(images) if images is not None else _grid_images_from_dataset(
-        train_config, record.grid_indices)
+    if record.grid_images is None:  # a probe run older than its grid images
+        record.grid_images = _grid_images_from_dataset(train_config, record.grid_indices)
     return record
 
 

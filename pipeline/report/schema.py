@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.contracts import GRID_SIZE, NO_CBAM, gate_label  # noqa: F401 - re-exported
+from pipeline.contracts import GRID_SIZE, LOCALISATION_PREFIX, LOCALISED_MAPS, NO_CBAM, gate_label  # noqa: F401
 
 #: What defines an experiment: runs that differ in any of these are never pooled (the seed is
 #: what pools). ``gate_norm`` counts where train runs log it.
@@ -53,6 +53,10 @@ class Family:
     figure_metrics: tuple[str, ...]
     footnote: str
     caption: str
+    #: reference levels stated under the table: (label, metric prefix), each read with ``chance_metrics``
+    chance: tuple[tuple[str, str], ...] = ()
+    chance_metrics: tuple[tuple[str, str, float, int], ...] = ()  # (metric suffix, label, scale, decimals)
+    figure_chance: tuple[tuple[str, str], ...] = ()  # (figure metric, the metric of its chance line)
 
 
 ATTENTION = Family(
@@ -77,8 +81,53 @@ ATTENTION = Family(
               "maximum. Every metric with its std and CI bounds: summary.csv."),
     caption="Attention metrics by gate",
 )
+
+def _loc(kind: str, metric: str) -> str:
+    return f"{LOCALISATION_PREFIX}{kind}_{metric}"
+
+
+LOCALISATION_METRICS = ("pxap", "maxboxacc", "boxacc_iou30", "boxacc_iou50", "boxacc_iou70", "pointing_mask",
+                        "pointing_box", "energy_box")
+LOCALISATION = Family(
+    name="localisation",
+    title="Localisation",
+    columns={
+        _loc("cbam", "pxap"): Column("CBAM PxAP", 1.0, 1),
+        _loc("cbam", "maxboxacc"): Column("CBAM MaxBoxAccV2", 1.0, 1),
+        _loc("cbam", "pointing_mask"): Column("CBAM pointing", 1.0, 3),
+        _loc("cbam", "energy_box"): Column("CBAM energy in box", 1.0, 3),
+        _loc("cam", "pxap"): Column("CAM PxAP", 1.0, 1),
+        _loc("cam", "maxboxacc"): Column("CAM MaxBoxAccV2", 1.0, 1),
+        _loc("cam", "pointing_mask"): Column("CAM pointing", 1.0, 3),
+        _loc("cam", "energy_box"): Column("CAM energy in box", 1.0, 3),
+    },
+    csv_metrics=tuple(_loc(kind, m) for kind in LOCALISED_MAPS for m in LOCALISATION_METRICS),
+    figure_metrics=(_loc("cbam", "pxap"), _loc("cam", "pxap"), _loc("cbam", "pointing_mask"),
+                    _loc("cam", "pointing_mask")),
+    footnote=("Mean ± half-width of the 95 % confidence interval over seeds. Each gate's CBAM spatial map and the "
+              "same network's CAM (class activation map of the true class, Zhou et al. 2016), upsampled to the "
+              "input, against the target's mask and box: PxAP (pixel average precision, pixels pooled over the "
+              "probed images) and MaxBoxAccV2 (mean over IoU 0.3/0.5/0.7 of the best-threshold box accuracy), "
+              "Choe et al. 2020, in %; pointing: the map's maximum on the mask; energy in box: the share of the "
+              "min-max-normalised map's mass in the box. Definitions: docs/metrics.md; MaxBoxAcc per IoU, pointing "
+              "in the box and the chance maps' values: summary.csv."),
+    caption="Localisation of the CBAM spatial map and of CAM by gate",
+    chance=(("uniform map", _loc("uniform", "")), ("centre prior", _loc("centre", ""))),
+    figure_chance=((_loc("cbam", "pxap"), _loc("uniform", "pxap")), (_loc("cam", "pxap"), _loc("uniform", "pxap")),
+                   (_loc("cbam", "pointing_mask"), _loc("uniform", "pointing_mask")),
+                   (_loc("cam", "pointing_mask"), _loc("uniform", "pointing_mask"))),
+    chance_metrics=(("pxap", "PxAP", 1.0, 1), ("maxboxacc", "MaxBoxAccV2", 1.0, 1),
+                    ("pointing_mask", "pointing", 1.0, 3), ("energy_box", "energy in box", 1.0, 3)),
+)
 #: The metric families of a report, in the order of its tables; the first is the summary table.
-FAMILIES: tuple[Family, ...] = (ATTENTION,)
+FAMILIES: tuple[Family, ...] = (ATTENTION, LOCALISATION)
+
+
+def present_families(records, families=FAMILIES) -> tuple[Family, ...]:
+    """The first family, and each other one some record has a metric of (a report of a dataset
+    without localisation ground truth has no localisation table)."""
+    return tuple(f for i, f in enumerate(families)
+                 if i == 0 or any(m in r.metrics for r in records for m in f.columns))
 
 
 def csv_metrics(families=FAMILIES) -> tuple[str, ...]:
@@ -110,6 +159,9 @@ class Record:
     grid_maps: np.ndarray | None = None  # (k, H, W): the spatial maps of the grid's images
     grid_images: np.ndarray | None = None  # (k, 3, h, w) uint8
     grid_indices: list[int] = field(default_factory=list)  # their test-set indices
+    grid_cams: np.ndarray | None = None  # (k, h, w): their CAMs of the true class
+    grid_masks: np.ndarray | None = None  # (k, h, w) bool at the images' native size: their ground-truth masks
+    grid_boxes: np.ndarray | None = None  # (k, 4) half-open x0, y0, x1, y1 on those images
 
     @property
     def activation(self) -> str:

@@ -224,6 +224,7 @@ class GroupStats:
     gradient_flow: dict[str, tuple[list[str], list[float]]] = field(default_factory=dict)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     class_weights: dict[str, np.ndarray] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)  # figure metric -> its chance level, mean over runs
 
     @property
     def seeds(self) -> int:
@@ -239,6 +240,11 @@ def group_stats(name: str, members: list[Record], epoch_metrics, families: tuple
     metrics drawn (``attention/<m>`` of the train runs)."""
     metrics = list(dict.fromkeys(m for family in families for m in family.figure_metrics))
     g = GroupStats(name, members, by_gate(members))
+    for family in families:
+        for metric, reference in family.figure_chance:
+            levels = [r.metrics[reference] for r in members if np.isfinite(r.metrics.get(reference, np.nan))]
+            if levels:
+                g.chance[metric] = float(np.mean(levels))
     for gate, runs in g.gates.items():
         g.values[gate] = {m: [r.metrics.get(m, np.nan) for r in runs] for m in metrics}
         g.intervals[gate] = {m: interval(v) for m, v in g.values[gate].items()}

@@ -76,6 +76,25 @@ def baseline_note(table: pd.DataFrame) -> str:
             "it has no attention weights to measure (n/a).")
 
 
+def chance_text(table: pd.DataFrame, family: Family) -> str:
+    """The family's reference levels (its ``chance`` maps) as a sentence: each metric's mean
+    over the table's rows, or its range where rows differ (another image size, another dataset)."""
+    parts = []
+    for label, prefix in family.chance:
+        values = []
+        for suffix, name, scale, decimals in family.chance_metrics:
+            column = f"{prefix}{suffix}"
+            v = table[column].to_numpy(dtype=float) * scale if column in table else np.array([])
+            v = v[np.isfinite(v)]
+            if not v.size:
+                continue
+            low, high = f"{v.min():.{decimals}f}", f"{v.max():.{decimals}f}"
+            values.append(f"{name} {low}" if low == high else f"{name} {low}–{high}")
+        if values:
+            parts.append(f"{label}: {', '.join(values)}")
+    return f" Chance on the same images: {'; '.join(parts)}." if parts else ""
+
+
 def to_markdown(table: pd.DataFrame, title: str, family: Family, first: bool = True) -> str:
     """A family's table; the first family's opens the document (``# Summary: <title>``, the
     number of configurations and what is constant across them), a later one is a section."""
@@ -89,7 +108,8 @@ def to_markdown(table: pd.DataFrame, title: str, family: Family, first: bool = T
                  f"{len(table)} configurations. Constant across this report: {constant or 'nothing'}.", ""]
     else:
         lines = ["", f"## {family.title}", ""]
-    lines += [*markdown_table(header, rows, text_columns), "", family.footnote + caution + baseline_note(table)]
+    lines += [*markdown_table(header, rows, text_columns), "",
+              family.footnote + chance_text(table, family) + caution + baseline_note(table)]
     return "\n".join(lines) + "\n"
 
 
@@ -107,7 +127,7 @@ def _tabular(caption: str, header: list[str], body: list[str], text_columns: int
 def to_latex(table: pd.DataFrame, family: Family, source: str = "") -> str:
     header, rows, text_columns = _table_cells(table, family)
     caption = (f"{family.caption} ({constants_text(table)}). Mean ± half-width of the 95 % "
-               "confidence interval over seeds (Student t)." + baseline_note(table))
+               "confidence interval over seeds (Student t)." + chance_text(table, family) + baseline_note(table))
     lines = ([f"% {source}"] if source else []) + _tabular(
         tex(caption), header, [" & ".join(tex(c) for c in r) + r" \\" for r in rows], text_columns)
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ from pipeline.errors import PipelineError
 from pipeline.plots import EPOCH_PANELS
 from pipeline.report import figures, stats, tables
 from pipeline.report.gather import gather
-from pipeline.report.schema import FAMILIES, Record
+from pipeline.report.schema import FAMILIES, Record, present_families
 
 log = logging.getLogger("pipeline")
 
@@ -21,6 +21,7 @@ def write_records(records: list[Record], out: str | Path, title: str = "report",
     ``reference``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    families = present_families(records, families)
     table = stats.summary_table(records, families)
     comparisons = stats.paired_comparisons(records, reference, families)
     groups = [stats.group_stats(name, members, EPOCH_PANELS, families)

@@ -67,7 +67,7 @@ def test_fake_is_seeded():
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(PipelineError, match="valid: cifar10, digits, fake"):
+    with pytest.raises(PipelineError, match="valid: cifar10, digits, cluttered-digits, cluttered-cifar10, fake"):
         load_dataset("mnist")
 
 

@@ -1,0 +1,131 @@
+"""Probe and compute-metrics on a dataset with localisation ground truth, in this process, against
+a temporary store: the probe stores the masks, boxes and CAMs; compute-metrics logs the
+localisation metrics, which are checked against independent recomputations."""
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from pipeline.checkpoint import save_checkpoint
+from pipeline.config import MetricsConfig, ProbeConfig
+from pipeline.contracts import BEST_CHECKPOINT, TRAIN
+from pipeline.data import load_dataset, to_model_input
+from pipeline.models import CBAMResNet18, ModelConfig
+from pipeline.steps.compute_metrics import run_compute_metrics
+from pipeline.steps.probe_attention import run_probe
+from pipeline.tracking import step_run
+
+pytestmark = pytest.mark.xdist_group("localisation_store")
+IMAGE_SIZE = 128
+PROBED = 24
+
+
+def _train_run(dataset: str, position: str, seed: int = 0) -> str:
+    """A finished train run of a seeded, untrained model (what probe-attention reads: the best
+    checkpoint and the typed config), logged through the step layer's own run helper."""
+    torch.manual_seed(seed)
+    model = CBAMResNet18(ModelConfig(activation="sigmoid", position=position, num_classes=10))
+    config = {"dataset": dataset, "data_dir": "data", "image_size": IMAGE_SIZE, "seed": seed,
+              "activation": "sigmoid", "position": position}
+    with step_run(TRAIN, config, config, run_name="untrained") as run, tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(BEST_CHECKPOINT).name
+        save_checkpoint(path, model, epoch=0)
+        mlflow.log_artifact(str(path), str(Path(BEST_CHECKPOINT).parent))
+        mlflow.log_metric("best_epoch", 0)
+        return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("loc_store")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("PIPELINE_OFFLINE", "1")
+        mp.chdir(tmp)
+        mlflow.set_tracking_uri(uri)
+        train_id = _train_run("cluttered-digits", "middle")
+        probe = run_probe(ProbeConfig(train_run_id=train_id, num_images=PROBED, device="cpu", batch_size=12))
+        yield {"train_id": train_id, "probe": probe, "tmp": tmp}
+        mlflow.set_tracking_uri(None)
+
+
+def _artefacts(run_id, dst):
+    path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="attention", dst_path=str(dst)))
+    return {p.stem: np.load(p) for p in path.glob("*.npy")}, json.loads((path / "meta.json").read_text())
+
+
+def test_probe_stores_ground_truth_and_the_cam_of_the_true_class(store, tmp_path):
+    arrays, meta = _artefacts(store["probe"].run_id, tmp_path)
+    test = load_dataset("cluttered-digits").test
+    np.testing.assert_array_equal(arrays["masks"], test.masks[:PROBED].numpy())
+    np.testing.assert_array_equal(arrays["boxes"], test.boxes[:PROBED].numpy())
+    assert arrays["masks"].dtype == bool and meta["ground_truth"] is True and meta["native_size"] == 64
+    # CAM by hand: the model's layers one by one, the final map weighted by fc's row of the true class
+    with tempfile.TemporaryDirectory() as tmp:
+        from pipeline.checkpoint import load_model
+
+        model, _ = load_model(mlflow.artifacts.download_artifacts(run_id=store["train_id"],
+                                                                  artifact_path=BEST_CHECKPOINT, dst_path=tmp))
+    x = to_model_input(test.images[:PROBED], IMAGE_SIZE)
+    with torch.no_grad():
+        f = model.layer2(model.layer1(model.stem(x)))
+        f = model.layer4(model.layer3(model.cbam(f)))  # (B, 512, 4, 4)
+        w = model.fc.weight[test.labels[:PROBED]]  # (B, 512)
+        expected = (f * w[:, :, None, None]).sum(dim=1).numpy()
+    assert arrays["cam"].shape == (PROBED, 4, 4) and arrays["cam"].dtype == np.float16
+    np.testing.assert_allclose(arrays["cam"], expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+
+
+def test_compute_metrics_logs_localisation_checked_independently(store, tmp_path):
+    metrics_id = run_compute_metrics(MetricsConfig(probe_run_id=store["probe"].run_id)).run_id
+    logged = mlflow.MlflowClient().get_run(metrics_id).data.metrics
+    expected = {f"loc/{kind}_{m}" for kind in ("cbam", "cam", "uniform", "centre")
+                for m in ("pxap", "maxboxacc", "boxacc_iou30", "boxacc_iou50", "boxacc_iou70", "pointing_mask",
+                          "pointing_box", "energy_box")}
+    assert expected <= set(logged)
+    arrays, _ = _artefacts(store["probe"].run_id, tmp_path)
+    masks = arrays["masks"].repeat(2, axis=1).repeat(2, axis=2)  # 64 -> 128 px, nearest neighbour
+    # chance: a uniform map's PxAP is the object's pixel share; its pointing game the per-image share
+    assert logged["loc/uniform_pxap"] == pytest.approx(100 * masks.mean())
+    assert logged["loc/uniform_pointing_mask"] == pytest.approx(masks.mean(axis=(1, 2)).mean())
+    # the CBAM map: PxAP by scikit-learn on the pooled, min-max-normalised, upsampled maps (the
+    # metric's thresholds are 0.001 apart: equal to a tenth of a point), pointing game by argmax
+    maps = torch.nn.functional.interpolate(torch.from_numpy(arrays["spatial_maps"].astype(np.float32))[:, None],
+                                           size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
+                                           align_corners=False)[:, 0].numpy().astype(np.float64)
+    low, high = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    scores = (maps - low) / (high - low)
+    assert logged["loc/cbam_pxap"] == pytest.approx(100 * average_precision_score(masks.ravel(), scores.ravel()),
+                                                    abs=0.1)
+    top = scores.reshape(PROBED, -1).argmax(axis=1)
+    assert logged["loc/cbam_pointing_mask"] == pytest.approx(masks.reshape(PROBED, -1)[np.arange(PROBED), top].mean())
+    # energy in box by hand
+    boxes = arrays["boxes"] * 2
+    inside = [scores[i, y0:y1, x0:x1].sum() / scores[i].sum() for i, (x0, y0, x1, y1) in enumerate(boxes)]
+    assert logged["loc/cbam_energy_box"] == pytest.approx(np.mean(inside))
+    table = mlflow.artifacts.download_artifacts(run_id=metrics_id, artifact_path="metrics/localisation.csv",
+                                                dst_path=str(tmp_path))
+    import pandas as pd
+
+    rows = pd.read_csv(table).set_index("map")
+    assert list(rows.index) == ["cbam", "cam", "uniform", "centre"]
+    assert rows.loc["cam", "pxap"] == pytest.approx(logged["loc/cam_pxap"])
+
+
+def test_dataset_without_ground_truth_logs_no_localisation(store, caplog):
+    train_id = _train_run("fake", "late")
+    probe = run_probe(ProbeConfig(train_run_id=train_id, num_images=8, device="cpu"))
+    assert probe.masks is None and probe.cams.shape == (8, 4, 4)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        metrics_id = run_compute_metrics(MetricsConfig(probe_run_id=probe.run_id)).run_id
+    logged = mlflow.MlflowClient().get_run(metrics_id).data.metrics
+    assert not [k for k in logged if k.startswith("loc/")] and "gini" in logged
+    said = [r.message for r in caplog.records if "no localisation ground truth" in r.message]
+    assert len(said) == 1 and "fake" in said[0]

@@ -1,0 +1,169 @@
+"""Localisation metrics against closed-form cases and independent computations (scikit-learn's
+average precision, IoU by counting pixels)."""
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from pipeline import localisation as L
+
+
+def _object(size=32, box=(8, 10, 20, 26)):
+    """A mask with a hole-free blob and its box (half-open)."""
+    mask = np.zeros((size, size), bool)
+    x0, y0, x1, y1 = box
+    mask[y0:y1, x0:x1] = True
+    mask[y0, x0] = False  # not exactly the box
+    return mask, np.array(box)
+
+
+def test_normalise_maps_min_max_and_constant_maps():
+    maps = np.array([[[1.0, 3.0], [2.0, 5.0]], [[4.0, 4.0], [4.0, 4.0]], [[0.0, np.nan], [1.0, 2.0]]])
+    out = L.normalise_maps(maps)
+    np.testing.assert_allclose(out[0], [[0.0, 0.5], [0.25, 1.0]])
+    assert (out[1] == 0).all() and (out[2] == 0).all()  # constant / NaN -> zeros (wsolevaluation)
+
+
+def test_map_equal_to_mask_is_perfect():
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 24, 24)) < 0.2
+    maps = masks.astype(float)
+    assert L.pxap(maps, masks) == pytest.approx(100.0)
+    np.testing.assert_array_equal(L.pointing_game(maps, masks), 1.0)
+
+
+def test_uniform_map_scores_the_mask_share():
+    rng = np.random.default_rng(1)
+    masks = rng.random((6, 20, 20)) < 0.15
+    uniform = np.full(masks.shape, 0.7)
+    assert L.pxap(uniform, masks) == pytest.approx(100.0 * masks.mean())
+    np.testing.assert_allclose(L.pointing_game(uniform, masks), masks.mean(axis=(1, 2)))
+
+
+def test_pxap_equals_sklearn_average_precision_on_pooled_pixels():
+    rng = np.random.default_rng(2)
+    # scores on the threshold grid (multiples of 1/8), each map spanning exactly 0..1, so the
+    # normalisation is the identity and every distinct score is its own threshold
+    maps = rng.integers(0, 9, size=(12, 16, 16)) / 8.0
+    maps[:, 0, 0], maps[:, 0, 1] = 0.0, 1.0
+    masks = rng.random(maps.shape) < (0.1 + 0.6 * maps)  # informative, imperfect
+    expected = 100.0 * average_precision_score(masks.ravel(), maps.ravel())
+    assert L.pxap(maps, masks) == pytest.approx(expected, abs=1e-9)
+    # pooled over images, not a mean of per-image APs
+    per_image = np.mean([100.0 * average_precision_score(k.ravel(), m.ravel()) for m, k in zip(maps, masks)])
+    assert abs(L.pxap(maps, masks) - per_image) > 1e-6
+
+
+def test_pxap_is_nan_without_object_pixels_and_empty_masks_only_add_negatives():
+    maps = np.random.default_rng(3).random((2, 8, 8))
+    assert np.isnan(L.pxap(maps, np.zeros((2, 8, 8), bool)))
+    mask = np.zeros((2, 8, 8), bool)
+    mask[0, 2:4, 2:4] = True
+    one = L.pxap(maps[:1], mask[:1])
+    both = L.pxap(maps, mask)  # image 2 has no object: its pixels can only be false positives
+    assert both <= one
+
+
+def test_max_box_acc_of_the_box_itself_is_100_at_every_iou():
+    masks, boxes = [], []
+    for box in [(2, 3, 10, 12), (0, 1, 31, 32), (5, 20, 31, 30)]:
+        m, b = _object(box=box)
+        masks.append(m)
+        boxes.append(b)
+    boxes = np.array(boxes)
+    maps = L.box_masks(boxes, 32).astype(float)
+    acc = L.max_box_acc(maps, boxes)
+    assert acc == {0.3: 100.0, 0.5: 100.0, 0.7: 100.0, "mean": 100.0}
+
+
+def test_max_box_acc_takes_one_threshold_for_all_images():
+    # image 1's box is found only at tau = 0 (a constant map: the whole image), image 2's only
+    # above it: no single threshold finds both, so MaxBoxAcc is 50, not 100
+    boxes = np.array([[0, 0, 16, 16], [2, 2, 6, 6]])
+    maps = np.stack([np.ones((16, 16)), L.box_masks(boxes[1:], 16)[0].astype(float)])
+    assert L.max_box_acc(maps, boxes)["mean"] == 50.0
+
+
+def test_max_box_acc_counts_any_region_and_the_best_threshold():
+    box = np.array([4, 4, 12, 12])  # 8 x 8 = 64 px
+    m = np.zeros((32, 32))
+    m[4:12, 4:12] = 0.5  # the object, weaker
+    m[20:30, 20:30] = 1.0  # a stronger region elsewhere
+    # at tau > 0.5 only the far region survives (IoU 0); at tau in (0, 0.5] both regions are
+    # found and the object's box matches exactly: the best threshold and "all contours" count
+    ious = L.best_ious(m[None], box[None])
+    assert ious[0, 60] == 0.0 and ious[0, 30] == 1.0
+    assert L.max_box_acc(m[None], box[None])["mean"] == 100.0
+
+
+def test_iou_by_counting_pixels():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        a, b = (np.sort(rng.integers(0, 17, size=(2, 2)), axis=0) for _ in range(2))
+        box_a = np.array([a[0, 0], a[0, 1], a[1, 0] + 1, a[1, 1] + 1])
+        box_b = np.array([b[0, 0], b[0, 1], b[1, 0] + 1, b[1, 1] + 1])
+        ma, mb = L.box_masks(np.stack([box_a, box_b]), 18)
+        expected = (ma & mb).sum() / (ma | mb).sum()
+        assert L._iou(box_a, box_b[None])[0] == pytest.approx(expected)
+
+
+def test_region_boxes_are_eight_connected():
+    img = np.zeros((6, 6), bool)
+    img[0, 0] = img[1, 1] = True  # diagonal neighbours: one region
+    img[4, 4] = True
+    boxes = {tuple(b) for b in L.region_boxes(img)}
+    assert boxes == {(0, 0, 2, 2), (4, 4, 5, 5)}
+    assert L.region_boxes(np.zeros((3, 3), bool)).shape == (0, 4)
+
+
+def test_pointing_game_ties_and_edge_cases():
+    mask = np.zeros((1, 4, 4), bool)
+    mask[0, 0, :2] = True
+    m = np.zeros((1, 4, 4))
+    m[0, 0, 0] = m[0, 3, 3] = m[0, 2, 2] = m[0, 1, 1] = 1.0  # four maxima, one on the object
+    assert L.pointing_game(m, mask)[0] == pytest.approx(0.25)
+    assert np.isnan(L.pointing_game(m, np.zeros_like(mask))[0])  # no object: undefined
+
+
+def test_energy_in_box():
+    box = np.array([[0, 0, 2, 2]])  # 4 of 16 pixels
+    m = np.zeros((1, 4, 4))
+    m[0, :2, :2] = 1.0
+    m[0, 3, 3] = 3.0  # after min-max: 1/3 per pixel in the box, 1 outside
+    assert L.energy_in_box(m, box)[0] == pytest.approx((4 / 3) / (4 / 3 + 1))
+    assert L.energy_in_box(np.full((1, 4, 4), 2.0), box)[0] == pytest.approx(4 / 16)  # constant: area share
+    assert np.isnan(L.energy_in_box(m, np.array([[1, 1, 1, 3]]))[0])  # empty box
+
+
+def test_resizing_ground_truth_as_the_images_are():
+    import torch
+    from torch.nn import functional as F
+
+    rng = np.random.default_rng(5)
+    masks = rng.random((3, 16, 16)) < 0.3
+    for size in (32, 48, 24):
+        expected = F.interpolate(torch.from_numpy(masks[:, None].astype(np.float32)), size=(size, size),
+                                 mode="nearest")[:, 0].numpy() > 0.5
+        np.testing.assert_array_equal(L.resize_masks(masks, size), expected)
+    boxes = np.array([[2, 3, 10, 12], [0, 0, 16, 16]])
+    for size in (32, 64, 24):  # the box of the resized box mask
+        resized = L.resize_masks(L.box_masks(boxes, 16), size)
+        np.testing.assert_array_equal(L.box_masks(L.resize_boxes(boxes, 16, size), size), resized)
+
+
+def test_judge_maps_names_every_map_and_the_chance_levels():
+    rng = np.random.default_rng(6)
+    masks = np.zeros((4, 16, 16), bool)
+    boxes = np.zeros((4, 4), np.int64)
+    for i in range(4):
+        x, y = rng.integers(0, 10, size=2)
+        masks[i, y:y + 5, x:x + 5] = True
+        boxes[i] = (x, y, x + 5, y + 5)
+    spatial = masks.astype(np.float16)  # maps on the object, bilinear to 32 px
+    scores = L.judge_maps(spatial, None, masks, boxes, native=16, size=32)
+    assert set(scores) == {"cbam", "uniform", "centre"}  # no CAM recorded: none judged
+    assert scores["uniform"]["pxap"] == pytest.approx(100.0 * masks.mean())
+    assert scores["uniform"]["maxboxacc"] == 0.0  # the whole image never overlaps a 5 x 5 box by 0.3
+    assert scores["cbam"]["pxap"] > 90.0 and scores["cbam"]["pointing_mask"] == 1.0
+    assert scores["cbam"]["maxboxacc"] == 100.0 and scores["cbam"]["energy_box"] > 0.9
+    assert set(scores["cbam"]) == {"pxap", "maxboxacc", "boxacc_iou30", "boxacc_iou50", "boxacc_iou70",
+                                   "pointing_mask", "pointing_box", "energy_box"}
