@@ -86,6 +86,28 @@ def centre_prior(size: int) -> np.ndarray:
     return np.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * sigma ** 2))
 
 
+def pixel_histograms(scores, masks, thresholds: np.ndarray = PXAP_THRESHOLDS) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of normalised scores per threshold bin, on and off the masks: what PxAP pools over
+    images (bins ``thresholds`` ∪ {1, 2, 3}: the last bins hold scores of exactly 1)."""
+    truth = np.asarray(masks, dtype=bool)
+    if scores.shape != truth.shape:
+        raise ValueError(f"maps {scores.shape} and masks {truth.shape} differ in shape")
+    edges = np.append(thresholds, [1.0, 2.0, 3.0])
+    return np.histogram(scores[truth], bins=edges)[0], np.histogram(scores[~truth], bins=edges)[0]
+
+
+def pxap_from_histograms(on: np.ndarray, off: np.ndarray) -> float:
+    """PxAP (percent) from pooled :func:`pixel_histograms` (wsolevaluation ``MaskEvaluator.compute``)."""
+    positives = on.sum()
+    if positives == 0:
+        return float("nan")
+    tp, fp = on[::-1].cumsum(), off[::-1].cumsum()  # counts of score >= each edge, highest edge first
+    predicted = tp + fp
+    precision = np.where(predicted > 0, tp / np.where(predicted > 0, predicted, 1), 0.0)
+    recall = tp / positives
+    return float((precision[1:] * np.diff(recall))[predicted[1:] > 0].sum() * 100.0)
+
+
 def pxap(maps, masks, thresholds: np.ndarray = PXAP_THRESHOLDS) -> float:
     """Pixel average precision (percent) of the maps against the masks, pixels pooled over all
     images (a dataset-level score, not a mean of per-image APs). NaN if no mask has a pixel.
@@ -96,22 +118,7 @@ def pxap(maps, masks, thresholds: np.ndarray = PXAP_THRESHOLDS) -> float:
     (wsolevaluation ``MaskEvaluator.compute``). A map equal to its mask gives 100; a
     constant map gives the masks' pixel share × 100.
     """
-    scores = normalise_maps(maps)
-    truth = np.asarray(masks, dtype=bool)
-    if scores.shape != truth.shape:
-        raise ValueError(f"maps {scores.shape} and masks {truth.shape} differ in shape")
-    edges = np.append(thresholds, [1.0, 2.0, 3.0])  # the last bins hold scores of exactly 1
-    on, _ = np.histogram(scores[truth], bins=edges)
-    off, _ = np.histogram(scores[~truth], bins=edges)
-    positives = on.sum()
-    if positives == 0:
-        return float("nan")
-    tp, fp = on[::-1].cumsum(), off[::-1].cumsum()  # counts of score >= each edge, highest edge first
-    predicted = tp + fp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / np.where(predicted > 0, predicted, 1), 0.0)
-    recall = tp / positives
-    return float((precision[1:] * np.diff(recall))[predicted[1:] > 0].sum() * 100.0)
+    return pxap_from_histograms(*pixel_histograms(normalise_maps(maps), masks, thresholds))
 
 
 def _iou(box: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -164,7 +171,11 @@ def max_box_acc(maps, boxes, iou_thresholds=IOU_THRESHOLDS,
     """MaxBoxAcc (percent) at each IoU threshold δ: max over τ of the share of images with
     best IoU >= δ; key ``"mean"``: MaxBoxAccV2, their mean. A map equal to its box (1 inside,
     0 outside) scores 100 at every δ."""
-    ious = best_ious(maps, boxes, thresholds)  # (N, T)
+    return max_box_acc_from_ious(best_ious(maps, boxes, thresholds), iou_thresholds)
+
+
+def max_box_acc_from_ious(ious: np.ndarray, iou_thresholds=IOU_THRESHOLDS) -> dict:
+    """MaxBoxAcc per δ and their mean from :func:`best_ious` (N, T) of all images."""
     out: dict = {delta: float((ious >= delta).mean(axis=0).max() * 100.0) for delta in iou_thresholds}
     out["mean"] = float(np.mean([out[d] for d in iou_thresholds]))
     return out
@@ -203,36 +214,74 @@ def energy_in_box(maps, boxes) -> np.ndarray:
     return np.where(inside.any(axis=(1, 2)), share, np.nan)
 
 
+class MapScores:
+    """The localisation metrics of one kind of map, accumulated over chunks of images (each
+    image's contribution depends on that image alone; PxAP pools the pixel histograms)."""
+
+    def __init__(self) -> None:
+        self.on = self.off = 0
+        self.ious: list[np.ndarray] = []
+        self.pointing_mask: list[np.ndarray] = []
+        self.pointing_box: list[np.ndarray] = []
+        self.energy: list[np.ndarray] = []
+
+    def add(self, maps: np.ndarray, masks: np.ndarray, boxes: np.ndarray) -> None:
+        """Maps, masks (N, S, S) and boxes (N, 4), all at the same size S."""
+        size = maps.shape[-1]
+        on, off = pixel_histograms(normalise_maps(maps), masks)
+        self.on, self.off = self.on + on, self.off + off
+        self.ious.append(best_ious(maps, boxes))
+        self.pointing_mask.append(pointing_game(maps, masks))
+        self.pointing_box.append(pointing_game(maps, box_masks(boxes, size)))
+        self.energy.append(energy_in_box(maps, boxes))
+
+    def result(self) -> dict[str, float]:
+        """``pxap``, ``maxboxacc`` (V2), ``boxacc_iou30/50/70``, ``pointing_mask``,
+        ``pointing_box`` and ``energy_box`` (per-image means, NaN ignored)."""
+        box = max_box_acc_from_ious(np.concatenate(self.ious))
+        with warnings.catch_warnings():  # a mean over no defined image is NaN, silently
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = {name: float(np.nanmean(np.concatenate(parts))) for name, parts in
+                     (("pointing_mask", self.pointing_mask), ("pointing_box", self.pointing_box),
+                      ("energy_box", self.energy))}
+        return {"pxap": pxap_from_histograms(self.on, self.off), "maxboxacc": box["mean"],
+                **{f"boxacc_iou{round(d * 100)}": box[d] for d in IOU_THRESHOLDS}, **means}
+
+
 def localisation_metrics(maps, masks, boxes) -> dict[str, float]:
-    """Every localisation metric of one kind of map over the probed images (maps, masks and
-    boxes at the same size): ``pxap``, ``maxboxacc`` (V2), ``boxacc_iou30/50/70``,
-    ``pointing_mask``, ``pointing_box`` and ``energy_box`` (per-image means, NaN ignored)."""
-    size = np.asarray(maps).shape[-1]
-    box = max_box_acc(maps, boxes)
-    with warnings.catch_warnings():  # a mean over no defined image is NaN, silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        pointing_mask = float(np.nanmean(pointing_game(maps, masks)))
-        pointing_box = float(np.nanmean(pointing_game(maps, box_masks(boxes, size))))
-        energy = float(np.nanmean(energy_in_box(maps, boxes)))
-    return {"pxap": pxap(maps, masks), "maxboxacc": box["mean"],
-            **{f"boxacc_iou{round(d * 100)}": box[d] for d in IOU_THRESHOLDS},
-            "pointing_mask": pointing_mask, "pointing_box": pointing_box, "energy_box": energy}
+    """Every localisation metric of one kind of map over a set of images (maps, masks and
+    boxes at the same size): see :meth:`MapScores.result`."""
+    scores = MapScores()
+    scores.add(np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool), np.asarray(boxes, dtype=np.int64))
+    return scores.result()
 
 
-def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int) -> dict[str, dict[str, float]]:
+#: Images judged at a time: bounds memory (one chunk of 224-px float64 maps is ~100 MB).
+CHUNK_IMAGES = 256
+
+
+def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: int = CHUNK_IMAGES,
+               progress=lambda chunks, total: chunks) -> dict[str, dict[str, float]]:
     """The localisation metrics of each map a probe recorded, and of the chance references,
     at the model's input size: ``cbam`` (the spatial maps, when the model has CBAM), ``cam``
     (when recorded), ``uniform`` (a constant map) and ``centre`` (:func:`centre_prior`). Maps
     are upsampled bilinearly, masks by nearest neighbour and boxes to match (from ``native``
-    px to ``size`` px)."""
-    truth = resize_masks(masks, size)
-    bounds = resize_boxes(boxes, native, size)
-    n = truth.shape[0]
-    maps = {}
+    px to ``size`` px), ``chunk`` images at a time; ``progress`` wraps the chunks' iterator."""
+    n = np.asarray(masks).shape[0]
+    sources = {}
     if spatial_maps is not None and np.asarray(spatial_maps).size:
-        maps["cbam"] = upsample_maps(spatial_maps, size)
+        sources["cbam"] = spatial_maps
     if cams is not None and np.asarray(cams).size:
-        maps["cam"] = upsample_maps(cams, size)
-    maps["uniform"] = np.ones((n, size, size))
-    maps["centre"] = np.broadcast_to(centre_prior(size), (n, size, size))
-    return {name: localisation_metrics(m, truth, bounds) for name, m in maps.items()}
+        sources["cam"] = cams
+    prior = centre_prior(size)
+    scores = {name: MapScores() for name in (*sources, "uniform", "centre")}
+    starts = range(0, n, chunk)
+    for start in progress(starts, len(starts)):
+        end = min(start + chunk, n)
+        truth = resize_masks(masks[start:end], size)
+        bounds = resize_boxes(boxes[start:end], native, size)
+        for name, source in sources.items():
+            scores[name].add(upsample_maps(source[start:end], size).astype(np.float64), truth, bounds)
+        scores["uniform"].add(np.ones(truth.shape), truth, bounds)
+        scores["centre"].add(np.broadcast_to(prior, truth.shape), truth, bounds)
+    return {name: s.result() for name, s in scores.items()}

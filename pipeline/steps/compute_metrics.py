@@ -94,13 +94,15 @@ def localisation_of(probed: Probed) -> dict[str, dict[str, float]]:
     empty for a dataset without ground truth."""
     if probed.masks is None:
         return {}
+    from pipeline.console import progress
     from pipeline.localisation import judge_maps
 
     meta = probed.meta
     spatial = probed.spatial_maps.astype(np.float32) if probed.channel_weights.shape[1] else None
     cams = probed.cams.astype(np.float32) if probed.cams is not None else None
     return judge_maps(spatial, cams, probed.masks, probed.boxes, int(meta.get("native_size", probed.masks.shape[-1])),
-                      int(meta["image_size"]))
+                      int(meta["image_size"]),
+                      progress=lambda chunks, total: progress(chunks, total=total, desc="localisation", unit="chunk"))
 
 
 def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,

@@ -10,7 +10,7 @@ BAD_INPUTS = [
     (["--activation", "relu"], "valid: sigmoid, softmax, sparsemax"),
     (["--position", "top"], "valid: early, middle, late, none"),
     (["--activation", "none"], "activation none is the baseline without CBAM: give position none for it"),
-    (["--dataset", "mnist"], "valid: cifar10, digits, fake"),
+    (["--dataset", "mnist"], "valid: cifar10, digits, cluttered-digits, cluttered-cifar10, fake"),
     (["--weights", "resnet50"], "valid: imagenet, none"),
     (["--epochs", "0"], "epochs must be positive"),
     (["--batch-size", "-1"], "batch_size must be at least 2"),

@@ -154,7 +154,7 @@ def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst
     probe_id = by_step["probe-attention"].info.run_id
     names = {a.path for a in client.list_artifacts(probe_id, "attention")}
     assert names == {f"attention/{n}" for n in ("channel_weights.npy", "spatial_maps.npy", "labels.npy",
-                                                "logits.npy", "grid_images.npy", "meta.json")}
+                                                "logits.npy", "grid_images.npy", "cam.npy", "meta.json")}
     report = {a.path for a in client.list_artifacts(report_run_id, "report")}
     figures = {f"report/{stem}_late.{ext}" for stem in ("weights", "metrics", "curves", "gradient_flow", "spatial_maps",
                                                         "gate_parameters", "attention_epochs", "class_attention") for ext in ("pdf", "png")}

@@ -131,3 +131,46 @@ def test_paired_comparisons_against_the_reference_match_an_independent_computati
     sparse_line = next(line for line in md.splitlines() if line.startswith("| sparsemax"))
     assert f"{40.0 - ref_acc[4]:+.1f} " in sparse_line and "±" not in sparse_line.split("|")[3]
     assert "fewer than two pairs" in md and "Holm" in md
+
+
+def _localised(activation, seed, cbam_pxap, cam_pxap, uniform_pxap=4.8, **more):
+    return result(activation, seed, **{"test_acc": 50.0, "gini": 0.4, "loc/cbam_pxap": cbam_pxap,
+                                       "loc/cam_pxap": cam_pxap, "loc/uniform_pxap": uniform_pxap,
+                                       "loc/centre_pxap": 8.9, "loc/uniform_pointing_mask": 0.048, **more})
+
+
+def test_localisation_family_table_chance_and_presence():
+    from pipeline.report.schema import FAMILIES, LOCALISATION, present_families
+    from pipeline.report.stats import paired_comparisons
+    from pipeline.report.tables import comparison_markdown
+
+    records = [_localised("sigmoid", 0, 10.0, 20.0), _localised("sigmoid", 1, 14.0, 22.0),
+               _localised("sparsemax", 0, 30.0, 21.0), _localised("sparsemax", 1, 34.0, 25.0)]
+    assert present_families(records) == FAMILIES
+    # a report of runs without ground truth has no localisation table
+    assert present_families([result("sigmoid", 0, gini=0.3)]) == FAMILIES[:1]
+    table = summary_table(records, FAMILIES)
+    md = to_markdown(table, "test", LOCALISATION, first=False)
+    assert md.startswith("\n## Localisation\n")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in md.splitlines() if line.startswith("| s")}
+    half = stats.t.ppf(0.975, 1) * np.std([10.0, 14.0], ddof=1) / np.sqrt(2)
+    assert rows["sigmoid"][2] == f"12.0 ± {half:.1f}"  # CBAM PxAP, one decimal
+    assert rows["sigmoid"][3] == "n/a"  # MaxBoxAccV2 not logged by these records
+    # the chance levels stated under the table, not as rows
+    assert "Chance on the same images: uniform map: PxAP 4.8, pointing 0.048; centre prior: PxAP 8.9." in md
+    comparisons = paired_comparisons(records, "sigmoid", FAMILIES)
+    cbam = comparisons[(comparisons["metric"] == "loc/cbam_pxap") & (comparisons["gate"] == "sparsemax")]
+    assert cbam["mean_diff"].item() == pytest.approx(20.0) and cbam["pairs"].item() == 2
+    assert "## Localisation against sigmoid" in comparison_markdown(table, comparisons, "sigmoid", LOCALISATION,
+                                                                    first=False)
+
+
+def test_chance_ranges_where_rows_differ():
+    from pipeline.report.schema import FAMILIES, LOCALISATION
+    from pipeline.report.tables import chance_text
+
+    records = [_localised("sigmoid", 0, 10.0, 20.0, uniform_pxap=4.8),
+               _localised("sigmoid", 0, 10.0, 20.0, uniform_pxap=5.5, image_size="128")]
+    text = chance_text(summary_table(records, FAMILIES), LOCALISATION)
+    assert "uniform map: PxAP 4.8–5.5" in text
