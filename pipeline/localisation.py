@@ -23,7 +23,9 @@ A constant map (every pixel equal, or any NaN) normalises to zeros, as in wsolev
 """
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -142,28 +144,49 @@ def region_boxes(binary: np.ndarray) -> np.ndarray:
                     dtype=np.int64)
 
 
-def best_ious(maps, boxes, thresholds: np.ndarray = BOX_THRESHOLDS) -> np.ndarray:
+def _regions_per_threshold(score: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For one normalised map (H, W): the threshold index (M,) and half-open box (M, 4) of every
+    8-connected region of "score >= τ" over all τ. The T binary maps are labelled in one call,
+    as a stack whose planes do not connect."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = _EIGHT_CONNECTED
+    labelled, _ = ndimage.label(score[None] >= thresholds[:, None, None], structure=structure)  # (T, H, W)
+    slices = ndimage.find_objects(labelled)
+    planes = np.array([z[0].start for z in slices], dtype=np.int64)
+    regions = np.array([[z[2].start, z[1].start, z[2].stop, z[1].stop] for z in slices], dtype=np.int64)
+    return planes, regions.reshape(-1, 4)
+
+
+def _best_per_threshold(planes: np.ndarray, regions: np.ndarray, box: np.ndarray, count: int) -> np.ndarray:
+    out = np.zeros(count)
+    if len(regions):
+        np.maximum.at(out, planes, _iou(box, regions))
+    return out
+
+
+def best_ious(maps, boxes, thresholds: np.ndarray = BOX_THRESHOLDS, threads: int | None = None) -> np.ndarray:
     """(N, T): for each image and threshold τ, the largest IoU with the image's box of any
-    region of "normalised score >= τ" (0 where no region exists). The T binary maps of an image
-    are labelled in one call, as a stack whose planes do not connect."""
+    region of "normalised score >= τ" (0 where no region exists). Images are labelled in
+    ``threads`` threads (default: the CPUs; scipy's labelling releases the GIL); a map that is
+    the same for every image (a chance prior) is labelled once."""
     scores = normalise_maps(maps)
     boxes = np.asarray(boxes, dtype=np.int64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    out = np.zeros((scores.shape[0], len(thresholds)))
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = _EIGHT_CONNECTED
-    previous = None
-    for i, s in enumerate(scores):
-        if previous is None or not np.array_equal(s, previous):  # a prior map is the same for every image
-            labelled, count = ndimage.label(s[None] >= thresholds[:, None, None], structure=structure)  # (T, H, W)
-            slices = ndimage.find_objects(labelled)
-            planes = np.array([z[0].start for z in slices], dtype=np.int64)
-            regions = np.array([[z[2].start, z[1].start, z[2].stop, z[1].stop] for z in slices],
-                               dtype=np.int64).reshape(-1, 4)
-            previous = s
-        if len(regions):
-            np.maximum.at(out[i], planes, _iou(boxes[i], regions))
-    return out
+    n, count = scores.shape[0], len(thresholds)
+    if n == 0:
+        return np.zeros((0, count))
+    if (scores == scores[:1]).all():
+        planes, regions = _regions_per_threshold(scores[0], thresholds)
+        return np.stack([_best_per_threshold(planes, regions, box, count) for box in boxes])
+
+    def one(i: int) -> np.ndarray:
+        return _best_per_threshold(*_regions_per_threshold(scores[i], thresholds), boxes[i], count)
+
+    workers = max(1, min(threads or os.cpu_count() or 1, n))
+    if workers == 1:
+        return np.stack([one(i) for i in range(n)])
+    with ThreadPoolExecutor(workers) as pool:
+        return np.stack(list(pool.map(one, range(n))))
 
 
 def max_box_acc(maps, boxes, iou_thresholds=IOU_THRESHOLDS,
