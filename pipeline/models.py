@@ -21,6 +21,9 @@ from pipeline.contracts import GATE_NORMS, NO_GATE, POSITIONS, WEIGHTS  # noqa: 
 from pipeline.errors import PipelineError, one_line
 from pipeline.gates import GATES, create_gate
 
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
 class ChannelAttention(nn.Module):
     def __init__(self, channels: int, activation: str, reduction: int = 16, gate_norm: str = "none"):
         super().__init__()
@@ -105,10 +108,29 @@ class CBAMResNet18(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for name in ("layer1", "layer2", "layer3", "layer4"):
+        for name in STAGES:
             x = getattr(self, name)(x)
             if name == self.cbam_after:
                 x = self.cbam(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def attended(self, x: torch.Tensor) -> torch.Tensor:
+        """The input (B, 3, S, S) -> the CBAM block's output (B, C, H, W): the features whose
+        channels the gate weighted (what channel ablation edits)."""
+        if self.cbam is None:
+            raise PipelineError("a model without CBAM (position none) has no attended features")
+        x = self.stem(x)
+        for name in STAGES:
+            x = getattr(self, name)(x)
+            if name == self.cbam_after:
+                return self.cbam(x)
+        raise AssertionError(self.cbam_after)
+
+    def from_attended(self, x: torch.Tensor) -> torch.Tensor:
+        """The CBAM block's output -> logits: the rest of the network, so that
+        ``from_attended(attended(x)) == forward(x)``."""
+        for name in STAGES[STAGES.index(self.cbam_after) + 1:]:
+            x = getattr(self, name)(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
     @property

@@ -1,0 +1,124 @@
+"""Channel ablation curves against closed forms and independent computations on small models."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data import ImageSet, load_dataset, to_model_input
+from pipeline.faithfulness import ablation_grid, area, channel_ablation, channel_orders
+from pipeline.models import CBAMResNet18, ModelConfig
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_dataset("fake").test.subset(torch.arange(40))
+
+
+def _model(position="late", activation="sigmoid", seed=0):
+    torch.manual_seed(seed)
+    return CBAMResNet18(ModelConfig(activation=activation, position=position, num_classes=10)).eval()
+
+
+@pytest.mark.parametrize("position", ["early", "middle", "late"])
+def test_the_two_halves_are_the_model(images, position):
+    model = _model(position)
+    x = to_model_input(images.images[:6], SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(model.from_attended(model.attended(x)), model(x))
+
+
+def test_grid_and_area_closed_forms():
+    assert ablation_grid(512) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    assert ablation_grid(1) == [0, 1] and ablation_grid(64)[-1] == 64
+    ks = [0, 1, 2, 4]
+    assert area(ks, [0.7, 0.7, 0.7, 0.7], 4) == pytest.approx(0.7)  # constant curve: its value
+    assert area(ks, [1.0, 0.75, 0.5, 0.0], 4) == pytest.approx(0.5)  # straight line 1 -> 0
+
+
+def test_k0_is_the_unablated_accuracy_and_all_channels_are_order_free(images):
+    model = _model("late")
+    curves = channel_ablation(model, images, SIZE, ks=[0, 3, 512], draws=3, seed=1)
+    with torch.no_grad():
+        logits = model(to_model_input(images.images, SIZE))
+    p = torch.softmax(logits, 1)
+    accuracy = 100.0 * (p.argmax(1) == images.labels).float().mean().item()
+    probability = p[torch.arange(len(images)), images.labels].mean().item()
+    for order in ("most", "least"):
+        assert curves.accuracy[order][0] == pytest.approx(accuracy)
+        assert curves.probability[order][0] == pytest.approx(probability, rel=1e-5)
+    np.testing.assert_allclose(curves.accuracy["random"][:, 0], accuracy)
+    # every channel ablated: the same features whatever the order
+    last = [curves.accuracy["most"][-1], curves.accuracy["least"][-1], *curves.accuracy["random"][:, -1]]
+    assert len(set(np.round(last, 9))) == 1
+    np.testing.assert_allclose(curves.probability["random"][:, -1], curves.probability["most"][-1], rtol=1e-5)
+
+
+def _one_channel_model(images, j=7):
+    """A late-CBAM model whose decision reads channel j only (class 0 above the median of its
+    pooled value, class 1 below), and whose sigmoid gate weights channel j highest."""
+    model = _model("late")
+    with torch.no_grad():
+        mlp = model.cbam.channel.mlp
+        mlp[0].weight.copy_(mlp[0].weight.abs())  # hidden units positive on positive features
+        mlp[2].weight.fill_(-1.0)
+        mlp[2].weight[j] = 1.0  # the gate opens channel j, closes the others
+        x = to_model_input(images.images, SIZE)
+        z = model.attended(x).mean(dim=(2, 3))[:, j]
+        model.fc.weight.zero_()
+        model.fc.bias.fill_(-1e4)
+        model.fc.weight[0, j] = 1.0
+        model.fc.bias[0] = 0.0
+        model.fc.bias[1] = float(z.median())
+        predicted = model(x).argmax(1)
+    # the labels are the model's own decisions: 100 % before any ablation
+    return model, ImageSet(images.images, predicted)
+
+
+def test_a_decision_on_the_top_weighted_channel_drops_at_k1(images):
+    j = 7
+    model, data = _one_channel_model(images, j)
+    orders = channel_orders(_gate_weights(model, data), draws=0, seed=0)
+    assert (orders["most"][:, 0] == j).all()  # the gate weights channel j highest in every image
+    curves = channel_ablation(model, data, SIZE, ks=[0, 1, 2, 511, 512], draws=4, seed=0)
+    most, least = curves.accuracy["most"], curves.accuracy["least"]
+    assert most[0] == 100.0 and most[1] < 75.0  # drops at once: the mean replaces what decided
+    assert (least[:4] == 100.0).all() and least[4] == most[4]  # channel j goes last
+    summary = curves.summaries()
+    assert summary["advantage_acc"] == pytest.approx(summary["random_acc_area"] - summary["most_acc_area"])
+    assert summary["advantage_acc"] > 0
+    zero = channel_ablation(model, data, SIZE, ks=[0, 1], draws=0, fill="zero")
+    assert zero.accuracy["most"][0] == 100.0 and zero.accuracy["most"][1] < 100.0
+
+
+def _gate_weights(model, data):
+    captured = []
+    hook = model.cbam.channel.gate.register_forward_hook(lambda m, i, out: captured.append(out.flatten(1)))
+    with torch.no_grad():
+        model(to_model_input(data.images, SIZE))
+    hook.remove()
+    return captured[0].numpy()
+
+
+def test_orders_and_reproducible_random_draws():
+    w = np.array([[0.1, 0.9, 0.5], [-2.0, 0.3, 0.3]])
+    orders = channel_orders(w, draws=2, seed=3)
+    np.testing.assert_array_equal(orders["most"], [[1, 2, 0], [0, 1, 2]])  # magnitudes; ties by index
+    np.testing.assert_array_equal(orders["least"], [[0, 2, 1], [1, 2, 0]])
+    assert orders["random"].shape == (2, 2, 3)
+    assert all(sorted(row) == [0, 1, 2] for row in orders["random"].reshape(-1, 3))
+    rng = np.random.default_rng(0)
+    many = rng.random((10, 16))
+    a, b = channel_orders(many, 3, seed=5), channel_orders(many, 3, seed=5)
+    np.testing.assert_array_equal(a["random"], b["random"])
+    assert not np.array_equal(a["random"], channel_orders(many, 3, seed=6)["random"])
+    # a draw does not depend on how the images were batched
+    np.testing.assert_array_equal(channel_orders(many[4:], 3, seed=5, first_index=4)["random"], a["random"][:, 4:])
+
+
+def test_bad_fill_and_sizes_are_refused(images):
+    model = _model("late")
+    with pytest.raises(ValueError, match="valid: mean, zero"):
+        channel_ablation(model, images, SIZE, fill="noise")
+    with pytest.raises(ValueError, match="0..512"):
+        channel_ablation(model, images, SIZE, ks=[0, 600])
