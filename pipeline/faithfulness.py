@@ -29,7 +29,6 @@ import torch
 from pipeline.data import ImageSet, iterate_batches, to_model_input
 
 FILLS = ("mean", "zero")
-ORDERS = ("most", "least", "random")
 
 
 def ablation_grid(channels: int, points: int = 10) -> list[int]:
@@ -91,36 +90,37 @@ class AblationCurves:
 
 def _ablated(features: torch.Tensor, order: torch.Tensor, k: int, fill: torch.Tensor) -> torch.Tensor:
     """features (B, C, H, W) with the first k channels of each image's ``order`` (B, C) replaced
-    by ``fill`` (C, H, W)."""
+    by ``fill`` (C, H, W), or a scalar."""
     if k == 0:
         return features
     drop = torch.zeros(order.shape, dtype=torch.bool, device=features.device)
     drop.scatter_(1, order[:, :k], True)  # (B, C)
-    return torch.where(drop[:, :, None, None], fill.to(features.dtype)[None], features)
+    return torch.where(drop[:, :, None, None], fill.to(features.device, features.dtype)[None], features)
 
 
 @torch.inference_mode()
 def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | None = None, draws: int = 5,
                      seed: int = 0, fill: str = "mean", batch_size: int = 128) -> AblationCurves:
     """The curves of ablating the CBAM block's output channels of ``model`` on ``data``, ordered
-    by the channel weights its gate gives each image (:func:`channel_orders`). Two passes: the
-    channel means over the images (for ``fill="mean"``), then every order and k per batch
-    through the rest of the network (:meth:`CBAMResNet18.from_attended`); memory: one batch of
-    features at a time."""
+    by the channel weights its gate gives each image (:func:`channel_orders`). For
+    ``fill="mean"`` a first pass takes the channel means over the images; then every order and
+    k, batch by batch, through the rest of the network (:meth:`CBAMResNet18.from_attended`);
+    memory: one batch of features at a time."""
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
     model.eval()
-    total, count = None, 0
-    for images, _ in iterate_batches(data, batch_size):  # pass 1: each channel's mean map
-        f = model.attended(to_model_input(images, image_size)).float()
-        total = f.sum(0) if total is None else total + f.sum(0)
-        count += f.shape[0]
-    mean = total / count  # (C, H, W)
-    channels = mean.shape[0]
+    channels = model.cbam.channel.mlp[-1].out_channels
     ks = list(ks) if ks is not None else ablation_grid(channels)
     if any(k < 0 or k > channels for k in ks):
         raise ValueError(f"ablation sizes must lie in 0..{channels}, got {ks}")
-    fill_map = mean if fill == "mean" else torch.zeros_like(mean)
+    fill_map = torch.zeros(())
+    if fill == "mean":
+        total, count = None, 0
+        for images, _ in iterate_batches(data, batch_size):  # pass 1: each channel's mean map
+            f = model.attended(to_model_input(images, image_size)).float()
+            total = f.sum(0) if total is None else total + f.sum(0)
+            count += f.shape[0]
+        fill_map = total / count  # (C, H, W)
     variants = [("most", None), ("least", None), *(("random", d) for d in range(draws))]
     hits = {v: np.zeros(len(ks)) for v in variants}
     mass = {v: np.zeros(len(ks)) for v in variants}

@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
+from pipeline.placement import resize_nearest
+
 #: wsolevaluation's default curve intervals: 0.001 for PxAP, 0.01 for boxes (``cam_curve_interval``).
 PXAP_THRESHOLDS = np.arange(1000) / 1000.0
 BOX_THRESHOLDS = np.arange(100) / 100.0
@@ -66,10 +68,7 @@ def upsample_maps(maps, size: int) -> np.ndarray:
 def resize_masks(masks, size: int) -> np.ndarray:
     """(N, h, w) bool -> (N, size, size) bool by nearest neighbour (pixel i takes source pixel
     floor(i·h/size), torch's ``nearest``): the ground truth resized as the images are."""
-    m = np.asarray(masks, dtype=bool)
-    rows = (np.arange(size) * m.shape[1]) // size
-    cols = (np.arange(size) * m.shape[2]) // size
-    return m[:, rows][:, :, cols]
+    return resize_nearest(np.asarray(masks, dtype=bool), size)
 
 
 def resize_boxes(boxes, native: int, size: int) -> np.ndarray:
@@ -132,16 +131,6 @@ def _iou(box: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     areas = (candidates[:, 2] - candidates[:, 0]) * (candidates[:, 3] - candidates[:, 1])
     union = area + areas - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def region_boxes(binary: np.ndarray) -> np.ndarray:
-    """Half-open bounds (M, 4) of each 8-connected region of a (H, W) bool image (the outer
-    contours cv2.findContours would find); (0, 4) when nothing is set."""
-    labelled, count = ndimage.label(binary, structure=_EIGHT_CONNECTED)
-    if count == 0:
-        return np.zeros((0, 4), dtype=np.int64)
-    return np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in ndimage.find_objects(labelled)],
-                    dtype=np.int64)
 
 
 def _regions_per_threshold(score: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

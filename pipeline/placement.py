@@ -56,11 +56,11 @@ class Placed:
 
 
 def resize_nearest(image: np.ndarray, size: int) -> np.ndarray:
-    """(3, h, w) -> (3, size, size) by nearest neighbour: output pixel i takes input pixel
-    floor(i * h / size), so every output pixel is a pixel of the input."""
-    rows = (np.arange(size) * image.shape[1]) // size
-    cols = (np.arange(size) * image.shape[2]) // size
-    return image[:, rows][:, :, cols]
+    """(..., h, w) -> (..., size, size) by nearest neighbour: output pixel i takes input pixel
+    floor(i * h / size) (torch's ``nearest``), so every output pixel is a pixel of the input."""
+    rows = (np.arange(size) * image.shape[-2]) // size
+    cols = (np.arange(size) * image.shape[-1]) // size
+    return image[..., rows, :][..., cols]
 
 
 def ink_of(piece: np.ndarray, whole_object: bool) -> np.ndarray:

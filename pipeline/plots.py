@@ -455,13 +455,6 @@ def plot_spatial_grid(images: np.ndarray, maps_by_label: dict[str, np.ndarray],
     return fig
 
 
-def _normalised(m: np.ndarray) -> np.ndarray:
-    """Min-max to [0, 1] as the localisation metrics see a map; a constant map is all zeros."""
-    m = np.asarray(m, dtype=np.float32)
-    span = float(m.max() - m.min()) if m.size else 0.0
-    return (m - m.min()) / span if span > 0 and np.isfinite(span) else np.zeros_like(m)
-
-
 def plot_localisation_grid(images: np.ndarray, masks: np.ndarray, boxes: np.ndarray,
                            maps_by_label: dict[str, np.ndarray], title: str = "Localisation") -> Figure:
     """images: (K, 3, h, w) uint8; masks: (K, h, w) bool; boxes: (K, 4) half-open x0, y0, x1, y1;
@@ -471,6 +464,8 @@ def plot_localisation_grid(images: np.ndarray, masks: np.ndarray, boxes: np.ndar
     bilinear to the image, with the mask's outline over it."""
     from torch import from_numpy
     from torch.nn.functional import interpolate
+
+    from pipeline.localisation import normalise_maps
 
     labels = list(maps_by_label)
     k = images.shape[0]
@@ -499,7 +494,7 @@ def plot_localisation_grid(images: np.ndarray, masks: np.ndarray, boxes: np.ndar
             upsampled = interpolate(from_numpy(maps[i][None, None].copy()), size=(side, side), mode="bilinear",
                                     align_corners=False)[0, 0].numpy()
             axes[r, i].imshow(gray[i], cmap="gray", interpolation="nearest")
-            axes[r, i].imshow(_normalised(upsampled), cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.7)
+            axes[r, i].imshow(normalise_maps(upsampled[None])[0], cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.7)
             outline(axes[r, i], i, "#00e5ff")
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     for ax in axes.ravel():

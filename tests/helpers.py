@@ -1,6 +1,7 @@
 """Helpers the tests import (``from helpers import ...``): fixtures stay in ``conftest.py``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,25 @@ from pathlib import Path
 import mlflow
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def store_in(folder: Path):
+    """A sqlite store in ``folder`` for a module-scoped fixture (which cannot take the
+    function-scoped ``monkeypatch``): the tracking URI set for this process and its children,
+    offline, ``folder`` the working directory; all undone on exit. Yields the URI."""
+    import pytest
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("PIPELINE_OFFLINE", "1")
+        mp.chdir(folder)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(None)
 
 
 def all_runs(uri: str):

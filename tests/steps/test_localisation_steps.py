@@ -20,6 +20,7 @@ from pipeline.models import CBAMResNet18, ModelConfig
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
 from pipeline.tracking import step_run
+from helpers import store_in
 
 pytestmark = pytest.mark.xdist_group("localisation_store")
 IMAGE_SIZE = 128
@@ -44,16 +45,10 @@ def _train_run(dataset: str, position: str, seed: int = 0) -> str:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("loc_store")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("PIPELINE_OFFLINE", "1")
-        mp.chdir(tmp)
-        mlflow.set_tracking_uri(uri)
+    with store_in(tmp):
         train_id = _train_run("cluttered-digits", "middle")
         probe = run_probe(ProbeConfig(train_run_id=train_id, num_images=PROBED, device="cpu", batch_size=12))
         yield {"train_id": train_id, "probe": probe, "tmp": tmp}
-        mlflow.set_tracking_uri(None)
 
 
 def _artefacts(run_id, dst):

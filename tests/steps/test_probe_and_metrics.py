@@ -13,7 +13,7 @@ from pipeline.data import load_dataset, to_model_input
 from pipeline.config import MetricsConfig, ProbeConfig
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
-from helpers import all_runs
+from helpers import all_runs, store_in
 
 pytestmark = pytest.mark.xdist_group("probe_store")  # one worker builds the module's train run
 
@@ -25,16 +25,10 @@ def store(tmp_path_factory):
     from pipeline.steps.train import run_train
 
     tmp = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("PIPELINE_OFFLINE", "1")
-        mp.chdir(tmp)
-        mlflow.set_tracking_uri(uri)
+    with store_in(tmp) as uri:
         train_id = run_train(TrainConfig(activation="sparsemax", position="middle", dataset="fake",
                                          weights="none", image_size=32, epochs=1, batch_size=32, device="cpu")).run_id
         yield {"uri": uri, "train_id": train_id, "tmp": tmp}
-        mlflow.set_tracking_uri(None)
 
 
 def load_arrays(run_id, dst):

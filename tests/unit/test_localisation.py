@@ -110,9 +110,9 @@ def test_region_boxes_are_eight_connected():
     img = np.zeros((6, 6), bool)
     img[0, 0] = img[1, 1] = True  # diagonal neighbours: one region
     img[4, 4] = True
-    boxes = {tuple(b) for b in L.region_boxes(img)}
-    assert boxes == {(0, 0, 2, 2), (4, 4, 5, 5)}
-    assert L.region_boxes(np.zeros((3, 3), bool)).shape == (0, 4)
+    planes, regions = L._regions_per_threshold(img.astype(float), np.array([0.5]))
+    assert {tuple(b) for b in regions} == {(0, 0, 2, 2), (4, 4, 5, 5)} and (planes == 0).all()
+    assert L._regions_per_threshold(np.zeros((3, 3)), np.array([0.5]))[1].shape == (0, 4)
 
 
 def test_pointing_game_ties_and_edge_cases():
