@@ -274,6 +274,14 @@ class ProbeConfig(StepConfig):
     batch_size: int = option(256, "Probe batch size.")
     data_dir: str = option("", "Dataset folder; default: the train run's data_dir.")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    faithfulness_images: int = option(256, "Probed images (the first ones) whose CBAM channels are ablated and whose "
+                                      "pixels are deleted and inserted in the order the attention ranks them "
+                                      "(docs/metrics.md#faithfulness); 0: none; -1: all probed.")
+    faithfulness_draws: int = option(3, "Seeded random orders, the chance baseline of the ablation and deletion "
+                                     "curves (2 or more give its spread).")
+    ablation_fill: str = option("mean", "What an ablated channel becomes: mean (its mean map over the images) or zero.")
+    deletion_imputation: str = option("blur", "What a deleted pixel becomes: blur (the image blurred, sigma = "
+                                      "image size / 16) or mean (the dataset-mean colour).")
 
     def __post_init__(self):
         if not self.train_run_id.strip():
@@ -281,6 +289,16 @@ class ProbeConfig(StepConfig):
         check_num_images(self.num_images)
         check_positive("batch_size", self.batch_size)
         check_device(self.device)
+        check_faithfulness_images(self.faithfulness_images)
+        if self.faithfulness_draws < 1:
+            raise PipelineError(f"faithfulness_draws must be at least 1, got {self.faithfulness_draws}")
+        check_choice("ablation_fill", self.ablation_fill, contracts.ABLATION_FILLS)
+        check_choice("deletion_imputation", self.deletion_imputation, contracts.DELETION_IMPUTATIONS)
+
+
+def check_faithfulness_images(n: int) -> None:
+    if n < -1:
+        raise PipelineError(f"faithfulness_images must be 0 or more, or -1 for every probed image, got {n}")
 
 
 def check_num_images(n: int) -> None:
@@ -303,6 +321,8 @@ class MainConfig(StepConfig):
 
     train: TrainConfig = field(default_factory=TrainConfig)
     num_images: int = option(-1, "Test images to probe; -1: all.")
+    faithfulness_images: int = option(256, "Probed images whose channels are ablated and pixels deleted "
+                                      "(docs/metrics.md#faithfulness); 0: none; -1: all probed.")
     out: str = option("out", "Local folder for the report files.")
     rerun: tuple[str, ...] = option((), "Steps to run again even if a finished run could be reused "
                                     "(comma list of prepare-data, train, probe-attention, compute-metrics, report); "
@@ -312,6 +332,7 @@ class MainConfig(StepConfig):
         if self.train.prepare_run_id:
             raise PipelineError("main runs its own prepare-data step; do not give prepare_run_id")
         check_num_images(self.num_images)
+        check_faithfulness_images(self.faithfulness_images)
         for step in self.rerun:
             check_choice("rerun step", step, RERUNNABLE)
 
@@ -323,7 +344,8 @@ class MainConfig(StepConfig):
         return set(RERUNNABLE[first:])
 
     def probe(self, train_run_id: str) -> ProbeConfig:
-        return ProbeConfig(train_run_id=train_run_id, num_images=self.num_images, device=self.train.device)
+        return ProbeConfig(train_run_id=train_run_id, num_images=self.num_images, device=self.train.device,
+                           faithfulness_images=self.faithfulness_images)
 
     def label(self) -> str:
         """The main run's name: the gate first (what a run list truncates last), then what

@@ -77,6 +77,16 @@ LOCALISATION_PREFIX = "loc/"
 LOCALISED_MAPS = ("cbam", "cam", "uniform", "centre")
 ATTENTION_META = "attention/meta.json"  # probe-attention: what was probed, with which model
 PER_CLASS_ACCURACY = "tables/per_class_accuracy.csv"  # probe-attention
+#: probe-attention (with CBAM and faithfulness_images != 0): one row per point of every
+#: ablation / deletion / insertion curve (family, order, draw, x, k, accuracy, probability).
+FAITHFULNESS_CURVES = "tables/faithfulness_curves.csv"
+#: Metric-key prefix of the probe's faithfulness summaries (``faith/channel_advantage_acc``,
+#: ``faith/deletion_cbam_prob_area``); compute-metrics carries them onto its own run.
+FAITHFULNESS_PREFIX = "faith/"
+#: The curve families: channels ablated at the CBAM output; input pixels deleted / inserted.
+FAITHFULNESS_FAMILIES = ("channel", "deletion", "insertion")
+ABLATION_FILLS = ("mean", "zero")  # pipeline.faithfulness.FILLS
+DELETION_IMPUTATIONS = ("blur", "mean")  # pipeline.faithfulness.IMPUTATIONS
 METRICS_DIR = "metrics"
 PER_IMAGE_METRICS = "metrics/per_image.csv"  # compute-metrics: one row per image
 METRICS_SUMMARY = "metrics/summary.csv"  # compute-metrics: one row per metric

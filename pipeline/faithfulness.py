@@ -26,9 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pipeline.contracts import ABLATION_FILLS, DELETION_IMPUTATIONS
 from pipeline.data import ImageSet, iterate_batches, to_model_input
 
-FILLS = ("mean", "zero")
+FILLS = ABLATION_FILLS
+IMPUTATIONS = DELETION_IMPUTATIONS
+RANKED_MAPS = ("cbam", "cam")  # and "random", drawn on the CBAM map's grid
 
 
 def ablation_grid(channels: int, points: int = 10) -> list[int]:
@@ -100,7 +103,8 @@ def _ablated(features: torch.Tensor, order: torch.Tensor, k: int, fill: torch.Te
 
 @torch.inference_mode()
 def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | None = None, draws: int = 5,
-                     seed: int = 0, fill: str = "mean", batch_size: int = 128) -> AblationCurves:
+                     seed: int = 0, fill: str = "mean", batch_size: int = 128,
+                     progress=lambda batches, total: batches) -> AblationCurves:
     """The curves of ablating the CBAM block's output channels of ``model`` on ``data``, ordered
     by the channel weights its gate gives each image (:func:`channel_orders`). For
     ``fill="mean"`` a first pass takes the channel means over the images; then every order and
@@ -128,7 +132,8 @@ def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | Non
     hook = model.cbam.channel.gate.register_forward_hook(lambda m, i, out: captured.append(out.float().flatten(1)))
     start = 0
     try:
-        for images, y in iterate_batches(data, batch_size):  # pass 2: every order and k, batch by batch
+        batches = -(-len(data) // batch_size)
+        for images, y in progress(iterate_batches(data, batch_size), batches):  # pass 2: every order and k
             captured.clear()
             f = model.attended(to_model_input(images, image_size))
             orders = channel_orders(captured[-1].cpu().numpy(), draws, seed, first_index=start)
@@ -151,3 +156,186 @@ def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | Non
     curves.probability["random"] = np.array([mass[("random", d)] / start for d in range(draws)]).reshape(
         draws, len(ks))
     return curves
+
+
+def deletion_fractions(steps: int = 8) -> list[float]:
+    """f = 0, 1/steps, ..., 1."""
+    if steps < 1:
+        raise ValueError(f"need at least one deletion step, got {steps}")
+    return [i / steps for i in range(steps + 1)]
+
+
+def blur_sigma(image_size: int) -> float:
+    return image_size / 16
+
+
+def baseline_of(x: torch.Tensor, imputation: str) -> torch.Tensor:
+    """The image every pixel is deleted to: (B, 3, S, S) -> (B, 3, S, S)."""
+    if imputation == "mean":
+        return torch.zeros_like(x)
+    if imputation != "blur":
+        raise ValueError(f"unknown imputation {imputation!r}; valid: {', '.join(IMPUTATIONS)}")
+    from torchvision.transforms.functional import gaussian_blur
+
+    size = x.shape[-1]
+    sigma = blur_sigma(size)
+    kernel = min(2 * int(np.ceil(3 * sigma)) + 1, 2 * ((size - 1) // 2) + 1)  # reflect padding needs pad < size
+    return gaussian_blur(x, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
+
+
+def pixel_ranks(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, h, w) maps -> (B, size * size) rank of each input pixel (0: the highest value of the
+    bilinearly upsampled map; ties broken by the lower flat index)."""
+    up = torch.nn.functional.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
+                                         align_corners=False)[:, 0].flatten(1)
+    order = torch.argsort(-up, dim=1, stable=True)
+    return torch.argsort(order, dim=1)
+
+
+def random_maps(shape: tuple[int, int], count: int, draw: int, seed: int, first_index: int = 0) -> np.ndarray:
+    """``count`` uniform maps of ``shape``; image i's map of draw d is seeded by
+    (seed, d, first_index + i), independent of the batching (and of the channel draws, which use
+    permutations of another length)."""
+    return np.stack([np.random.default_rng([seed, 1_000 + draw, first_index + i]).random(shape)
+                     for i in range(count)]).astype(np.float32)
+
+
+@dataclass
+class DeletionCurves:
+    """Accuracy (percent) and mean true-class probability at each deleted (inserted) fraction,
+    per curve family (``deletion``, ``insertion``) and map (``cbam``, ``cam``, ``random``: one
+    row per draw)."""
+
+    fractions: list[float]
+    accuracy: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (family, map) -> (K,) / (draws, K)
+    probability: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+    def summaries(self) -> dict[str, float]:
+        """``<family>_<map>_<acc|prob>_area`` (random: the draws' mean, with ``_std``) and
+        ``<family>_advantage_<acc|prob>``: random minus CBAM for deletion, CBAM minus random for
+        insertion (positive: the CBAM map ranks pixels better than chance), spread ``_std``."""
+        x = np.asarray(self.fractions)
+        out: dict[str, float] = {}
+        for metric, curves in (("acc", self.accuracy), ("prob", self.probability)):
+            for family in ("deletion", "insertion"):
+                for name in RANKED_MAPS:
+                    if (family, name) in curves:
+                        out[f"{family}_{name}_{metric}_area"] = area(x, curves[(family, name)], 1)
+                draws = [area(x, row, 1) for row in curves[(family, "random")]]
+                random_area = float(np.mean(draws))
+                spread = float(np.std(draws, ddof=1)) if len(draws) > 1 else float("nan")
+                out[f"{family}_random_{metric}_area"] = random_area
+                out[f"{family}_random_{metric}_area_std"] = spread
+                cbam = out[f"{family}_cbam_{metric}_area"]
+                out[f"{family}_advantage_{metric}"] = random_area - cbam if family == "deletion" else cbam - random_area
+                out[f"{family}_advantage_{metric}_std"] = spread
+        return out
+
+
+@torch.inference_mode()
+def spatial_deletion(model, data: ImageSet, image_size: int, maps: dict[str, np.ndarray],
+                     fractions: list[float] | None = None, draws: int = 3, seed: int = 0,
+                     imputation: str = "blur", batch_size: int = 128,
+                     progress=lambda batches, total: batches) -> DeletionCurves:
+    """Deletion and insertion curves of ``model`` on ``data`` for each of ``maps`` (name ->
+    (N, h, w), row i for image i; ``cbam`` is required: its grid is the random maps' grid) and
+    ``draws`` random maps. Each batch is run once unperturbed and once fully imputed (the shared
+    end points), then at every interior fraction for every map and family. ``progress`` wraps the
+    batches' iterator."""
+    if "cbam" not in maps:
+        raise ValueError("spatial deletion needs the CBAM spatial maps (its grid is the random maps' grid)")
+    if imputation not in IMPUTATIONS:
+        raise ValueError(f"unknown imputation {imputation!r}; valid: {', '.join(IMPUTATIONS)}")
+    fractions = list(fractions) if fractions is not None else deletion_fractions()
+    if fractions[0] != 0 or fractions[-1] != 1 or any(b <= a for a, b in zip(fractions, fractions[1:])):
+        raise ValueError(f"fractions must rise from 0 to 1, got {fractions}")
+    model.eval()
+    pixels = image_size * image_size
+    counts = [int(round(f * pixels)) for f in fractions]
+    variants = [(name, None) for name in maps] + [("random", d) for d in range(draws)]
+    hits = {(fam, v): np.zeros(len(fractions)) for fam in ("deletion", "insertion") for v in variants}
+    mass = {key: np.zeros(len(fractions)) for key in hits}
+    grid = maps["cbam"].shape[1:]
+    start = 0
+
+    def score(x, y, key, j):
+        p = torch.softmax(model(x).float(), dim=1)
+        hits[key][j] += (p.argmax(1) == y).sum().item()
+        mass[key][j] += p.gather(1, y[:, None]).sum().item()
+
+    batches = -(-len(data) // batch_size)
+    for images, y in progress(iterate_batches(data, batch_size), batches):
+        b = images.shape[0]
+        x = to_model_input(images, image_size)
+        base = baseline_of(x, imputation)
+        flat_x, flat_base = x.flatten(2), base.flatten(2)  # (B, 3, S*S)
+        ends = {}
+        for j_end, inp in ((0, x), (len(fractions) - 1, base)):
+            p = torch.softmax(model(inp).float(), dim=1)
+            ends[j_end] = ((p.argmax(1) == y).sum().item(), p.gather(1, y[:, None]).sum().item())
+        for name, draw in variants:
+            m = maps[name][start:start + b] if draw is None else random_maps(grid, b, draw, seed, start)
+            ranks = pixel_ranks(torch.as_tensor(np.asarray(m, dtype=np.float32)).to(x.device), image_size)
+            for family in ("deletion", "insertion"):
+                key = (family, (name, draw))
+                first, last = (ends[0], ends[len(fractions) - 1]) if family == "deletion" else \
+                    (ends[len(fractions) - 1], ends[0])
+                hits[key][0] += first[0]; mass[key][0] += first[1]  # noqa: E702
+                hits[key][-1] += last[0]; mass[key][-1] += last[1]  # noqa: E702
+                for j in range(1, len(fractions) - 1):
+                    top = (ranks < counts[j])[:, None]  # (B, 1, S*S): the map's top fraction
+                    if family == "deletion":
+                        perturbed = torch.where(top, flat_base, flat_x)
+                    else:
+                        perturbed = torch.where(top, flat_x, flat_base)
+                    score(perturbed.view_as(x), y, key, j)
+        start += b
+    curves = DeletionCurves(fractions)
+    for family in ("deletion", "insertion"):
+        for name in maps:
+            curves.accuracy[(family, name)] = 100.0 * hits[(family, (name, None))] / start
+            curves.probability[(family, name)] = mass[(family, (name, None))] / start
+        curves.accuracy[(family, "random")] = np.array(
+            [100.0 * hits[(family, ("random", d))] / start for d in range(draws)]).reshape(draws, len(fractions))
+        curves.probability[(family, "random")] = np.array(
+            [mass[(family, ("random", d))] / start for d in range(draws)]).reshape(draws, len(fractions))
+    return curves
+
+
+def curve_rows(channel: AblationCurves, spatial: DeletionCurves) -> list[dict]:
+    """Every point of every curve, one row each: family (channel, deletion, insertion), order
+    (most / least / random for channels; cbam / cam / random for pixels), draw (random only,
+    else -1), x (k / C or the fraction), k (channels; -1 for pixels), accuracy, probability."""
+    rows = []
+
+    def add(family, order, xs, ks, accuracy, probability):
+        acc, prob = np.atleast_2d(accuracy), np.atleast_2d(probability)
+        for d in range(acc.shape[0]):
+            draw = d if order == "random" else -1
+            rows.extend({"family": family, "order": order, "draw": draw, "x": float(x), "k": int(k),
+                         "accuracy": float(a), "probability": float(p)}
+                        for x, k, a, p in zip(xs, ks, acc[d], prob[d]))
+
+    channel_x = np.asarray(channel.ks) / channel.channels
+    for order in ("most", "least", "random"):
+        add("channel", order, channel_x, channel.ks, channel.accuracy[order], channel.probability[order])
+    for (family, order), accuracy in spatial.accuracy.items():
+        add(family, order, spatial.fractions, [-1] * len(spatial.fractions), accuracy,
+            spatial.probability[(family, order)])
+    return rows
+
+
+def judge_faithfulness(model, data: ImageSet, image_size: int, maps: dict[str, np.ndarray], draws: int = 3,
+                       seed: int = 0, fill: str = "mean", imputation: str = "blur", batch_size: int = 128,
+                       progress=lambda batches, total, desc: batches) -> tuple[dict[str, float], list[dict]]:
+    """Channel ablation and spatial deletion / insertion on ``data``: the summaries, keyed
+    ``channel_<summary>`` (:meth:`AblationCurves.summaries`) and ``deletion_*`` / ``insertion_*``
+    (:meth:`DeletionCurves.summaries`), and the curves' rows (:func:`curve_rows`)."""
+    channel = channel_ablation(model, data, image_size, draws=draws, seed=seed, fill=fill, batch_size=batch_size,
+                               progress=lambda b, total: progress(b, total, "channel ablation"))
+    spatial = spatial_deletion(model, data, image_size, maps, draws=draws, seed=seed, imputation=imputation,
+                               batch_size=batch_size,
+                               progress=lambda b, total: progress(b, total, "deletion and insertion"))
+    summaries = {f"channel_{k}": v for k, v in channel.summaries().items()}
+    summaries.update(spatial.summaries())
+    return summaries, curve_rows(channel, spatial)

@@ -37,6 +37,7 @@ from pipeline.contracts import (
     CLASS_GINI,
     CLASS_WEIGHTS,
     COMPUTE_METRICS,
+    FAITHFULNESS_PREFIX,
     LABELS,
     LOCALISATION_PREFIX,
     MASKS,
@@ -130,7 +131,8 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,
         logged.update({f"first_image/{name}": float(v[0]) for name, v in values.items()})
         if attention:
             logged["first_image/notebook_gini"] = notebook_gini(weights[0])
-        logged.update({k: probe_run.data.metrics[k] for k in CARRIED_METRICS if k in probe_run.data.metrics})
+        logged.update({k: v for k, v in probe_run.data.metrics.items()
+                       if k in CARRIED_METRICS or k.startswith(FAITHFULNESS_PREFIX)})
         logged.update({f"{LOCALISATION_PREFIX}{kind}_{name}": value for kind, scores in localised.items()
                        for name, value in scores.items()})
         mlflow.log_metrics(logged)

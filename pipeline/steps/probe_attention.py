@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,8 @@ from pipeline.contracts import (
     BOXES,
     CAMS,
     CHANNEL_WEIGHTS,
+    FAITHFULNESS_CURVES,
+    FAITHFULNESS_PREFIX,
     GRID_IMAGES,
     GRID_SIZE,
     LABELS,
@@ -95,6 +99,31 @@ def params_config(params: dict[str, str]) -> dict:
             "image_size": int(float(params.get("image_size", 224))), "seed": params.get("seed", "")}
 
 
+def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int, n: int, config: ProbeConfig,
+                         seed) -> pd.DataFrame:
+    """Channel ablation and pixel deletion / insertion on the first ``n`` probed images
+    (:func:`pipeline.faithfulness.judge_faithfulness`, maps: the CBAM spatial map and the CAM):
+    logs the summaries as ``faith/<name>`` on the active run, returns the curves' rows."""
+    from pipeline.console import progress
+    from pipeline.faithfulness import judge_faithfulness
+
+    started = time.perf_counter()
+    draw_seed = int(seed) if str(seed).isdigit() else 0  # the train run's seed: each seed its own draws
+    maps = {"cbam": attention.spatial_maps[:n].astype(np.float32), "cam": attention.cams[:n].astype(np.float32)}
+    summaries, rows = judge_faithfulness(
+        model, probed.subset(torch.arange(n)), image_size, maps, draws=config.faithfulness_draws, seed=draw_seed,
+        fill=config.ablation_fill, imputation=config.deletion_imputation, batch_size=config.batch_size,
+        progress=lambda batches, total, desc: progress(batches, total=total, desc=desc, unit="batch"))
+    seconds = time.perf_counter() - started
+    logged = {f"{FAITHFULNESS_PREFIX}{k}": v for k, v in summaries.items() if math.isfinite(v)}
+    mlflow.log_metrics({**logged, f"{FAITHFULNESS_PREFIX}seconds": seconds})
+    log.info("faithfulness of %d images in %.1f s: channel advantage %.2f (random draws' std %.2f), "
+             "deletion advantage %.2f, insertion advantage %.2f (accuracy areas, percent)", n, seconds,
+             summaries["channel_advantage_acc"], summaries["channel_advantage_acc_std"],
+             summaries["deletion_advantage_acc"], summaries["insertion_advantage_acc"])
+    return pd.DataFrame(rows)
+
+
 def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: Dataset | None = None,
               run_name: str | None = None, train_config: dict | None = None) -> ProbeResult:
     """Run the step. ``model`` / ``dataset`` / ``train_config``: the train run's best model, its
@@ -125,7 +154,9 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
     indices = np.arange(n)
     probed = test.subset(torch.from_numpy(indices)).to(device)
 
-    params = {**config.params(), "num_images_probed": n, "activation": model.config.activation,
+    faithful_n = 0 if model.cbam is None else (n if config.faithfulness_images == -1
+                                                else min(config.faithfulness_images, n))
+    params = {**config.params(), "num_images_probed": n, "faithfulness_images_used": faithful_n, "activation": model.config.activation,
               "position": model.config.position, "dataset": dataset_name, "image_size": image_size,
               "seed": train_config.get("seed", "")}
     tags = {UPSTREAM_TAGS[TRAIN]: config.train_run_id, REUSE_KEY_TAG: reuse_key(PROBE_ATTENTION, config.to_dict())}
@@ -167,6 +198,10 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         table_path = root / PER_CLASS_ACCURACY
         table_path.parent.mkdir()
         table.to_csv(table_path, index=False)
+        if faithful_n:
+            curves = measure_faithfulness(model, probed, attention, image_size, faithful_n, config,
+                                          seed=train_config.get("seed", 0))
+            curves.to_csv(root / FAITHFULNESS_CURVES, index=False)
         mlflow.log_artifacts(tmp)
         what = (f"channel weights {attention.channel_weights.shape}, spatial maps {attention.spatial_maps.shape}"
                 if model.cbam is not None else "no attention (no CBAM)")

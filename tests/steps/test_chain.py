@@ -13,7 +13,8 @@ from pipeline.steps.main import run_main
 from pipeline.steps.sweep import PartialSweep, run_sweep
 from helpers import all_runs, artifact_file
 
-FAST = dict(dataset="fake", weights="none", image_size=32, epochs=1, batch_size=32, device="cpu")
+# faithfulness (docs/metrics.md#faithfulness) costs ~3 s a probe here: on only where a test is about it
+FAST = dict(dataset="fake", weights="none", image_size=32, epochs=1, batch_size=32, device="cpu", faithfulness_images=0)
 
 
 def step_runs(uri):
@@ -26,7 +27,7 @@ def children(uri, parent_id):
 
 
 def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_uri, tmp_path, caplog):
-    config = MainConfig.from_options(activation="softmax", out=str(tmp_path / "out"), **FAST)
+    config = MainConfig.from_options(activation="softmax", out=str(tmp_path / "out"), **{**FAST, "faithfulness_images": 40})
     caplog.set_level(logging.INFO, logger="pipeline")
     first = run_main(config)
     client = mlflow.MlflowClient()
@@ -46,6 +47,10 @@ def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_
         assert main.data.tags[UPSTREAM_TAGS[step]] == kid.info.run_id
         assert kid.data.tags["pipeline.reuse_key"] and kid.data.tags["pipeline.code_version"]
     assert main.data.metrics["gini"] == kids["compute-metrics"].data.metrics["gini"]
+    # faithfulness: measured by the probe on 40 images, carried by compute-metrics onto main
+    assert kids["probe-attention"].data.params["faithfulness_images_used"] == "40"
+    for key in ("faith/channel_advantage_acc", "faith/deletion_advantage_prob", "faith/insertion_cbam_acc_area"):
+        assert main.data.metrics[key] == kids["compute-metrics"].data.metrics[key] == kids["probe-attention"].data.metrics[key]
     # the probe saw the trained model: its accuracy is train's test accuracy on the same images
     assert kids["probe-attention"].data.metrics["test_acc"] == pytest.approx(kids["train"].data.metrics["test_acc"])
     # the gate first in every run name

@@ -47,7 +47,8 @@ def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("loc_store")
     with store_in(tmp):
         train_id = _train_run("cluttered-digits", "middle")
-        probe = run_probe(ProbeConfig(train_run_id=train_id, num_images=PROBED, device="cpu", batch_size=12))
+        probe = run_probe(ProbeConfig(train_run_id=train_id, num_images=PROBED, device="cpu", batch_size=12,
+                                      faithfulness_images=0))
         yield {"train_id": train_id, "probe": probe, "tmp": tmp}
 
 
@@ -116,7 +117,7 @@ def test_compute_metrics_logs_localisation_checked_independently(store, tmp_path
 
 def test_dataset_without_ground_truth_logs_no_localisation(store, caplog):
     train_id = _train_run("fake", "late")
-    probe = run_probe(ProbeConfig(train_run_id=train_id, num_images=8, device="cpu"))
+    probe = run_probe(ProbeConfig(train_run_id=train_id, num_images=8, device="cpu", faithfulness_images=0))
     assert probe.masks is None and probe.cams.shape == (8, 4, 4)
     with caplog.at_level(logging.INFO, logger="pipeline"):
         metrics_id = run_compute_metrics(MetricsConfig(probe_run_id=probe.run_id)).run_id

@@ -10,6 +10,7 @@ from pipeline import metrics as M
 from pipeline.checkpoint import load_model
 from pipeline.cli import main
 from pipeline.data import load_dataset, to_model_input
+from pipeline.faithfulness import ablation_grid, area
 from pipeline.config import MetricsConfig, ProbeConfig
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
@@ -68,6 +69,19 @@ def test_probe_logs_documented_arrays_and_scores(store, tmp_path):
     weighted = (table["accuracy_pct"] * table["images"]).sum() / 80
     assert weighted == pytest.approx(run.data.metrics["test_acc"])
 
+    # faithfulness of all 80 (fewer than the default 256): curves whose unperturbed points are test_acc
+    assert run.data.params["faithfulness_images_used"] == "80"
+    curves = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=probe_id, artifact_path="tables/faithfulness_curves.csv", dst_path=str(tmp_path)))
+    channel = curves[curves.family == "channel"]
+    assert sorted(set(channel.k)) == ablation_grid(128) and set(channel.order) == {"most", "least", "random"}
+    assert sorted(set(channel[channel.order == "random"].draw)) == [0, 1, 2]  # faithfulness_draws
+    start = curves[((curves.family == "channel") & (curves.k == 0)) | ((curves.family == "deletion") & (curves.x == 0))]
+    np.testing.assert_allclose(start.accuracy, run.data.metrics["test_acc"])
+    assert set(curves[curves.family == "insertion"].order) == {"cbam", "cam", "random"}
+    most = channel[channel.order == "most"].sort_values("k")
+    assert run.data.metrics["faith/channel_most_acc_area"] == pytest.approx(area(most.k.tolist(), most.accuracy, 128))
+
     # row 0 is the notebook's vector: one test image through a forward hook
     model, _ = load_model(mlflow.artifacts.download_artifacts(
         run_id=store["train_id"], artifact_path="checkpoints/best.pt", dst_path=str(tmp_path)))
@@ -111,11 +125,12 @@ def test_probe_logs_documented_arrays_and_scores(store, tmp_path):
 
 
 def test_probe_num_images_and_clamp(store, tmp_path, caplog):
-    five = run_probe(ProbeConfig(train_run_id=store["train_id"], num_images=5, device="cpu")).run_id
+    five = run_probe(ProbeConfig(train_run_id=store["train_id"], num_images=5, device="cpu", faithfulness_images=0)).run_id
     arrays, meta = load_arrays(five, tmp_path / "a")
     assert arrays["channel_weights"].shape == (5, 128) and meta["indices"] == [0, 1, 2, 3, 4]
     with caplog.at_level("WARNING", logger="pipeline"):
-        clamped = run_probe(ProbeConfig(train_run_id=store["train_id"], num_images=10_000, device="cpu")).run_id
+        clamped = run_probe(ProbeConfig(train_run_id=store["train_id"], num_images=10_000, device="cpu",
+                                          faithfulness_images=0)).run_id
     assert "probing all 80" in caplog.text
     arrays, _ = load_arrays(clamped, tmp_path / "b")
     assert arrays["channel_weights"].shape[0] == 80

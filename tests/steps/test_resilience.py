@@ -173,7 +173,7 @@ def assert_one_line_error(result, expected):
 def test_truncated_checkpoint_is_a_one_line_error(finished_train_run, tracking_uri, cli_in_process):
     best = artifact_file(finished_train_run, "checkpoints/best.pt")
     best.write_bytes(best.read_bytes()[: best.stat().st_size // 3])
-    result = cli_in_process("probe-attention", "--train-run-id", finished_train_run)
+    result = cli_in_process("probe-attention", "--train-run-id", finished_train_run, "--faithfulness-images", "0")
     assert_one_line_error(result, "corrupt or not a checkpoint")
     assert all(r.info.status != "RUNNING" for r in all_runs(tracking_uri))
     assert len(all_runs(tracking_uri)) == 1  # the probe started no run
@@ -213,7 +213,8 @@ def test_weights_directory_and_huge_image_size(tracking_uri, tmp_path, cli_in_pr
 
 
 def test_num_images_beyond_the_test_set_is_clamped_with_a_warning(finished_train_run, cli_in_process):
-    result = cli_in_process("probe-attention", "--train-run-id", finished_train_run, "--num-images", "1000000")
+    result = cli_in_process("probe-attention", "--train-run-id", finished_train_run, "--num-images", "1000000",
+                            "--faithfulness-images", "0")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "num_images=1000000 is more than the 80 test images: probing all 80" in result.stderr
     probe = mlflow.MlflowClient().get_run(result.stdout.strip().splitlines()[-1])

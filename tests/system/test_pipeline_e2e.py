@@ -90,7 +90,7 @@ def test_sweep_goes_on_past_failures_and_reports_the_rest(project_env):
     mlflow.MlflowClient(uri).log_artifact(train.info.run_id, str(tmp / "best.pt"), "checkpoints")
     result = mlflow_run("-e", "sweep", "-P", "activations=sigmoid,swish", "-P", "positions=late,none",
                         "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=32", "-P", "epochs=1",
-                        "-P", "rerun=probe-attention", "-P", "jobs=2", "-P", f"out={out}", cwd=tmp, env=env)
+                        "-P", "faithfulness_images=0", "-P", "rerun=probe-attention", "-P", "jobs=2", "-P", f"out={out}", cwd=tmp, env=env)
     # a failed configuration makes the sweep exit non-zero (mlflow run then ends its run FAILED)
     assert result.returncode != 0, result.stderr[-4000:]
     assert "Error: 1 of 3 configurations of sweep" in result.stderr

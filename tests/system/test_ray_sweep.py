@@ -21,7 +21,7 @@ from pipeline.server import free_port, health
 pytest.importorskip("ray")
 pytestmark = pytest.mark.xdist_group("ray")  # one cluster at a time on a 2-core machine
 
-FAKE = ["--dataset", "fake", "--weights", "none", "--device", "cpu", "--image-size", "32"]
+FAKE = ["--dataset", "fake", "--weights", "none", "--device", "cpu", "--image-size", "32", "--faithfulness-images", "0"]
 
 
 def env_for(uri: str) -> dict:

@@ -10,7 +10,7 @@ import mlflow
 from helpers import REPO, all_runs
 
 ARGS = ["main", "--activation", "sigmoid", "--dataset", "fake", "--weights", "none", "--image-size", "32",
-        "--epochs", "1", "--device", "cpu"]
+        "--epochs", "1", "--device", "cpu", "--faithfulness-images", "0"]
 
 
 def run_main(checkout, uri, out, *extra):

@@ -60,7 +60,8 @@ def wait_for_training(uri: str, runs: int, process: subprocess.Popen, timeout: f
 def test_process_executor_runs_each_configuration_in_a_worker(tracking_uri, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "sweep", "--executor", "process", "--jobs", "2",
-         "--activations", "sigmoid,swish", *FAKE, "--image-size", "32", "--epochs", "1", "--out", str(tmp_path / "out")],
+         "--activations", "sigmoid,swish", *FAKE, "--image-size", "32", "--epochs", "1",
+         "--faithfulness-images", "0", "--out", str(tmp_path / "out")],
         capture_output=True, text=True, cwd=tmp_path, env=sweep_env(tracking_uri), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_id = result.stdout.strip().splitlines()[-1]

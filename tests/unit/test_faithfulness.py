@@ -1,10 +1,15 @@
-"""Channel ablation curves against closed forms and independent computations on small models."""
+"""Channel ablation and spatial deletion / insertion curves against closed forms and
+independent computations on small models (torchcam's DeletionInsertionMetric for RISE)."""
+import functools
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.data import ImageSet, load_dataset, to_model_input
-from pipeline.faithfulness import ablation_grid, area, channel_ablation, channel_orders
+from pipeline.faithfulness import (ablation_grid, area, baseline_of, channel_ablation, channel_orders, deletion_fractions,
+                                  pixel_ranks, random_maps, spatial_deletion)
 from pipeline.models import CBAMResNet18, ModelConfig
 
 SIZE = 32
@@ -122,3 +127,106 @@ def test_bad_fill_and_sizes_are_refused(images):
         channel_ablation(model, images, SIZE, fill="noise")
     with pytest.raises(ValueError, match="0..512"):
         channel_ablation(model, images, SIZE, ks=[0, 600])
+
+
+# --- spatial deletion and insertion -------------------------------------------------------------
+
+class _FixedMaps:
+    """torchcam's CAM-extractor protocol around maps we already have: the independent
+    implementation of RISE's deletion / insertion that ours is checked against."""
+
+    def __init__(self, model, maps):
+        self.model, self.maps = model, maps
+
+    def __call__(self, class_idx=None, scores=None, normalized=True, **kwargs):
+        return [self.maps]
+
+    def fuse_cams(self, cams):
+        return cams[0]
+
+    @contextmanager
+    def _hooks_off(self):
+        yield
+
+
+def _cbam_maps(model, data):
+    captured = []
+    hook = model.cbam.spatial.register_forward_hook(lambda m, i, out: captured.append(out))
+    with torch.no_grad():
+        model(to_model_input(data.images, SIZE))
+    hook.remove()
+    return captured[0][:, 0]  # (N, h, w)
+
+
+@pytest.mark.parametrize("imputation", ["blur", "mean"])
+def test_deletion_and_insertion_areas_equal_torchcams(images, imputation):
+    from torchcam.metrics import DeletionInsertionMetric
+
+    model = _model("middle")
+    maps = _cbam_maps(model, images)
+    assert maps.shape == (40, 4, 4)
+    ours = spatial_deletion(model, images, SIZE, {"cbam": maps.numpy()}, deletion_fractions(8), draws=2,
+                            imputation=imputation, batch_size=16).summaries()
+    theirs = DeletionInsertionMetric(_FixedMaps(model, maps), functools.partial(torch.softmax, dim=-1), steps=8,
+                                     baseline=lambda x: baseline_of(x, imputation), batch_size=64)
+    theirs.update(to_model_input(images.images, SIZE), class_idx=images.labels.tolist())
+    summary = theirs.summary()
+    assert ours["deletion_cbam_prob_area"] == pytest.approx(summary["deletion_auc"], rel=1e-5)
+    assert ours["insertion_cbam_prob_area"] == pytest.approx(summary["insertion_auc"], rel=1e-5)
+
+
+class _ReadsTheCorner(torch.nn.Module):
+    """Decides on the mean of the top-left 4 x 4 input pixels only: class 0 above ``t``, 1 below."""
+
+    def __init__(self, t):
+        super().__init__()
+        self.t = t
+
+    def forward(self, x):
+        s = x[:, :, :4, :4].mean(dim=(1, 2, 3)) - self.t
+        return torch.stack([s, -s], dim=1) * 100
+
+
+def test_a_decision_on_the_top_ranked_pixels_is_deleted_first(images):
+    x = to_model_input(images.images, SIZE)
+    t = float(x[:, :, :4, :4].mean(dim=(1, 2, 3)).median())
+    model = _ReadsTheCorner(t)
+    with torch.no_grad():
+        data = ImageSet(images.images, model(x).argmax(1))  # its own decisions: 100 % unperturbed
+    corner = np.zeros((len(data), 4, 4), np.float32)
+    corner[:, 0, 0] = 1.0  # upsampled to 32 px: exactly 1 on the top-left 4 x 4 pixels, less elsewhere
+    fractions = [0, 16 / SIZE ** 2, 0.5, 1]
+    curves = spatial_deletion(model, data, SIZE, {"cbam": corner}, fractions, draws=3, seed=0, imputation="mean")
+    deletion, insertion = curves.accuracy[("deletion", "cbam")], curves.accuracy[("insertion", "cbam")]
+    blank = 100.0 * float((data.labels == (0 if -t > 0 else 1)).float().mean())  # all-zero corner
+    assert deletion[0] == 100.0 and deletion[1] == pytest.approx(blank) and deletion[-1] == pytest.approx(blank)
+    assert insertion[0] == pytest.approx(blank) and insertion[1] == 100.0 and insertion[-1] == 100.0
+    random = curves.accuracy[("deletion", "random")]
+    assert random.shape == (3, 4) and (random[:, 0] == 100.0).all() and (random[:, 1] > deletion[1]).all()
+    summary = curves.summaries()
+    assert summary["deletion_advantage_acc"] > 0 and summary["insertion_advantage_acc"] > 0
+    assert summary["deletion_advantage_acc"] == pytest.approx(summary["deletion_random_acc_area"]
+                                                              - summary["deletion_cbam_acc_area"])
+
+
+def test_spatial_random_draws_are_reproducible_and_batch_free(images):
+    model = _model("late")
+    maps = {"cbam": _cbam_maps(model, images).numpy()}
+    a = spatial_deletion(model, images, SIZE, maps, [0, 0.25, 1], draws=2, seed=4, batch_size=40)
+    b = spatial_deletion(model, images, SIZE, maps, [0, 0.25, 1], draws=2, seed=4, batch_size=7)
+    for key in a.probability:
+        np.testing.assert_allclose(a.probability[key], b.probability[key], rtol=1e-5)
+    np.testing.assert_array_equal(random_maps((2, 2), 5, 1, 4, first_index=3), random_maps((2, 2), 8, 1, 4)[3:])
+    assert not np.array_equal(random_maps((2, 2), 5, 1, 4), random_maps((2, 2), 5, 1, 5))
+
+
+def test_pixel_ranks_and_the_blur_baseline():
+    ranks = pixel_ranks(torch.tensor([[[0.0, 1.0], [0.5, 0.5]]]), 2)
+    np.testing.assert_array_equal(ranks.numpy(), [[3, 0, 1, 2]])  # ties by the lower index
+    x = torch.randn(2, 3, 32, 32)
+    blurred = baseline_of(x, "blur")
+    assert blurred.shape == x.shape and blurred.std() < 0.5 * x.std()  # the detail is gone
+    torch.testing.assert_close(blurred.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=0.05, rtol=0)
+    assert (baseline_of(x, "mean") == 0).all()
+    with pytest.raises(ValueError, match="valid: blur, mean"):
+        baseline_of(x, "noise")
