@@ -45,6 +45,9 @@ METRIC_AXES = {
     "loc/cam_pxap": ("CAM PxAP", 0.0, 100.0, 1.0),
     "loc/cbam_pointing_mask": ("CBAM map pointing game", 0.0, 1.0, 1.0),
     "loc/cam_pointing_mask": ("CAM pointing game", 0.0, 1.0, 1.0),
+    "faith/channel_advantage_acc": ("channel ablation advantage", -100.0, 100.0, 1.0),
+    "faith/deletion_advantage_acc": ("deletion advantage", -100.0, 100.0, 1.0),
+    "faith/insertion_advantage_acc": ("insertion advantage", -100.0, 100.0, 1.0),
 }
 
 
@@ -184,7 +187,8 @@ def metric_values(values: dict[str, dict[str, list[float]]]) -> tuple[list[str],
 def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
                       intervals: dict[str, dict[str, tuple[float, float] | None]],
                       title: str = "Metrics per gate", reference: str | None = None,
-                      chance: dict[str, float] | None = None) -> Figure | None:
+                      chance: dict[str, float] | None = None,
+                      chance_label: str = "chance (a uniform map)") -> Figure | None:
     """Small multiples, one panel per metric on its fixed, whole range (:data:`METRIC_AXES`):
     each seed as a dot, the mean as a diamond, and the 95 % CI given in ``intervals`` (gate ->
     metric -> (low, high) in the metric's own units, None below two seeds; computed by the
@@ -234,7 +238,7 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
     if reference in values:
         note += f"; shaded: {reference}'s CI"
     if chance and any(m in chance for m in shown):
-        note += "; dashed: chance (a uniform map)"
+        note += f"; dashed: {chance_label}"
     if constant:
         note += f"; equal for every gate, not shown: {', '.join(constant)}"
     import textwrap
@@ -509,6 +513,50 @@ def plot_localisation_grid(images: np.ndarray, masks: np.ndarray, boxes: np.ndar
     import textwrap
 
     fig.suptitle(textwrap.fill(title, 60), fontsize=7)
+    return fig
+
+
+FAITHFULNESS_PANELS = {  # curve family -> (panel title, x label)
+    "channel": ("Channel ablation, top-weighted first", "channels ablated, k / C"),
+    "deletion": ("Deletion, top-ranked pixels first", "pixels deleted (blurred), fraction"),
+    "insertion": ("Insertion, top-ranked pixels first", "pixels restored, fraction"),
+}
+
+
+def plot_faithfulness_curves(curves: dict[str, dict[str, dict[str, np.ndarray]]],
+                             title: str = "Faithfulness") -> Figure | None:
+    """curves: family (channel, deletion, insertion) -> gate -> ``x``, ``attention`` (the curve
+    in the attention's order), ``random`` and ``random_std`` (the random orders' mean and spread),
+    accuracy in percent. One panel per family, stacked for a paper column: each gate's
+    attention-ordered curve as a line, its random orders' mean ± 1 std as a band of its colour."""
+    families = [f for f in FAITHFULNESS_PANELS if curves.get(f)]
+    if not families:
+        return None
+    gates = list(dict.fromkeys(g for f in families for g in curves[f]))
+    colours = _colours(gates)
+    fig, axes = plt.subplots(len(families), 1, figsize=(COLUMN_WIDTH_IN, 0.9 + 1.55 * len(families)),
+                             squeeze=False, constrained_layout=True)
+    for ax, family in zip(axes[:, 0], families):
+        for gate, c in curves[family].items():
+            x = np.asarray(c["x"], dtype=np.float64)
+            low, high = c["random"] - c["random_std"], c["random"] + c["random_std"]
+            ax.fill_between(x, low, high, color=colours[gate], alpha=0.18, linewidth=0)
+            ax.plot(x, c["random"], color=colours[gate], linewidth=0.7, linestyle=":")
+            ax.plot(x, c["attention"], color=colours[gate], linewidth=1.3, marker=".", markersize=3, label=gate)
+        panel, xlabel = FAITHFULNESS_PANELS[family]
+        ax.set_title(panel, fontsize=7.5)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_ylabel("accuracy (%)", fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 100)
+        ax.tick_params(labelsize=6.5)
+        ax.grid(True, linestyle=":", alpha=0.5)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(4, len(labels)), fontsize=6.5, frameon=False)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, 62) + "\nline: attention's order; dotted and band: random orders, "
+                 "mean ± 1 std", fontsize=7)
     return fig
 
 

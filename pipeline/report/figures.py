@@ -33,6 +33,10 @@ def family_figure(g: GroupStats, family: Family, title: str, reference: str):
     values = {gate: {m: v[m] for m in family.figure_metrics} for gate, v in g.values.items()}
     intervals = {gate: {m: v[m] for m in family.figure_metrics} for gate, v in g.intervals.items()}
     chance = {m: g.chance[m] for m in family.figure_metrics if m in g.chance}
+    if family.figure_level is not None:
+        level, label = family.figure_level
+        return plots.plot_gate_metrics(values, intervals, title, reference=reference,
+                                       chance={m: level for m in family.figure_metrics}, chance_label=label)
     return plots.plot_gate_metrics(values, intervals, title, reference=reference, chance=chance or None)
 
 
@@ -110,6 +114,8 @@ def group_figures(g: GroupStats, reference: str, families: tuple[Family, ...] = 
         f"gate_parameters_{name}": plots.plot_gate_parameters(g.gate_parameters, f"Learnable gate parameters, {what}"),
         f"spatial_maps_{name}": spatial_grid(g) if g.weights else None,
         f"localisation_maps_{name}": localisation_grid(g),
+        f"faithfulness_curves_{name}": plots.plot_faithfulness_curves(
+            g.faithfulness, f"Faithfulness curves, {what} {over_seeds}") if g.faithfulness else None,
     })
     return figures
 

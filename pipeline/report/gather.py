@@ -22,6 +22,7 @@ from pipeline.contracts import (
     BOXES,
     CAMS,
     CHANNEL_WEIGHTS,
+    FAITHFULNESS_CURVES,
     CLASS_GINI,
     CLASS_WEIGHTS,
     COMPUTE_METRICS,
@@ -197,6 +198,8 @@ def read_record(run, tmp: Path) -> Record:
     if not record.has_attention:
         return record
     record.classes = [str(c) for c in meta["classes"]]
+    curves = _file(probe_id, FAITHFULNESS_CURVES, tmp)  # None: faithfulness_images 0, or a probe older than it
+    record.faithfulness_curves = pd.read_csv(curves) if curves is not None else None
     weights_file, gini_file = _file(metrics_id, CLASS_WEIGHTS, tmp), _file(metrics_id, CLASS_GINI, tmp)
     if weights_file is not None and gini_file is not None:
         record.class_weights = np.load(weights_file)

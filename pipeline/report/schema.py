@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.contracts import GRID_SIZE, LOCALISATION_PREFIX, LOCALISED_MAPS, NO_CBAM, gate_label  # noqa: F401
+from pipeline.contracts import (FAITHFULNESS_PREFIX, GRID_SIZE, LOCALISATION_PREFIX, LOCALISED_MAPS, NO_CBAM,  # noqa: F401
+                                gate_label)
 
 #: What defines an experiment: runs that differ in any of these are never pooled (the seed is
 #: what pools). ``gate_norm`` counts where train runs log it.
@@ -57,6 +58,8 @@ class Family:
     chance: tuple[tuple[str, str], ...] = ()
     chance_metrics: tuple[tuple[str, str, float, int], ...] = ()  # (metric suffix, label, scale, decimals)
     figure_chance: tuple[tuple[str, str], ...] = ()  # (figure metric, the metric of its chance line)
+    #: a level every figure metric's chance line sits at (an advantage over random: 0), and its legend
+    figure_level: tuple[float, str] | None = None
 
 
 ATTENTION = Family(
@@ -119,8 +122,48 @@ LOCALISATION = Family(
     chance_metrics=(("pxap", "PxAP", 1.0, 1), ("maxboxacc", "MaxBoxAccV2", 1.0, 1),
                     ("pointing_mask", "pointing", 1.0, 3), ("energy_box", "energy in box", 1.0, 3)),
 )
+
+def _faith(name: str) -> str:
+    return f"{FAITHFULNESS_PREFIX}{name}"
+
+
+FAITHFULNESS_SUMMARIES = tuple(
+    [f"channel_{order}_{m}_area" for m in ("acc", "prob") for order in ("most", "least", "random")]
+    + [f"channel_random_{m}_area_std" for m in ("acc", "prob")]
+    + [f"channel_advantage_{m}{s}" for m in ("acc", "prob") for s in ("", "_std")]
+    + [f"{fam}_{order}_{m}_area" for fam in ("deletion", "insertion") for m in ("acc", "prob")
+       for order in ("cbam", "cam", "random")]
+    + [f"{fam}_random_{m}_area_std" for fam in ("deletion", "insertion") for m in ("acc", "prob")]
+    + [f"{fam}_advantage_{m}{s}" for fam in ("deletion", "insertion") for m in ("acc", "prob") for s in ("", "_std")])
+FAITHFULNESS = Family(
+    name="faithfulness",
+    title="Faithfulness",
+    columns={
+        _faith("channel_most_acc_area"): Column("ablation: top first", 1.0, 1),
+        _faith("channel_random_acc_area"): Column("ablation: random", 1.0, 1),
+        _faith("channel_advantage_acc"): Column("ablation advantage", 1.0, 1),
+        _faith("deletion_cbam_acc_area"): Column("deletion: CBAM", 1.0, 1),
+        _faith("deletion_cam_acc_area"): Column("deletion: CAM", 1.0, 1),
+        _faith("deletion_advantage_acc"): Column("deletion advantage", 1.0, 1),
+        _faith("insertion_cbam_acc_area"): Column("insertion: CBAM", 1.0, 1),
+        _faith("insertion_advantage_acc"): Column("insertion advantage", 1.0, 1),
+    },
+    csv_metrics=tuple(_faith(s) for s in FAITHFULNESS_SUMMARIES),
+    figure_metrics=(_faith("channel_advantage_acc"), _faith("deletion_advantage_acc"),
+                    _faith("insertion_advantage_acc")),
+    footnote=("Mean ± half-width of the 95 % confidence interval over seeds. Areas under accuracy curves (%, "
+              "normalised to [0, 1] on x): ablation replaces the k CBAM output channels the gate weights highest "
+              "(top first) or k random ones by their mean over the probed images, k from 0 to C; deletion "
+              "blurs the input pixels the map ranks highest (insertion restores them into a blurred image), "
+              "fraction 0 to 1 (Petsiuk et al. 2018). Advantage: how much more the attention's order matters "
+              "than a random one (random − top first; random − CBAM for deletion; CBAM − random for insertion); "
+              "above 0: the attention picks what the decision depends on. The random draws' spread, the "
+              "probability areas and least-first ablation: summary.csv; definitions: docs/metrics.md."),
+    caption="Faithfulness of channel weights and spatial maps by gate",
+    figure_level=(0.0, "0: no better than a random order"),
+)
 #: The metric families of a report, in the order of its tables; the first is the summary table.
-FAMILIES: tuple[Family, ...] = (ATTENTION, LOCALISATION)
+FAMILIES: tuple[Family, ...] = (ATTENTION, LOCALISATION, FAITHFULNESS)
 
 
 def present_families(records, families=FAMILIES) -> tuple[Family, ...]:
@@ -162,6 +205,7 @@ class Record:
     grid_cams: np.ndarray | None = None  # (k, h, w): their CAMs of the true class
     grid_masks: np.ndarray | None = None  # (k, h, w) bool at the images' native size: their ground-truth masks
     grid_boxes: np.ndarray | None = None  # (k, 4) half-open x0, y0, x1, y1 on those images
+    faithfulness_curves: object = None  # the probe's tables/faithfulness_curves.csv as a DataFrame, or None
 
     @property
     def activation(self) -> str:

@@ -225,6 +225,8 @@ class GroupStats:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     class_weights: dict[str, np.ndarray] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)  # figure metric -> its chance level, mean over runs
+    #: curve family (channel, deletion, insertion) -> gate -> :func:`faithfulness_curves`' arrays
+    faithfulness: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
 
     @property
     def seeds(self) -> int:
@@ -233,6 +235,33 @@ class GroupStats:
     @property
     def runs_with_attention(self) -> int:
         return sum(len(self.gates[g]) for g in self.weights)
+
+
+#: The order of each curve family that follows the attention: channels the gate weights highest
+#: first, pixels the CBAM spatial map ranks highest first.
+ATTENTION_ORDER = {"channel": "most", "deletion": "cbam", "insertion": "cbam"}
+
+
+def faithfulness_curves(curves: list, family: str, metric: str = "accuracy") -> dict[str, np.ndarray] | None:
+    """One gate's curves of ``family`` over its seeds (each a probe's curve table, see
+    :func:`pipeline.faithfulness.curve_rows`): ``x``, ``attention`` (the attention order's curve,
+    mean over seeds), ``random`` (mean over every random draw of every seed) and ``random_std``
+    (their standard deviation at each x, ddof 1; 0 for a single draw). None without curves, or
+    where the seeds' grids differ."""
+    tables = [t[t["family"] == family] for t in curves if t is not None]
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return None
+    xs = [np.sort(t.loc[t["order"] == ATTENTION_ORDER[family], "x"].to_numpy()) for t in tables]
+    if any(len(x) != len(xs[0]) or not np.allclose(x, xs[0]) for x in xs):
+        return None
+    attention = np.mean([t[t["order"] == ATTENTION_ORDER[family]].sort_values("x")[metric].to_numpy()
+                         for t in tables], axis=0)
+    draws = [d.sort_values("x")[metric].to_numpy() for t in tables
+             for _, d in t[t["order"] == "random"].groupby(["draw"])]
+    random = np.asarray(draws)
+    return {"x": xs[0], "attention": attention, "random": random.mean(axis=0),
+            "random_std": random.std(axis=0, ddof=1) if len(draws) > 1 else np.zeros(len(xs[0]))}
 
 
 def group_stats(name: str, members: list[Record], epoch_metrics, families: tuple[Family, ...] = FAMILIES) -> GroupStats:
@@ -256,6 +285,10 @@ def group_stats(name: str, members: list[Record], epoch_metrics, families: tuple
         flows = [r.grad_flow for r in runs if r.grad_flow is not None]
         if flows:
             g.gradient_flow[gate] = (flows[-1][0], np.mean([f[1] for f in flows], axis=0).tolist())
+        for family in ATTENTION_ORDER:
+            curves = faithfulness_curves([r.faithfulness_curves for r in runs], family)
+            if curves is not None:
+                g.faithfulness.setdefault(family, {})[gate] = curves
         if all(r.has_attention for r in runs):  # the baseline without CBAM has no attention to draw
             g.weights[gate] = np.concatenate([r.channel_weights for r in runs])
             with warnings.catch_warnings():  # a class no probed image belongs to stays NaN
