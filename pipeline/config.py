@@ -280,8 +280,8 @@ class ProbeConfig(StepConfig):
     faithfulness_draws: int = option(3, "Seeded random orders, the chance baseline of the ablation and deletion "
                                      "curves (2 or more give its spread).")
     ablation_fill: str = option("mean", "What an ablated channel becomes: mean (its mean map over the images) or zero.")
-    deletion_imputation: str = option("blur", "What a deleted pixel becomes: blur (the image blurred, sigma = "
-                                      "image size / 16) or mean (the dataset-mean colour).")
+    deletion_imputation: str = option("mean", "What a deleted pixel becomes: mean (the dataset-mean colour) or "
+                                      "blur (the image blurred, sigma = image size / 16).")
 
     def __post_init__(self):
         if not self.train_run_id.strip():

@@ -18,6 +18,19 @@ Summaries: the normalised area under each curve (trapezoid over k / C in [0, 1];
 percent), and the *attention advantage*: the random draws' mean area minus the most-relevant-
 first area (positive: ablating what the gate weights highest hurts more than ablating at
 random), with the spread (standard deviation) of the random draws' areas.
+
+Spatial deletion and insertion (Petsiuk et al., BMVC 2018, "RISE"): the input pixels are ranked
+by a map upsampled bilinearly to the model's input size (the CBAM spatial map, the CAM of the
+true class, or a random map drawn on the CBAM map's grid and upsampled the same way, so that a
+random order removes regions of the same shape); *deletion* replaces the top fraction f of the
+pixels by a baseline image, *insertion* starts from the baseline and puts back the top fraction f
+of the original. The baseline (``imputation``): ``mean`` (the default) is the dataset-mean
+colour (0 after normalisation: RISE's deletion substrate), so a fully deleted image carries
+nothing of the object; ``blur`` is the image under a Gaussian blur of sigma = image size / 16
+(RISE's insertion substrate: in distribution, but a shape survives it: on digits at 64 px the
+fully blurred test images are still classified at 87 %). Curves at f = 0, 1/steps, ..., 1; areas
+by the trapezoid rule over f. A faithful map has a low deletion area and a high insertion area:
+the advantages are random minus map for deletion and map minus random for insertion.
 """
 from __future__ import annotations
 
@@ -235,7 +248,7 @@ class DeletionCurves:
 @torch.inference_mode()
 def spatial_deletion(model, data: ImageSet, image_size: int, maps: dict[str, np.ndarray],
                      fractions: list[float] | None = None, draws: int = 3, seed: int = 0,
-                     imputation: str = "blur", batch_size: int = 128,
+                     imputation: str = "mean", batch_size: int = 128,
                      progress=lambda batches, total: batches) -> DeletionCurves:
     """Deletion and insertion curves of ``model`` on ``data`` for each of ``maps`` (name ->
     (N, h, w), row i for image i; ``cbam`` is required: its grid is the random maps' grid) and
@@ -326,7 +339,7 @@ def curve_rows(channel: AblationCurves, spatial: DeletionCurves) -> list[dict]:
 
 
 def judge_faithfulness(model, data: ImageSet, image_size: int, maps: dict[str, np.ndarray], draws: int = 3,
-                       seed: int = 0, fill: str = "mean", imputation: str = "blur", batch_size: int = 128,
+                       seed: int = 0, fill: str = "mean", imputation: str = "mean", batch_size: int = 128,
                        progress=lambda batches, total, desc: batches) -> tuple[dict[str, float], list[dict]]:
     """Channel ablation and spatial deletion / insertion on ``data``: the summaries, keyed
     ``channel_<summary>`` (:meth:`AblationCurves.summaries`) and ``deletion_*`` / ``insertion_*``

@@ -518,7 +518,7 @@ def plot_localisation_grid(images: np.ndarray, masks: np.ndarray, boxes: np.ndar
 
 FAITHFULNESS_PANELS = {  # curve family -> (panel title, x label)
     "channel": ("Channel ablation, top-weighted first", "channels ablated, k / C"),
-    "deletion": ("Deletion, top-ranked pixels first", "pixels deleted (blurred), fraction"),
+    "deletion": ("Deletion, top-ranked pixels first", "pixels deleted, fraction"),
     "insertion": ("Insertion, top-ranked pixels first", "pixels restored, fraction"),
 }
 
@@ -552,11 +552,11 @@ def plot_faithfulness_curves(curves: dict[str, dict[str, dict[str, np.ndarray]]]
         ax.tick_params(labelsize=6.5)
         ax.grid(True, linestyle=":", alpha=0.5)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper center", ncol=min(4, len(labels)), fontsize=6.5, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=6.5, frameon=False,
+               title="line: the attention's order; dotted, band: random orders (mean ± 1 std)", title_fontsize=6.5)
     import textwrap
 
-    fig.suptitle(textwrap.fill(title, 62) + "\nline: attention's order; dotted and band: random orders, "
-                 "mean ± 1 std", fontsize=7)
+    fig.suptitle(textwrap.fill(title, 55), fontsize=7.5)
     return fig
 
 

@@ -123,7 +123,10 @@ VIEW_STATE = {
                         *(f"metrics.`{k}`" for k in ("test_acc", "gini", "entropy", "sparsity")),
                         # localisation, on datasets with ground truth (empty cells elsewhere)
                         *(f"metrics.`{contracts.LOCALISATION_PREFIX}{k}`" for k in ("cbam_pxap", "cbam_pointing_mask",
-                                                                                    "cam_pxap"))],
+                                                                                    "cam_pxap")),
+                        # faithfulness: how much more the attention's order matters than a random one
+                        *(f"metrics.`{contracts.FAITHFULNESS_PREFIX}{k}`" for k in ("channel_advantage_acc",
+                                                                                    "deletion_advantage_acc"))],
     "runsExpanded": {}, "runsPinned": [], "runsHidden": [], "runListHidden": False,
 }
 

@@ -281,7 +281,8 @@ def test_sweep_runs_compare_in_the_mlflow_ui_in_chromium(server, tmp_path):
     result = subprocess.run(
         ["mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local", "-P", "activations=scaled_tanh,swish",
          "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=32", "-P", "epochs=2",
-         "-P", "faithfulness_images=0", "-P", f"out={tmp_path / 'out'}"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
+         "-P", "faithfulness_images=0", "-P", f"out={tmp_path / 'out'}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
     runs = runs_of(server.uri, experiment)
     mains = {r.info.run_name: r for r in runs if r.data.tags.get("pipeline.step") == "main"}

@@ -230,3 +230,20 @@ def test_pixel_ranks_and_the_blur_baseline():
     assert (baseline_of(x, "mean") == 0).all()
     with pytest.raises(ValueError, match="valid: blur, mean"):
         baseline_of(x, "noise")
+
+
+def test_faithfulness_benchmark_records_settings_and_every_repeat(tmp_path):
+    import json
+
+    import bench_faithfulness
+
+    out = tmp_path / "bench.json"
+    result = bench_faithfulness.main(["--images", "8", "--image-size", "32", "--positions", "late", "--draws", "2",
+                                      "--repeats", "2", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    late = saved["positions"]["late"]
+    assert saved["images"] == 8 and saved["image_size"] == 32 and saved["draws"] == 2 and late["map_side"] == 1
+    assert len(late["deletion_insertion_s"]) == 2 and len(late["forward_s"]) == 2
+    assert late["total_median_s"] == pytest.approx(np.median(result["positions"]["late"]["channel_ablation_s"])
+                                                   + np.median(late["deletion_insertion_s"]))
+    assert late["total_in_forward_passes"] > 1

@@ -174,3 +174,59 @@ def test_chance_ranges_where_rows_differ():
                _localised("sigmoid", 0, 10.0, 20.0, uniform_pxap=5.5, image_size="128")]
     text = chance_text(summary_table(records, FAMILIES), LOCALISATION)
     assert "uniform map: PxAP 4.8–5.5" in text
+
+
+def _curves(seed, shift):
+    """A probe's curve table: channel (most, random × 2) and deletion / insertion (cbam, random × 2)."""
+    rows = []
+    ks = [0, 1, 2, 4]
+    for order, draws in (("most", [-1]), ("least", [-1]), ("random", [0, 1])):
+        for d in draws:
+            rows += [{"family": "channel", "order": order, "draw": d, "x": k / 4, "k": k,
+                      "accuracy": 90.0 - 20 * k * (order == "most") - 5 * k * (order != "most") + shift + d,
+                      "probability": 0.5} for k in ks]
+    for family in ("deletion", "insertion"):
+        for order, draws in (("cbam", [-1]), ("cam", [-1]), ("random", [0, 1])):
+            for d in draws:
+                rows += [{"family": family, "order": order, "draw": d, "x": f, "k": -1,
+                          "accuracy": 50.0 + 10 * f + 3 * d + shift + (order == "cbam"), "probability": 0.5}
+                         for f in (0.0, 0.5, 1.0)]
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=seed)  # any row order
+
+
+def test_faithfulness_family_curves_over_seeds_and_figure(tmp_path):
+    from pipeline import plots
+    from pipeline.report.schema import FAITHFULNESS, FAMILIES, present_families
+    from pipeline.report.stats import faithfulness_curves, group_stats
+
+    # the seeds' mean of the attention-ordered curve, and the random draws of every seed pooled
+    got = faithfulness_curves([_curves(0, 0.0), _curves(1, 2.0)], "channel")
+    np.testing.assert_allclose(got["x"], [0, 0.25, 0.5, 1.0])
+    np.testing.assert_allclose(got["attention"], [90.0, 70.0, 50.0, 10.0])  # 90 - 20k + shift + draw (-1), over seeds
+    draws = np.array([[90.0 - 5 * k + s + d for k in (0, 1, 2, 4)] for s in (0.0, 2.0) for d in (0, 1)])
+    np.testing.assert_allclose(got["random"], draws.mean(axis=0))
+    np.testing.assert_allclose(got["random_std"], draws.std(axis=0, ddof=1))
+    assert faithfulness_curves([None], "channel") is None
+    assert faithfulness_curves([_curves(0, 0.0), _curves(1, 0.0)[lambda t: t.k != 4]], "channel") is None  # grids differ
+    records = []
+    for gate, shift in (("sigmoid", 0.0), ("sparsemax", 10.0)):
+        for seed in (0, 1):
+            r = result(gate, seed, test_acc=90.0, gini=0.4, **{"faith/channel_advantage_acc": shift + seed,
+                                                               "faith/deletion_advantage_acc": 1.0 + seed})
+            r.faithfulness_curves = _curves(seed, shift)
+            records.append(r)
+    assert present_families(records) == (FAMILIES[0], FAITHFULNESS)
+    table = summary_table(records, FAMILIES)
+    md = to_markdown(table, "test", FAITHFULNESS, first=False)
+    assert md.startswith("\n## Faithfulness\n") and "ablation advantage" in md
+    row = next(line for line in md.splitlines() if line.startswith("| sparsemax")).split("|")
+    half = stats.t.ppf(0.975, 1) * np.std([10.0, 11.0], ddof=1) / np.sqrt(2)
+    assert row[5].strip() == f"10.5 ± {half:.1f}"  # gate, seeds, top first, random, advantage
+    g = group_stats("late", records, ())
+    assert set(g.faithfulness) == {"channel", "deletion", "insertion"} and set(g.faithfulness["deletion"]) == {
+        "sigmoid", "sparsemax"}
+    fig = plots.plot_faithfulness_curves(g.faithfulness, "Faithfulness curves")
+    width, height = fig.get_size_inches()
+    assert width == pytest.approx(plots.COLUMN_WIDTH_IN) and len([a for a in fig.axes if a.get_visible()]) == 3
+    written = plots.save_figure(fig, tmp_path / "faithfulness_curves_late")
+    assert all((tmp_path / p).stat().st_size > 10_000 for p in written)
