@@ -45,9 +45,9 @@ METRIC_AXES = {
     "loc/cam_pxap": ("CAM PxAP", 0.0, 100.0, 1.0),
     "loc/cbam_pointing_mask": ("CBAM map pointing game", 0.0, 1.0, 1.0),
     "loc/cam_pointing_mask": ("CAM pointing game", 0.0, 1.0, 1.0),
-    "faith/channel_advantage_acc": ("channel ablation advantage", -100.0, 100.0, 1.0),
-    "faith/deletion_advantage_acc": ("deletion advantage", -100.0, 100.0, 1.0),
-    "faith/insertion_advantage_acc": ("insertion advantage", -100.0, 100.0, 1.0),
+    "faith/channel_advantage_acc": ("channel ablation advantage (pp)", -100.0, 100.0, 1.0),
+    "faith/deletion_advantage_acc": ("deletion advantage (pp)", -100.0, 100.0, 1.0),
+    "faith/insertion_advantage_acc": ("insertion advantage (pp)", -100.0, 100.0, 1.0),
 }
 
 
