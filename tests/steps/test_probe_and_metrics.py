@@ -11,6 +11,7 @@ from pipeline.checkpoint import load_model
 from pipeline.cli import main
 from pipeline.data import load_dataset, to_model_input
 from pipeline.faithfulness import ablation_grid, area
+from pipeline.report.schema import FAITHFULNESS_SUMMARIES
 from pipeline.config import MetricsConfig, ProbeConfig
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
@@ -71,6 +72,8 @@ def test_probe_logs_documented_arrays_and_scores(store, tmp_path):
 
     # faithfulness of all 80 (fewer than the default 256): curves whose unperturbed points are test_acc
     assert run.data.params["faithfulness_images_used"] == "80"
+    logged = {k.removeprefix("faith/") for k in run.data.metrics if k.startswith("faith/")}
+    assert logged == {*FAITHFULNESS_SUMMARIES, "seconds"}  # what the report's family reads, and the time
     curves = pd.read_csv(mlflow.artifacts.download_artifacts(
         run_id=probe_id, artifact_path="tables/faithfulness_curves.csv", dst_path=str(tmp_path)))
     channel = curves[curves.family == "channel"]

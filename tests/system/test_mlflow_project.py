@@ -51,7 +51,9 @@ def test_mlflow_run_train(project):
 def test_mlflow_run_probe_then_metrics_then_download(project):
     tmp, env, uri = project["tmp"], project["env"], project["uri"]
     train_id = project["train"].info.run_id
-    result = mlflow_run("-e", "probe-attention", "-P", f"train_run_id={train_id}", cwd=tmp, env=env)
+    # faithfulness on 16 of the 80 probed images: the entry point passes its parameters on
+    result = mlflow_run("-e", "probe-attention", "-P", f"train_run_id={train_id}", "-P", "faithfulness_images=16",
+                        "-P", "deletion_imputation=blur", cwd=tmp, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     [probe] = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "probe-attention"]
     result = mlflow_run("-e", "compute-metrics", "-P", f"probe_run_id={probe.info.run_id}", cwd=tmp, env=env)
@@ -61,6 +63,8 @@ def test_mlflow_run_probe_then_metrics_then_download(project):
     assert {"gini", "gini_std", "entropy", "focus_area_ratio", "negative_pct", "first_image/gini",
             "test_map"} <= set(metrics_run.data.metrics)
     assert metrics_run.data.metrics["negative_pct"] > 0  # swish
+    assert probe.data.params["faithfulness_images_used"] == "16" and probe.data.params["deletion_imputation"] == "blur"
+    assert metrics_run.data.metrics["faith/channel_advantage_acc"] == probe.data.metrics["faith/channel_advantage_acc"]
 
     dst = tmp / "download"
     result = mlflow_cli("artifacts", "download", "--run-id", probe.info.run_id, "--artifact-path", "attention",

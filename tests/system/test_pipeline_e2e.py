@@ -33,7 +33,7 @@ def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_e
     uri, env, tmp = project_env["uri"], project_env["env"], project_env["tmp"]
     out = tmp / "out"
     args = ["-P", "activation=swish", "-P", "dataset=fake", "-P", "weights=none", "-P", "image_size=32",
-            "-P", "epochs=2", "-P", f"out={out}"]
+            "-P", "epochs=2", "-P", "faithfulness_images=16", "-P", f"out={out}"]
     first = mlflow_run(*args, cwd=tmp, env=env)
     assert first.returncode == 0, first.stderr[-4000:]
     [parent] = [r for r in all_runs(uri) if r.data.tags.get("pipeline.step") == "main"]
@@ -55,12 +55,16 @@ def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_e
     report_dir = out / "Default" / "swish_late_fake_32px_2ep_seed0"
     assert parent.info.run_name == "swish · late · fake 32px 2ep · seed0"
     for name in ("summary.md", "summary.csv", "summary.tex", "weights_late.pdf", "weights_late.png", "metrics_late.png",
-                 "curves_late.pdf", "gradient_flow_late.png", "spatial_maps_late.png"):
+                 "curves_late.pdf", "gradient_flow_late.png", "spatial_maps_late.png", "faithfulness_late.png",
+                 "faithfulness_curves_late.png"):
         assert (report_dir / name).stat().st_size > 0, name
     assert not list(report_dir.glob("gate_parameters*"))  # swish learns no parameter: no empty figure
     artefacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "report")}
     assert "report/summary.md" in artefacts and "report/weights_late.pdf" in artefacts
     assert parent.data.metrics["gini"] == by_step["compute-metrics"].data.metrics["gini"]
+    assert by_step["probe-attention"].data.params["faithfulness_images_used"] == "16"
+    assert parent.data.metrics["faith/deletion_advantage_acc"] == by_step["probe-attention"].data.metrics[
+        "faith/deletion_advantage_acc"]
 
     # again, with the same parameters spelled differently: every step is reused, none rerun
     again = mlflow_run(*[a.replace("epochs=2", "epochs=2.0") for a in args], cwd=tmp, env=env)
