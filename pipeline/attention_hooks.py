@@ -31,8 +31,10 @@ def class_activation_maps(features: torch.Tensor, fc: torch.nn.Linear, labels: t
 def read_attention(model: CBAMResNet18, data: ImageSet, image_size: int, batch_size: int = 256,
                     desc: str = "probe") -> Attention:
     """Pass ``data`` through ``model`` in batches and collect what its two gates output, and the
-    CAM of each image's true class (:func:`class_activation_maps`). A model without CBAM (position none, the baseline) has no gates: its channel weights come back with
-    shape (N, 0) and its spatial maps (N, 0, 0), beside its logits."""
+    CAM of each image's true class (:func:`class_activation_maps`). A model without a block
+    (position none, the baseline) has no gates: its channel weights come back with shape (N, 0)
+    and its spatial maps (N, 0, 0), beside its logits; an SE or ECA block has no spatial branch:
+    its maps come back (N, 0, 0) beside its channel weights."""
     channel, spatial, logits, cams = [], [], [], []
     batch_labels: list[torch.Tensor] = []
     hooks = [model.avgpool.register_forward_hook(  # its input: the final feature map (B, C, h, w)
@@ -40,6 +42,8 @@ def read_attention(model: CBAMResNet18, data: ImageSet, image_size: int, batch_s
     hooks += [] if model.cbam is None else [
         model.cbam.channel.gate.register_forward_hook(
             lambda m, i, out: channel.append(out.float().flatten(1).cpu())),  # (B, C, 1, 1) -> (B, C)
+    ]
+    hooks += [] if model.cbam is None or model.cbam.spatial is None else [  # SE and ECA have no spatial map
         model.cbam.spatial.gate.register_forward_hook(
             lambda m, i, out: spatial.append(out[:, 0].to(torch.float16).cpu())),  # (B, 1, H, W) -> (B, H, W)
     ]
@@ -56,4 +60,5 @@ def read_attention(model: CBAMResNet18, data: ImageSet, image_size: int, batch_s
     if model.cbam is None:
         n = logits.shape[0]
         return Attention(np.zeros((n, 0), np.float32), np.zeros((n, 0, 0), np.float16), logits, cams)
-    return Attention(torch.cat(channel).numpy(), torch.cat(spatial).numpy(), logits, cams)
+    maps = torch.cat(spatial).numpy() if spatial else np.zeros((logits.shape[0], 0, 0), np.float16)
+    return Attention(torch.cat(channel).numpy(), maps, logits, cams)

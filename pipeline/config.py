@@ -216,15 +216,33 @@ class TrainConfig(StepConfig):
     gate_norm: str = option("none", "none (the notebook's gates) or mean_one: sum-to-one gates (softmax, sparsemax, "
                             "entmax15, alpha_entmax) multiplied by C so their weights average 1 instead of 1/C; "
                             "other gates are left unchanged.")
+    attention: str = option("cbam", "The attention block's design: cbam (the notebook's: channel then spatial "
+                            "attention), se (squeeze-and-excitation) or eca (efficient channel attention); "
+                            "its channel gate is the activation.")
+    spatial_gate: str = option("sigmoid", "The gate of CBAM's spatial branch: sigmoid (the notebook's, per "
+                               "position), softmax or sparsemax (over the map's positions); cbam only.")
+    backbone: str = option("resnet18", "The torchvision ResNet: resnet18, resnet34 or resnet50 (early/middle/late "
+                           "stay after layer1/2/4, with that stage's channels).")
     attention_images: int = option(256, "Validation images (a fixed, seeded set) whose channel weights give "
                                    "the per-epoch attention/* metrics; 0: none.")
     prepare_run_id: str = option("", "Use the split of this finished prepare-data run (default: split here).")
 
     def __post_init__(self):
         check_choice("position", self.position, contracts.POSITIONS)
-        if self.position == contracts.NO_CBAM:  # the baseline: no gate to choose or normalise
+        check_choice("attention", self.attention, (*contracts.ATTENTIONS, contracts.NO_ATTENTION))
+        check_choice("spatial_gate", self.spatial_gate, (*contracts.SPATIAL_GATES, contracts.NO_ATTENTION))
+        check_choice("backbone", self.backbone, contracts.BACKBONES)
+        if self.position == contracts.NO_CBAM:  # the baseline: no block, no gate to choose or normalise
             object.__setattr__(self, "activation", contracts.NO_GATE)
             object.__setattr__(self, "gate_norm", "none")
+            object.__setattr__(self, "attention", contracts.NO_ATTENTION)
+            object.__setattr__(self, "spatial_gate", contracts.NO_ATTENTION)
+        elif contracts.NO_ATTENTION in (self.attention, self.spatial_gate):
+            raise PipelineError("attention and spatial_gate none are the baseline without a block: give position "
+                                "none for it")
+        elif self.spatial_gate != "sigmoid" and self.attention != "cbam":
+            raise PipelineError(f"spatial_gate {self.spatial_gate} needs attention cbam: {self.attention} has no "
+                                "spatial branch")
         elif self.activation == contracts.NO_GATE:
             raise PipelineError("activation none is the baseline without CBAM: give position none for it, "
                                 f"or a gate ({', '.join(contracts.GATE_NAMES)})")
@@ -258,9 +276,26 @@ class TrainConfig(StepConfig):
         """What the run's attention is: ``swish``, ``softmax · mean_one``, or ``no CBAM``."""
         return contracts.gate_label(self.activation, self.gate_norm)
 
+    def design_label(self) -> str:
+        """What sets the block and backbone apart from the notebook's, for run names: empty for
+        CBAM with a sigmoid spatial gate on a ResNet18; else ``se``, ``cbam spatial softmax``,
+        ``resnet50`` (each once, in that order)."""
+        parts = []
+        if self.position != contracts.NO_CBAM:
+            if self.attention != "cbam":
+                parts.append(self.attention)
+            if self.spatial_gate != "sigmoid":
+                parts.append(f"spatial {self.spatial_gate}")
+        if self.backbone != "resnet18":
+            parts.append(self.backbone)
+        return " ".join(parts)
+
     def label(self) -> str:
         where = "" if self.position == contracts.NO_CBAM else f" · {self.position}"
-        return f"{self.gate_label()}{where} · {self.dataset} {self.image_size}px {self.epochs}ep · seed{self.seed}"
+        design = self.design_label()
+        design = f" · {design}" if design else ""
+        return (f"{self.gate_label()}{design}{where} · {self.dataset} {self.image_size}px {self.epochs}ep "
+                f"· seed{self.seed}")
 
     def experiment(self) -> str:
         return default_experiment(self.dataset)
@@ -359,13 +394,17 @@ class MainConfig(StepConfig):
 
 @dataclass(frozen=True)
 class SweepConfig(StepConfig):
-    OMIT = ("activation", "position", "seed", "gate_norm", "prepare_run_id")
+    OMIT = ("activation", "position", "seed", "gate_norm", "attention", "spatial_gate", "backbone", "prepare_run_id")
 
     activations: tuple[str, ...] = option(contracts.GATE_NAMES, "Comma list of gates.")
     positions: tuple[str, ...] = option(("late",), "Comma list of positions.")
     seeds: tuple[int, ...] = option((0,), "Comma list of seeds.")
     gate_norms: tuple[str, ...] = option(("none",), "Comma list of gate normalisations (none, mean_one): "
                                          "mean_one only changes sum-to-one gates, so other gates run once.")
+    attentions: tuple[str, ...] = option(("cbam",), "Comma list of attention designs (cbam, se, eca).")
+    spatial_gates: tuple[str, ...] = option(("sigmoid",), "Comma list of CBAM spatial gates (sigmoid, softmax, "
+                                            "sparsemax): se and eca have no spatial branch, so they run once.")
+    backbones: tuple[str, ...] = option(("resnet18",), "Comma list of backbones (resnet18, resnet34, resnet50).")
     executor: str = option("inline", "How configurations run: inline (one after another in this process, "
                            "datasets loaded once), process (jobs worker processes, spread over the GPUs) or "
                            "ray (one Ray task each, on a local or given Ray cluster).")
@@ -381,6 +420,9 @@ class SweepConfig(StepConfig):
 
     def __post_init__(self):
         for name, values, valid in (("activations", self.activations, contracts.GATE_NAMES),
+                                    ("attentions", self.attentions, contracts.ATTENTIONS),
+                                    ("spatial_gates", self.spatial_gates, contracts.SPATIAL_GATES),
+                                    ("backbones", self.backbones, contracts.BACKBONES),
                                     ("positions", self.positions, contracts.POSITIONS), ("seeds", self.seeds, None),
                                     ("gate_norms", self.gate_norms, contracts.GATE_NORMS)):
             if not values:
@@ -409,9 +451,11 @@ class SweepConfig(StepConfig):
             raise PipelineError(f"max_retries must be 0 or more, got {self.max_retries}")
 
     def configurations(self) -> list[MainConfig]:
-        """One main config per (position, activation, gate norm, seed), in that order; a gate that
-        does not sum to one runs with gate_norm none only (mean_one would leave it unchanged), and
-        position none (no CBAM, so no gate) once per seed."""
+        """One main config per (position, backbone, attention, spatial gate, activation, gate norm,
+        seed), in that order; a gate that does not sum to one runs with gate_norm none only
+        (mean_one would leave it unchanged), se and eca with the sigmoid spatial gate only (they
+        have no spatial branch; sigmoid, or the first listed gate without it), and position none
+        (no block, so no gate) once per seed and backbone."""
         from pipeline.contracts import SUM_TO_ONE_GATES
 
         def norms(gate: str) -> tuple[str, ...]:
@@ -424,8 +468,16 @@ class SweepConfig(StepConfig):
                 return [(contracts.NO_GATE, "none")]
             return [(a, g) for a in self.activations for g in norms(a)]
 
-        return [replace(self.main, train=replace(self.main.train, position=p, activation=a, gate_norm=g, seed=s))
-                for p in self.positions for a, g in gates(p) for s in self.seeds]
+        def designs(position: str) -> list[tuple[str, str]]:
+            if position == contracts.NO_CBAM:
+                return [(contracts.NO_ATTENTION, contracts.NO_ATTENTION)]
+            plain = ("sigmoid",) if "sigmoid" in self.spatial_gates else self.spatial_gates[:1]
+            return [(d, sg) for d in self.attentions for sg in (self.spatial_gates if d == "cbam" else plain)]
+
+        return [replace(self.main, train=replace(self.main.train, position=p, backbone=bb, attention=d, spatial_gate=sg,
+                                                 activation=a, gate_norm=g, seed=s))
+                for p in self.positions for bb in self.backbones for d, sg in designs(p) for a, g in gates(p)
+                for s in self.seeds]
 
 
 @dataclass(frozen=True)

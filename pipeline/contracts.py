@@ -27,6 +27,30 @@ POSITIONS: dict[str, tuple[str | None, int]] = {
     "late": ("layer4", 512),
     "none": (None, 0),
 }
+#: The attention designs a block can have (pipeline.models): CBAM (Woo et al. 2018: channel then
+#: spatial attention, the notebook's), squeeze-and-excitation (Hu et al. 2018: channel only, an
+#: MLP on the average-pooled descriptor) and ECA (Wang et al. 2020: channel only, a 1-D conv
+#: across the pooled channels instead of the MLP).
+ATTENTIONS = ("cbam", "se", "eca")
+#: The gates of CBAM's spatial branch: sigmoid (the notebook's) per position, or softmax /
+#: sparsemax over the H x W positions of each map.
+SPATIAL_GATES = ("sigmoid", "softmax", "sparsemax")
+#: torchvision ResNets: name -> the channel count after layer1..layer4 (what a block there sees).
+BACKBONES: dict[str, tuple[int, int, int, int]] = {
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+}
+
+
+def stage_channels(backbone: str, position: str) -> int:
+    """The channels a block after ``position``'s stage of ``backbone`` sees (0 for none)."""
+    stage = POSITIONS[position][0]
+    return 0 if stage is None else BACKBONES[backbone][int(stage[-1]) - 1]
+
+
+#: The attention design and spatial gate of the baseline without a block (position none).
+NO_ATTENTION = "none"
 #: The baseline without an attention block (the notebook's no-CBAM ResNet18): its position, and
 #: the gate its runs log (there is none; a probe of it records channel weights of shape (N, 0)).
 NO_CBAM = "none"

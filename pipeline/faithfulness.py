@@ -126,7 +126,7 @@ def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | Non
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
     model.eval()
-    channels = model.cbam.channel.mlp[-1].out_channels
+    channels = model.cbam.channels
     ks = list(ks) if ks is not None else ablation_grid(channels)
     if any(k < 0 or k > channels for k in ks):
         raise ValueError(f"ablation sizes must lie in 0..{channels}, got {ks}")
@@ -315,7 +315,7 @@ def spatial_deletion(model, data: ImageSet, image_size: int, maps: dict[str, np.
     return curves
 
 
-def curve_rows(channel: AblationCurves, spatial: DeletionCurves) -> list[dict]:
+def curve_rows(channel: AblationCurves, spatial: DeletionCurves | None) -> list[dict]:
     """Every point of every curve, one row each: family (channel, deletion, insertion), order
     (most / least / random for channels; cbam / cam / random for pixels), draw (random only,
     else -1), x (k / C or the fraction), k (channels; -1 for pixels), accuracy, probability."""
@@ -332,7 +332,7 @@ def curve_rows(channel: AblationCurves, spatial: DeletionCurves) -> list[dict]:
     channel_x = np.asarray(channel.ks) / channel.channels
     for order in ("most", "least", "random"):
         add("channel", order, channel_x, channel.ks, channel.accuracy[order], channel.probability[order])
-    for (family, order), accuracy in spatial.accuracy.items():
+    for (family, order), accuracy in (spatial.accuracy.items() if spatial is not None else ()):
         add(family, order, spatial.fractions, [-1] * len(spatial.fractions), accuracy,
             spatial.probability[(family, order)])
     return rows
@@ -343,12 +343,15 @@ def judge_faithfulness(model, data: ImageSet, image_size: int, maps: dict[str, n
                        progress=lambda batches, total, desc: batches) -> tuple[dict[str, float], list[dict]]:
     """Channel ablation and spatial deletion / insertion on ``data``: the summaries, keyed
     ``channel_<summary>`` (:meth:`AblationCurves.summaries`) and ``deletion_*`` / ``insertion_*``
-    (:meth:`DeletionCurves.summaries`), and the curves' rows (:func:`curve_rows`)."""
+    (:meth:`DeletionCurves.summaries`; only where ``maps`` has the block's own ``cbam`` map),
+    and the curves' rows (:func:`curve_rows`)."""
     channel = channel_ablation(model, data, image_size, draws=draws, seed=seed, fill=fill, batch_size=batch_size,
                                progress=lambda b, total: progress(b, total, "channel ablation"))
+    summaries = {f"channel_{k}": v for k, v in channel.summaries().items()}
+    if "cbam" not in maps:  # a block without a spatial map (SE, ECA): no pixel ranking of its own
+        return summaries, curve_rows(channel, None)
     spatial = spatial_deletion(model, data, image_size, maps, draws=draws, seed=seed, imputation=imputation,
                                batch_size=batch_size,
                                progress=lambda b, total: progress(b, total, "deletion and insertion"))
-    summaries = {f"channel_{k}": v for k, v in channel.summaries().items()}
     summaries.update(spatial.summaries())
     return summaries, curve_rows(channel, spatial)

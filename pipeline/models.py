@@ -9,6 +9,7 @@ hook on them captures the channel weights (B, C, 1, 1) and the spatial map (B, 1
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,39 @@ import torch
 from torch import nn
 
 from pipeline.config import check_weights
-from pipeline.contracts import GATE_NORMS, NO_GATE, POSITIONS, WEIGHTS  # noqa: F401  (re-exported: the registries of this module)
+from pipeline.contracts import (  # noqa: F401  (re-exported: the registries of this module)
+    ATTENTIONS,
+    BACKBONES,
+    GATE_NORMS,
+    NO_GATE,
+    POSITIONS,
+    SPATIAL_GATES,
+    WEIGHTS,
+    stage_channels,
+)
 from pipeline.errors import PipelineError, one_line
 from pipeline.gates import GATES, create_gate
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
+def channel_gate(activation: str, channels: int, gate_norm: str = "none"):
+    """The registry's gate for ``channels`` channel logits (B, C, 1, 1); ``gate_norm`` mean_one
+    multiplies a sum-to-one gate's weights by C."""
+    gate = create_gate(activation)
+    if gate_norm == "mean_one" and gate.sums_to_one:
+        gate.output_scale = float(channels)
+    return gate
+
+
 class ChannelAttention(nn.Module):
+    """CBAM's channel attention: average- and max-pooled descriptors through one shared MLP,
+    summed, then the gate."""
+
     def __init__(self, channels: int, activation: str, reduction: int = 16, gate_norm: str = "none"):
         super().__init__()
         hidden = max(channels // reduction, 1)
+        self.channels = channels
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.max_pool = nn.AdaptiveMaxPool2d(1)
         self.mlp = nn.Sequential(
@@ -35,35 +58,117 @@ class ChannelAttention(nn.Module):
             nn.ReLU(),
             nn.Conv2d(hidden, channels, 1, bias=False),
         )
-        self.gate = create_gate(activation)
-        if gate_norm == "mean_one" and self.gate.sums_to_one:
-            self.gate.output_scale = float(channels)
+        self.gate = channel_gate(activation, channels, gate_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.mlp(self.avg_pool(x)) + self.mlp(self.max_pool(x))  # (B, C, 1, 1)
         return self.gate(logits)
 
 
-class SpatialAttention(nn.Module):
-    def __init__(self, kernel_size: int = 7):
+class SEChannel(nn.Module):
+    """Squeeze-and-excitation (Hu, Shen, Albanie, Sun & Wu, CVPR 2018 / TPAMI 2020): the
+    average-pooled descriptor through FC (C -> C/r, with bias), ReLU, FC (C/r -> C), then the
+    gate (SENet's is a sigmoid)."""
+
+    def __init__(self, channels: int, activation: str, reduction: int = 16, gate_norm: str = "none"):
         super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.channels = channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True)
+        self.gate = channel_gate(activation, channels, gate_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))  # (B, C, 1, 1)
+
+
+def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
+    """ECA's adaptive kernel size k = |(log2 C + b) / gamma|, odd, at least 3 (timm's EcaModule)."""
+    t = int(abs(math.log(channels, 2) + beta) / gamma)
+    return max(t if t % 2 else t + 1, 3)
+
+
+class ECAChannel(nn.Module):
+    """ECA (Wang, Wu, Zhu, Li, Zuo & Hu, CVPR 2020, "ECA-Net"): the average-pooled descriptor,
+    a 1-D convolution of size :func:`eca_kernel_size` across the channels (no MLP, no
+    reduction), then the gate. The logits are laid out (B, C, 1, 1) before the gate, so a gate
+    that normalises over channels normalises over channels here too (timm's EcaModule gates a
+    (B, 1, C) tensor: a softmax over its dim 1 would normalise a single value)."""
+
+    def __init__(self, channels: int, activation: str, gate_norm: str = "none"):
+        super().__init__()
+        k = eca_kernel_size(channels)
+        self.channels = channels
+        self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)
+        self.gate = channel_gate(activation, channels, gate_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        y = self.conv(x.mean(dim=(2, 3)).view(b, 1, c))  # (B, 1, C): neighbouring channels mixed
+        return self.gate(y.view(b, c, 1, 1))
+
+
+class SpatialGate(nn.Module):
+    """A registry gate over the H x W positions of a (B, 1, H, W) map: the map is laid out as
+    (B, H*W, 1, 1), the gate normalises over that axis, and the result goes back to (B, 1, H, W).
+    So softmax and sparsemax maps sum to 1 over each map's positions."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.inner = create_gate(name)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = logits.shape
+        return self.inner(logits.reshape(b, h * w, 1, 1)).reshape(b, 1, h, w)
+
+
+class SpatialAttention(nn.Module):
+    """CBAM's spatial attention: channel mean and max stacked, a 7 x 7 conv, then the gate: the
+    notebook's sigmoid per position (``nn.Sigmoid``), or a :class:`SpatialGate`."""
+
+    def __init__(self, kernel_size: int = 7, gate: str = "sigmoid"):
+        super().__init__()
+        if gate not in SPATIAL_GATES:
+            raise PipelineError(f"unknown spatial_gate {gate!r}; valid: {', '.join(SPATIAL_GATES)}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-        self.gate = nn.Sigmoid()
+        self.gate = nn.Sigmoid() if gate == "sigmoid" else SpatialGate(gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return self.gate(self.conv(pooled))  # (B, 1, H, W)
 
 
-class CBAM(nn.Module):
-    def __init__(self, channels: int, activation: str, reduction: int = 16, gate_norm: str = "none"):
+class AttentionBlock(nn.Module):
+    """One attention block of ``design`` (CBAM, SE or ECA) on ``channels`` features: the
+    channel gate's weights multiply the features (``channel.gate`` outputs (B, C, 1, 1)); CBAM
+    then multiplies by its spatial map (``spatial.gate`` outputs (B, 1, H, W)); SE and ECA
+    have no spatial branch (``spatial`` is None). The submodule names are CBAM's, so the
+    checkpoints of the CBAM-only model load unchanged."""
+
+    def __init__(self, channels: int, activation: str, reduction: int = 16, gate_norm: str = "none",
+                 design: str = "cbam", spatial_gate: str = "sigmoid"):
         super().__init__()
-        self.channel = ChannelAttention(channels, activation, reduction, gate_norm)
-        self.spatial = SpatialAttention()
+        if design not in ATTENTIONS:
+            raise PipelineError(f"unknown attention {design!r}; valid: {', '.join(ATTENTIONS)}")
+        self.design = design
+        self.channels = channels
+        if design == "cbam":
+            self.channel = ChannelAttention(channels, activation, reduction, gate_norm)
+        elif design == "se":
+            self.channel = SEChannel(channels, activation, reduction, gate_norm)
+        else:
+            self.channel = ECAChannel(channels, activation, gate_norm)
+        self.spatial = SpatialAttention(gate=spatial_gate) if design == "cbam" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x * self.channel(x).to(x.dtype)
-        return x * self.spatial(x).to(x.dtype)
+        return x if self.spatial is None else x * self.spatial(x).to(x.dtype)
+
+
+CBAM = AttentionBlock  # the notebook's block: AttentionBlock(design="cbam"), its default
 
 
 @dataclass(frozen=True)
@@ -75,6 +180,9 @@ class ModelConfig:
     num_classes: int
     reduction: int = 16
     gate_norm: str = "none"  # checkpoints from before the option hold none
+    attention: str = "cbam"  # checkpoints from before the designs hold CBAM ...
+    spatial_gate: str = "sigmoid"  # ... with the notebook's spatial sigmoid ...
+    backbone: str = "resnet18"  # ... on a ResNet18
 
     def __post_init__(self):
         if self.position not in POSITIONS:
@@ -84,27 +192,40 @@ class ModelConfig:
             raise PipelineError(f"unknown activation {self.activation!r}; valid: {', '.join(GATES)}")
         if self.gate_norm not in GATE_NORMS:
             raise PipelineError(f"unknown gate_norm {self.gate_norm!r}; valid: {', '.join(GATE_NORMS)}")
+        if self.attention not in ATTENTIONS:
+            raise PipelineError(f"unknown attention {self.attention!r}; valid: {', '.join(ATTENTIONS)}")
+        if self.spatial_gate not in SPATIAL_GATES:
+            raise PipelineError(f"unknown spatial_gate {self.spatial_gate!r}; valid: {', '.join(SPATIAL_GATES)}")
+        if self.spatial_gate != "sigmoid" and self.attention != "cbam":
+            raise PipelineError(f"spatial_gate {self.spatial_gate} needs attention cbam: {self.attention} has no "
+                                "spatial branch")
+        if self.backbone not in BACKBONES:
+            raise PipelineError(f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONES)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class CBAMResNet18(nn.Module):
-    """torchvision ResNet18 with one CBAM block after ``position``'s stage and a new head."""
+    """A torchvision ResNet (``config.backbone``, ResNet18 by default) with one attention block
+    (:class:`AttentionBlock`: CBAM by default, or SE or ECA) after ``position``'s stage and a
+    new head. The block is the attribute ``cbam`` whatever its design (the checkpoints' keys)."""
 
     def __init__(self, config: ModelConfig, backbone: nn.Module | None = None):
         super().__init__()
-        from torchvision.models import resnet18
+        from torchvision.models import get_model
 
         self.config = config
-        base = backbone if backbone is not None else resnet18(weights=None)
+        base = backbone if backbone is not None else get_model(config.backbone, weights=None)
         self.stem = nn.Sequential(base.conv1, base.bn1, base.relu, base.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = base.layer1, base.layer2, base.layer3, base.layer4
         self.avgpool = base.avgpool
         self.fc = nn.Linear(base.fc.in_features, config.num_classes)
-        stage, channels = POSITIONS[config.position]
+        stage = POSITIONS[config.position][0]
+        channels = stage_channels(config.backbone, config.position)
         self.cbam_after = stage
-        self.cbam = CBAM(channels, config.activation, config.reduction, config.gate_norm) if stage else None
+        self.cbam = AttentionBlock(channels, config.activation, config.reduction, config.gate_norm,
+                                   config.attention, config.spatial_gate) if stage else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -139,23 +260,28 @@ class CBAMResNet18(nn.Module):
         return self.cbam.channel.gate if self.cbam is not None else None
 
 
-def load_backbone(weights: str) -> nn.Module:
-    """A torchvision ResNet18 with ``weights``: 'imagenet', 'none' or a state-dict file path."""
-    from torchvision.models import ResNet18_Weights, resnet18
+def load_backbone(weights: str, backbone: str = "resnet18") -> nn.Module:
+    """A torchvision ResNet (``backbone``) with ``weights``: 'imagenet' (torchvision's
+    IMAGENET1K_V1 of that ResNet), 'none' or a state-dict file path."""
+    from torchvision.models import get_model, get_model_weights
 
+    if backbone not in BACKBONES:
+        raise PipelineError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    title = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50"}[backbone]
     if weights == "none":
-        return resnet18(weights=None)
+        return get_model(backbone, weights=None)
     if weights == "imagenet":
         from pipeline.data import offline
 
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(ResNet18_Weights.IMAGENET1K_V1.url).name
+        imagenet = get_model_weights(backbone).IMAGENET1K_V1
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet.url).name
         try:
             if offline() and not cached.is_file():
                 raise OSError("PIPELINE_OFFLINE is set")
-            return resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
+            return get_model(backbone, weights=imagenet)
         except (OSError, RuntimeError) as exc:  # URLError is an OSError
             raise PipelineError(
-                "cannot get torchvision's ImageNet ResNet18 weights (offline and not in the torch "
+                f"cannot get torchvision's ImageNet {title} weights (offline and not in the torch "
                 f"cache {torch.hub.get_dir()}): {type(exc).__name__}: {one_line(exc)}; use weights=none or the "
                 "path of a local state-dict file"
             ) from None
@@ -167,7 +293,7 @@ def load_backbone(weights: str) -> nn.Module:
         raise PipelineError(f"cannot read weights file {weights!r}: {type(exc).__name__}: {one_line(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    model = resnet18(weights=None)
+    model = get_model(backbone, weights=None)
     if not isinstance(state, dict):
         raise PipelineError(f"weights file {weights!r} holds no state dict")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the head is replaced
@@ -175,11 +301,11 @@ def load_backbone(weights: str) -> nn.Module:
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise PipelineError(
-            f"weights file {weights!r} is not a ResNet18 state dict "
+            f"weights file {weights!r} is not a {title} state dict "
             f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[0]!r})"
         )
     return model
 
 
 def build_model(config: ModelConfig, weights: str = "none") -> CBAMResNet18:
-    return CBAMResNet18(config, load_backbone(weights))
+    return CBAMResNet18(config, load_backbone(weights, config.backbone))

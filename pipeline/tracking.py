@@ -119,7 +119,8 @@ VIEW_STATE = {
     "searchFilter": f"tags.`{STEP_TAG}` = '{contracts.MAIN}'", "orderByKey": "metrics.`test_acc`",
     "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
     "modelVersionFilter": "All Runs",
-    "selectedColumns": [*(f"params.`{k}`" for k in ("activation", "position", "dataset", "image_size", "epochs", "seed")),
+    "selectedColumns": [*(f"params.`{k}`" for k in ("activation", "attention", "backbone", "position", "dataset",
+                                                   "image_size", "epochs", "seed")),
                         *(f"metrics.`{k}`" for k in ("test_acc", "gini", "entropy", "sparsity")),
                         # localisation, on datasets with ground truth (empty cells elsewhere)
                         *(f"metrics.`{contracts.LOCALISATION_PREFIX}{k}`" for k in ("cbam_pxap", "cbam_pointing_mask",

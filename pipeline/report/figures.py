@@ -21,11 +21,21 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+DESIGN_TITLES = {"cbam": "CBAM", "se": "SE", "eca": "ECA"}
+
+
 def describe(r: Record) -> str:
+    """``CBAM late, digits 64 px, 2 epochs``; ``SE late, ResNet50, ...``; ``CBAM (spatial
+    softmax) late, ...``; ``no CBAM, ...`` for the baseline."""
     c = r.config
-    where = "no CBAM" if c["position"] == NO_CBAM else f"CBAM {c['position']}"
+    design = c.get("attention", "cbam") or "cbam"
+    spatial = c.get("spatial_gate", "sigmoid") or "sigmoid"
+    block = DESIGN_TITLES.get(design, design) + ("" if spatial in ("sigmoid", "none") else f" (spatial {spatial})")
+    where = "no CBAM" if c["position"] == NO_CBAM else f"{block} {c['position']}"
+    backbone = c.get("backbone", "resnet18") or "resnet18"
+    net = "" if backbone == "resnet18" else f", {backbone.replace('resnet', 'ResNet')}"
     epochs = f"{c['epochs']} epoch" + ("" if str(c["epochs"]) == "1" else "s")
-    return f"{where}, {c['dataset']} {c['image_size']} px, {epochs}"
+    return f"{where}{net}, {c['dataset']} {c['image_size']} px, {epochs}"
 
 
 def family_figure(g: GroupStats, family: Family, title: str, reference: str):

@@ -41,7 +41,7 @@ from pipeline.contracts import (
     UPSTREAM_TAGS,
 )
 from pipeline.errors import PipelineError, one_line
-from pipeline.report.schema import CURVES, GATE_PARAMETERS, GRID_SIZE, GROUP_KEYS, Record
+from pipeline.report.schema import CURVES, GATE_PARAMETERS, GRID_SIZE, GROUP_KEYS, Record, with_design_defaults
 from pipeline.report.stats import distinct_seeds
 from pipeline.tracking import (
     artifact_names,
@@ -147,11 +147,11 @@ def _config(run, train, probe, tmp: Path) -> tuple[dict[str, str], str, dict]:
     if train_config is not None and probe_config is not None:
         typed = {**train_config, "num_images": probe_config.get("num_images", "")}
         config = {k: param_string(typed[k]) if k in typed else "" for k in GROUP_KEYS}
-        return config, param_string(train_config.get("seed", "")), train_config
+        return with_design_defaults(config), param_string(train_config.get("seed", "")), train_config
     p, params = run.data.params, train.data.params
     config = {k: params.get(k, p.get(k, "")) for k in GROUP_KEYS}
     config.update(activation=p["activation"], position=p["position"], num_images=probe.data.params.get("num_images", ""))
-    return config, p.get("seed", params.get("seed", "")), {"dataset": params.get("dataset"),
+    return with_design_defaults(config), p.get("seed", params.get("seed", "")), {"dataset": params.get("dataset"),
                                                            "data_dir": params.get("data_dir", "data")}
 
 

@@ -13,22 +13,39 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.contracts import (FAITHFULNESS_PREFIX, GRID_SIZE, LOCALISATION_PREFIX, LOCALISED_MAPS, NO_CBAM,  # noqa: F401
-                                gate_label)
+from pipeline.contracts import (FAITHFULNESS_PREFIX, GRID_SIZE, LOCALISATION_PREFIX, LOCALISED_MAPS,  # noqa: F401
+                                NO_ATTENTION, NO_CBAM, gate_label)
 
 #: What defines an experiment: runs that differ in any of these are never pooled (the seed is
 #: what pools). ``gate_norm`` counts where train runs log it.
 GROUP_KEYS = ("dataset", "image_size", "epochs", "weights", "lr", "batch_size", "val_fraction", "num_images",
-              "gate_norm", "position", "activation")
+              "gate_norm", "backbone", "attention", "spatial_gate", "position", "activation")
 KEY_LABELS = {"dataset": "dataset", "image_size": "image size (px)", "epochs": "epochs", "weights": "weights",
               "lr": "lr", "batch_size": "batch size", "val_fraction": "val. fraction", "num_images": "probed images",
-              "gate_norm": "gate norm.", "position": "position", "activation": "gate"}
+              "gate_norm": "gate norm.", "backbone": "backbone", "attention": "design", "spatial_gate": "spatial gate",
+              "position": "position", "activation": "gate"}
+#: Keys of the attention block: the baseline without one (position none) holds ``none`` in them,
+#: which neither makes them vary across a report nor keeps the baseline from joining a group.
+BLOCK_KEYS = ("attention", "spatial_gate")
+#: The notebook's design: a key at this value is left out of a report's "constant" phrase, and a
+#: run made before the key existed had it.
+DESIGN_DEFAULTS = {"backbone": "resnet18", "attention": "cbam", "spatial_gate": "sigmoid"}
 #: How a constant key reads above a table ("64 px", "2 epochs"); the others read "<label> <value>".
 CONSTANT_TEXT = {"image_size": "{} px", "epochs": "{} epochs", "num_images": "{} test images probed",
                  "batch_size": "batch size {}", "val_fraction": "val. fraction {}", "gate_norm": "gate norm. {}"}
 #: The training curves a record carries (per epoch, from the train run), and the gates' learnable values.
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
 GATE_PARAMETERS = ("gate_scale", "gate_temperature", "gate_alpha")
+
+
+def with_design_defaults(config: dict[str, str]) -> dict[str, str]:
+    """``config`` with the design keys a run made before them lacks ("") set to what it was: the
+    notebook's CBAM on a ResNet18, or no block for the baseline."""
+    out = dict(config)
+    for key, default in DESIGN_DEFAULTS.items():
+        if out.get(key, "") == "":
+            out[key] = NO_ATTENTION if key in BLOCK_KEYS and out.get("position") == NO_CBAM else default
+    return out
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.contracts import EPOCH_ATTENTION_PREFIX, GATE_NAMES, GATE_NORMS, NO_GATE, POSITIONS
+from pipeline.contracts import EPOCH_ATTENTION_PREFIX, GATE_NAMES, GATE_NORMS, NO_CBAM, NO_GATE, POSITIONS
 from pipeline.metrics import ci95, stats_t
-from pipeline.report.schema import CURVES, FAMILIES, GATE_PARAMETERS, GROUP_KEYS, Family, Record, csv_metrics, gate_label
+from pipeline.report.schema import (BLOCK_KEYS, CURVES, FAMILIES, GATE_PARAMETERS, GROUP_KEYS, Family, Record,
+                                   csv_metrics, gate_label)
 
 log = logging.getLogger("pipeline")
 
@@ -77,8 +78,11 @@ def summary_table(records: list[Record], families: tuple[Family, ...] = FAMILIES
 
 
 def varying_keys(table: pd.DataFrame) -> list[str]:
-    """The configuration keys (gate aside) that differ between rows: the table's columns."""
-    return [k for k in GROUP_KEYS if k != "activation" and table[k].astype(str).nunique() > 1]
+    """The configuration keys (gate aside) that differ between rows: the table's columns; a
+    block key (design, spatial gate) counts only over the rows that have a block."""
+    with_block = table[table["position"].astype(str) != NO_CBAM] if "position" in table else table
+    return [k for k in GROUP_KEYS if k != "activation"
+            and (with_block if k in BLOCK_KEYS else table)[k].astype(str).nunique() > 1]
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -164,16 +168,19 @@ def figure_groups(records: list[Record]) -> dict[str, list[Record]]:
     The baseline without CBAM joins every group it shares all else with (its curves and
     accuracy beside the gates'); it has a group of its own only where it joins none."""
     table_keys = [k for k in GROUP_KEYS if k not in ("activation", "position")]
-    vary = [k for k in table_keys if len({r.config.get(k, "") for r in records}) > 1]
+    vary = [k for k in table_keys if len({r.config.get(k, "") for r in records
+                                          if k not in BLOCK_KEYS or not r.is_baseline}) > 1]
     groups: dict[str, list[Record]] = {}
     for r in ordered(records):
-        parts = [{"image_size": f"{r.config[k]}px", "epochs": f"{r.config[k]}ep"}.get(
-            k, r.config[k] if k in ("dataset", "weights", "gate_norm") else f"{k}{r.config[k]}") for k in vary]
+        parts = [{"image_size": f"{r.config[k]}px", "epochs": f"{r.config[k]}ep",
+                  "spatial_gate": f"spatial-{r.config[k]}"}.get(
+            k, r.config[k] if k in ("dataset", "weights", "gate_norm", "backbone", "attention") else f"{k}{r.config[k]}")
+            for k in vary]
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join([*parts, r.position]))
         groups.setdefault(name, []).append(r)
 
-    def rest(r: Record) -> tuple[str, ...]:
-        return tuple(r.config.get(k, "") for k in table_keys)
+    def rest(r: Record) -> tuple[str, ...]:  # the block keys aside: the baseline has no block
+        return tuple(r.config.get(k, "") for k in table_keys if k not in BLOCK_KEYS)
 
     for name, baseline in [(n, m) for n, m in groups.items() if m[0].is_baseline]:
         partners = [m for m in groups.values() if not m[0].is_baseline and rest(m[0]) == rest(baseline[0])]

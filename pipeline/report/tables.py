@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.contracts import NO_CBAM_LABEL, NO_GATE
+from pipeline.contracts import NO_CBAM, NO_CBAM_LABEL, NO_GATE
 from pipeline.metrics import stats_t
-from pipeline.report.schema import CONSTANT_TEXT, GROUP_KEYS, KEY_LABELS, Family, gate_label
+from pipeline.report.schema import BLOCK_KEYS, CONSTANT_TEXT, DESIGN_DEFAULTS, GROUP_KEYS, KEY_LABELS, Family, gate_label
 from pipeline.report.stats import varying_keys
 
 
@@ -24,10 +24,12 @@ def _value(key: str, value: str) -> str:
 def constants_text(table: pd.DataFrame) -> str:
     """The configuration values every row shares, as a phrase: "digits, 64 px, 2 epochs, ..."."""
     vary = varying_keys(table)
+    with_block = table[table["position"].astype(str) != NO_CBAM]
     parts = []
     for k in GROUP_KEYS:
-        value = str(table[k].iloc[0])
-        if k == "activation" or k in vary or value == "":
+        rows = with_block if k in BLOCK_KEYS and len(with_block) else table
+        value = str(rows[k].iloc[0])
+        if k == "activation" or k in vary or value in ("", DESIGN_DEFAULTS.get(k)):  # the notebook's design: unsaid
             continue
         text = CONSTANT_TEXT.get(k, f"{KEY_LABELS[k]} {{}}").format(_value(k, value))
         parts.append("1 epoch" if text == "1 epochs" else text)

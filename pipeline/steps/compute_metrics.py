@@ -113,7 +113,8 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,
     probed = probed or load_probed(config.probe_run_id)
     weights, labels, meta = probed.channel_weights, probed.labels, probed.meta
     attention = weights.shape[1] > 0  # the baseline without CBAM (position none) has none
-    values = per_image_metrics(weights, probed.spatial_maps.astype(np.float32)) if attention else {}
+    maps = probed.spatial_maps.astype(np.float32) if probed.spatial_maps.size else None  # SE / ECA: no map
+    values = per_image_metrics(weights, maps) if attention else {}
     summary = summarise(values) if attention else {}
     localised = localisation_of(probed)
 

@@ -109,7 +109,9 @@ def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int
 
     started = time.perf_counter()
     draw_seed = int(seed) if str(seed).isdigit() else 0  # the train run's seed: each seed its own draws
-    maps = {"cbam": attention.spatial_maps[:n].astype(np.float32), "cam": attention.cams[:n].astype(np.float32)}
+    maps = {"cam": attention.cams[:n].astype(np.float32)}
+    if attention.spatial_maps.size:  # SE and ECA have no spatial map: channel ablation only
+        maps["cbam"] = attention.spatial_maps[:n].astype(np.float32)
     summaries, rows = judge_faithfulness(
         model, probed.subset(torch.arange(n)), image_size, maps, draws=config.faithfulness_draws, seed=draw_seed,
         fill=config.ablation_fill, imputation=config.deletion_imputation, batch_size=config.batch_size,
@@ -117,10 +119,11 @@ def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int
     seconds = time.perf_counter() - started
     logged = {f"{FAITHFULNESS_PREFIX}{k}": v for k, v in summaries.items() if math.isfinite(v)}
     mlflow.log_metrics({**logged, f"{FAITHFULNESS_PREFIX}seconds": seconds})
-    log.info("faithfulness of %d images in %.1f s: channel advantage %.2f (random draws' std %.2f), "
-             "deletion advantage %.2f, insertion advantage %.2f (accuracy areas, percent)", n, seconds,
-             summaries["channel_advantage_acc"], summaries["channel_advantage_acc_std"],
-             summaries["deletion_advantage_acc"], summaries["insertion_advantage_acc"])
+    spatial = (f", deletion advantage {summaries['deletion_advantage_acc']:.2f}, insertion advantage "
+               f"{summaries['insertion_advantage_acc']:.2f}") if "cbam" in maps else " (no spatial map)"
+    log.info("faithfulness of %d images in %.1f s: channel advantage %.2f (random draws' std %.2f)%s "
+             "(accuracy areas, percent)", n, seconds, summaries["channel_advantage_acc"],
+             summaries["channel_advantage_acc_std"], spatial)
     return pd.DataFrame(rows)
 
 

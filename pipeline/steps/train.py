@@ -34,6 +34,7 @@ from pipeline.contracts import (
     EPOCH_ATTENTION_PREFIX,
     GRAD_FLOW,
     LAST_CHECKPOINT,
+    NO_CBAM,
     PREPARE_DATA,
     REUSE_KEY_TAG,
     SUM_TO_ONE_GATES,
@@ -363,8 +364,10 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
     is FINISHED, ``last.pt`` is dropped if the config says so."""
     config, ckpt, device, splits = start_or_resume(config, resume_run_id, dataset, splits, force)
     seed_everything(config.seed)
+    block = config.position != NO_CBAM  # the baseline has no block: its model config keeps the defaults
     model_config = ModelConfig(config.activation, config.position, num_classes=len(splits.classes),
-                               gate_norm=config.gate_norm)
+                               gate_norm=config.gate_norm, attention=config.attention if block else "cbam",
+                               spatial_gate=config.spatial_gate if block else "sigmoid", backbone=config.backbone)
     if config.gate_norm != "none" and model_config.position != "none" and config.activation not in SUM_TO_ONE_GATES:
         log.info("gate_norm %s leaves %s unchanged: its weights do not sum to one", config.gate_norm,
                  config.activation)

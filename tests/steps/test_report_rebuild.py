@@ -6,7 +6,11 @@ The runs are written here with plain MLflow calls, in the exact form the steps o
 compute-metrics class files), so they do not depend on today's step code. The expected files
 in ``tests/expected/report_before/`` are what that commit's ``report`` step wrote from this store
 (``python tests/steps/test_report_rebuild.py OUT`` builds the store and reports it with
-whatever ``pipeline`` is importable), the sweep's run id written as ``SWEEP_RUN_ID``."""
+whatever ``pipeline`` is importable), the sweep's run id written as ``SWEEP_RUN_ID``. One
+change since, on purpose: ``summary.csv`` and ``comparison.csv`` gained the ``backbone``,
+``attention`` and ``spatial_gate`` columns (issue 23), which runs made before them read as the
+notebook's design (resnet18, cbam, sigmoid; none for the baseline without a block); every other
+byte is that commit's."""
 from __future__ import annotations
 
 import json

@@ -51,7 +51,8 @@ def test_train_logs_params_metrics_gate_values_gradients_and_best_checkpoint(tra
     model, ckpt = load_model(path)
     assert ckpt["epoch"] == val_acc.index(max(val_acc)) + 1 == int(run.data.metrics["best_epoch"])  # from 1
     assert ckpt["model_config"] == {"activation": "scaled_tanh", "position": "late", "num_classes": 10,
-                                    "reduction": 16, "gate_norm": "none"}
+                                    "reduction": 16, "gate_norm": "none", "attention": "cbam",
+                                    "spatial_gate": "sigmoid", "backbone": "resnet18"}
     test = load_dataset("fake").test
     result = evaluate(model, test, image_size=32)
     assert result.acc == pytest.approx(run.data.metrics["test_acc"], abs=1e-9)
