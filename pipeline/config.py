@@ -229,25 +229,23 @@ class TrainConfig(StepConfig):
 
     def __post_init__(self):
         check_choice("position", self.position, contracts.POSITIONS)
-        check_choice("attention", self.attention, (*contracts.ATTENTIONS, contracts.NO_ATTENTION))
-        check_choice("spatial_gate", self.spatial_gate, (*contracts.SPATIAL_GATES, contracts.NO_ATTENTION))
         check_choice("backbone", self.backbone, contracts.BACKBONES)
         if self.position == contracts.NO_CBAM:  # the baseline: no block, no gate to choose or normalise
             object.__setattr__(self, "activation", contracts.NO_GATE)
             object.__setattr__(self, "gate_norm", "none")
             object.__setattr__(self, "attention", contracts.NO_ATTENTION)
             object.__setattr__(self, "spatial_gate", contracts.NO_ATTENTION)
-        elif contracts.NO_ATTENTION in (self.attention, self.spatial_gate):
-            raise PipelineError("attention and spatial_gate none are the baseline without a block: give position "
-                                "none for it")
-        elif self.spatial_gate != "sigmoid" and self.attention != "cbam":
-            raise PipelineError(f"spatial_gate {self.spatial_gate} needs attention cbam: {self.attention} has no "
-                                "spatial branch")
         elif self.activation == contracts.NO_GATE:
             raise PipelineError("activation none is the baseline without CBAM: give position none for it, "
                                 f"or a gate ({', '.join(contracts.GATE_NAMES)})")
         else:
             check_choice("activation", self.activation, contracts.GATE_NAMES)
+        if self.position != contracts.NO_CBAM:
+            check_choice("attention", self.attention, contracts.ATTENTIONS)
+            check_choice("spatial_gate", self.spatial_gate, contracts.SPATIAL_GATES)
+            if self.spatial_gate != "sigmoid" and self.attention != "cbam":
+                raise PipelineError(f"spatial_gate {self.spatial_gate} needs attention cbam: {self.attention} has no "
+                                    "spatial branch")
         check_choice("dataset", self.dataset, contracts.DATASET_NAMES)
         check_weights(self.weights)
         if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:

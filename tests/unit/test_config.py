@@ -122,6 +122,10 @@ def test_position_none_is_the_baseline_with_no_gate_once_per_seed():
     ({"executor": "threads"}, "unknown executor 'threads'; valid: inline, process"),
     ({"jobs": 0}, "jobs must be at least 1"),
     ({"rerun": ("sweep",)}, "unknown rerun step 'sweep'"),
+    ({"attentions": ("cbam", "bam")}, "unknown attention 'bam'; valid: cbam, se, eca"),
+    ({"spatial_gates": ("tanh",)}, "unknown spatial_gate 'tanh'; valid: sigmoid, softmax, sparsemax"),
+    ({"backbones": ("resnet101",)}, "unknown backbone 'resnet101'; valid: resnet18, resnet34, resnet50"),
+    ({"attentions": ()}, "attentions is empty"),
 ])
 def test_bad_sweep_values_are_one_line_errors(options, message):
     with pytest.raises(PipelineError) as info:
@@ -186,3 +190,40 @@ def test_gate_norms_is_a_sweep_axis_for_sum_to_one_gates_only():
                       "softmax · mean_one · late · digits 64px 2ep · seed0"]
     with pytest.raises(PipelineError, match="unknown gate_norm 'mean'"):
         cfg.TrainConfig(gate_norm="mean")
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"attention": "bam"}, "unknown attention 'bam'; valid: cbam, se, eca"),
+    ({"attention": "none"}, "unknown attention 'none'; valid: cbam, se, eca"),  # none: the baseline's, via position
+    ({"spatial_gate": "tanh"}, "unknown spatial_gate 'tanh'; valid: sigmoid, softmax, sparsemax"),
+    ({"backbone": "vgg16"}, "unknown backbone 'vgg16'; valid: resnet18, resnet34, resnet50"),
+    ({"attention": "eca", "spatial_gate": "softmax"}, "spatial_gate softmax needs attention cbam: eca has no spatial"),
+])
+def test_bad_design_values_are_one_line_errors(options, message):
+    with pytest.raises(PipelineError) as info:
+        cfg.TrainConfig(weights="none", **options)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_design_sweeps_pair_spatial_gates_with_cbam_only_and_name_what_differs():
+    sweep = cfg.SweepConfig.from_options(activations=("sigmoid",), attentions=("cbam", "se", "eca"),
+                                         spatial_gates=("sigmoid", "softmax"), backbones=("resnet18", "resnet50"),
+                                         positions=("late", "none"), weights="none", dataset="digits", image_size=64,
+                                         epochs=2)
+    labels = [c.label() for c in sweep.configurations()]
+    assert labels == [
+        "sigmoid · late · digits 64px 2ep · seed0",
+        "sigmoid · spatial softmax · late · digits 64px 2ep · seed0",
+        "sigmoid · se · late · digits 64px 2ep · seed0",
+        "sigmoid · eca · late · digits 64px 2ep · seed0",
+        "sigmoid · resnet50 · late · digits 64px 2ep · seed0",
+        "sigmoid · spatial softmax resnet50 · late · digits 64px 2ep · seed0",
+        "sigmoid · se resnet50 · late · digits 64px 2ep · seed0",
+        "sigmoid · eca resnet50 · late · digits 64px 2ep · seed0",
+        "no CBAM · digits 64px 2ep · seed0",
+        "no CBAM · resnet50 · digits 64px 2ep · seed0",
+    ]
+    baseline = sweep.configurations()[-1].train
+    assert (baseline.attention, baseline.spatial_gate, baseline.backbone) == ("none", "none", "resnet50")
+    # the notebook's design: the run names of every earlier sweep stay as they were
+    assert cfg.TrainConfig(weights="none").label() == "sigmoid · late · cifar10 224px 5ep · seed0"
