@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.contracts import EPOCH_ATTENTION_PREFIX, GATE_NAMES, GATE_NORMS, NO_CBAM, NO_GATE, POSITIONS
+from pipeline.contracts import (ATTENTIONS, BACKBONES, EPOCH_ATTENTION_PREFIX, GATE_NAMES, GATE_NORMS, NO_CBAM,
+                                NO_GATE, POSITIONS, SPATIAL_GATES)
 from pipeline.metrics import ci95, stats_t
 from pipeline.report.schema import (BLOCK_KEYS, CURVES, FAMILIES, GATE_PARAMETERS, GROUP_KEYS, Family, Record,
                                    csv_metrics, gate_label)
@@ -47,6 +48,9 @@ def _sortable(key: str, value: str):
         return (0, -1, "")
     if key == "gate_norm" and value in GATE_NORMS:
         return (0, GATE_NORMS.index(value), "")
+    for name, registry in (("attention", ATTENTIONS), ("spatial_gate", SPATIAL_GATES), ("backbone", tuple(BACKBONES))):
+        if key == name and value in registry:  # registry order: the notebook's design first
+            return (0, registry.index(value), "")
     try:
         return (0, float(value), "")
     except ValueError:

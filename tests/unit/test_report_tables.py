@@ -230,3 +230,40 @@ def test_faithfulness_family_curves_over_seeds_and_figure(tmp_path):
     assert width == pytest.approx(plots.COLUMN_WIDTH_IN) and len([a for a in fig.axes if a.get_visible()]) == 3
     written = plots.save_figure(fig, tmp_path / "faithfulness_curves_late")
     assert all((tmp_path / p).stat().st_size > 10_000 for p in written)
+
+
+def test_designs_and_backbones_are_never_pooled_and_the_baseline_joins_each_design():
+    from pipeline.report.schema import with_design_defaults
+    from pipeline.report.stats import figure_groups, varying_keys
+    from pipeline.report.tables import constants_text
+
+    def run(gate, seed, attention, backbone="resnet18", **m):
+        position = "none" if gate == "none" else "late"
+        block = "none" if gate == "none" else attention
+        return result(gate, seed, position=position, attention=block, backbone=backbone,
+                      spatial_gate="none" if gate == "none" else "sigmoid", **m)
+
+    records = [run("sigmoid", 0, "cbam", test_acc=90.0), run("sigmoid", 0, "se", test_acc=80.0),
+               run("sigmoid", 1, "se", test_acc=82.0), run("none", 0, "none", test_acc=70.0)]
+    table = summary_table(records)
+    assert list(zip(table["attention"], table["activation"])) == [("cbam", "sigmoid"), ("se", "sigmoid"),
+                                                                   ("none", "none")]  # registry order
+    assert table.loc[table["attention"] == "se", "test_acc"].item() == pytest.approx(81.0)  # pooled over seeds only
+    assert varying_keys(table) == ["attention", "position"] and "design" in to_markdown(table, "t", ATTENTION)
+    assert "resnet18" not in constants_text(table) and "sigmoid" not in constants_text(table)  # the notebook's: unsaid
+    groups = figure_groups(records)
+    assert set(groups) == {"cbam_late", "se_late"}  # the baseline joins both, no design of its own
+    assert all(any(r.is_baseline for r in members) for members in groups.values())
+    # a baseline alone (only the block keys, which it has none of, differ): no attention column
+    only = summary_table([run("sigmoid", 0, "cbam"), run("none", 0, "none")])
+    assert varying_keys(only) == ["position"]
+    # a backbone is a key like any other, for the baseline too
+    wide = summary_table([run("sigmoid", 0, "se"), run("sigmoid", 0, "se", backbone="resnet50"),
+                          run("none", 0, "none", backbone="resnet50")])
+    assert "backbone" in varying_keys(wide) and len(wide) == 3
+    assert set(figure_groups([run("sigmoid", 0, "se"), run("sigmoid", 0, "se", backbone="resnet50")])) == {
+        "resnet18_late", "resnet50_late"}
+    # runs made before the keys existed read as the notebook's design (the baseline: no block)
+    assert with_design_defaults({"position": "late", "attention": ""}) == {
+        "position": "late", "attention": "cbam", "backbone": "resnet18", "spatial_gate": "sigmoid"}
+    assert with_design_defaults({"position": "none"})["attention"] == "none"
