@@ -169,7 +169,7 @@ FAITHFULNESS = Family(
     figure_metrics=(_faith("channel_advantage_acc"), _faith("deletion_advantage_acc"),
                     _faith("insertion_advantage_acc")),
     footnote=("Mean ± half-width of the 95 % confidence interval over seeds. Areas under accuracy curves (%, "
-              "normalised to [0, 1] on x): ablation replaces the k CBAM output channels the gate weights highest "
+              "normalised to [0, 1] on x): ablation replaces the k block output channels the gate weights highest "
               "(top first) or k random ones by their mean over the probed images, k from 0 to C; deletion "
               "replaces the input pixels the map ranks highest by the mean colour (insertion restores them into a "
               "blank image), "

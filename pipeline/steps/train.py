@@ -259,9 +259,10 @@ class Training:
 
     def epochs(self) -> None:
         config, model = self.config, self.model
-        log.info("train %s: %s at %s on %s (%d train / %d val / %d test), %d epochs on %s", self.run_id,
-                 config.activation, config.position, config.dataset, len(self.train), len(self.val), len(self.test),
-                 config.epochs, self.device)
+        design = config.design_label()
+        log.info("train %s: %s%s at %s on %s (%d train / %d val / %d test), %d epochs on %s", self.run_id,
+                 config.activation, f" ({design})" if design else "", config.position, config.dataset,
+                 len(self.train), len(self.val), len(self.test), config.epochs, self.device)
         for epoch in range(self.first_epoch, config.epochs + 1):
             self.epoch = epoch
             start = time.perf_counter()
