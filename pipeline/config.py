@@ -241,11 +241,7 @@ class TrainConfig(StepConfig):
         else:
             check_choice("activation", self.activation, contracts.GATE_NAMES)
         if self.position != contracts.NO_CBAM:
-            check_choice("attention", self.attention, contracts.ATTENTIONS)
-            check_choice("spatial_gate", self.spatial_gate, contracts.SPATIAL_GATES)
-            if self.spatial_gate != "sigmoid" and self.attention != "cbam":
-                raise PipelineError(f"spatial_gate {self.spatial_gate} needs attention cbam: {self.attention} has no "
-                                    "spatial branch")
+            check_design(self.attention, self.spatial_gate)
         check_choice("dataset", self.dataset, contracts.DATASET_NAMES)
         check_weights(self.weights)
         if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
@@ -327,6 +323,15 @@ class ProbeConfig(StepConfig):
             raise PipelineError(f"faithfulness_draws must be at least 1, got {self.faithfulness_draws}")
         check_choice("ablation_fill", self.ablation_fill, contracts.ABLATION_FILLS)
         check_choice("deletion_imputation", self.deletion_imputation, contracts.DELETION_IMPUTATIONS)
+
+
+def check_design(attention: str, spatial_gate: str) -> None:
+    """A block's design and spatial gate: known names, and a spatial gate other than the
+    notebook's sigmoid only where there is a spatial branch (cbam)."""
+    check_choice("attention", attention, contracts.ATTENTIONS)
+    check_choice("spatial_gate", spatial_gate, contracts.SPATIAL_GATES)
+    if spatial_gate != "sigmoid" and attention != "cbam":
+        raise PipelineError(f"spatial_gate {spatial_gate} needs attention cbam: {attention} has no spatial branch")
 
 
 def check_faithfulness_images(n: int) -> None:

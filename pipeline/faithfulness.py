@@ -114,6 +114,13 @@ def _ablated(features: torch.Tensor, order: torch.Tensor, k: int, fill: torch.Te
     return torch.where(drop[:, :, None, None], fill.to(features.device, features.dtype)[None], features)
 
 
+def _correct_and_mass(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, float]:
+    """How many of the batch's top-1 predictions are right, and the summed probability of the
+    true class."""
+    p = torch.softmax(logits.float(), dim=1)
+    return int((p.argmax(1) == y).sum().item()), float(p.gather(1, y[:, None]).sum().item())
+
+
 @torch.inference_mode()
 def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | None = None, draws: int = 5,
                      seed: int = 0, fill: str = "mean", batch_size: int = 128,
@@ -154,9 +161,9 @@ def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | Non
                 chosen = orders[order] if draw is None else orders[order][draw]
                 order_t = torch.from_numpy(np.ascontiguousarray(chosen)).to(f.device)
                 for j, k in enumerate(ks):
-                    p = torch.softmax(model.from_attended(_ablated(f, order_t, k, fill_map)).float(), dim=1)
-                    hits[(order, draw)][j] += (p.argmax(1) == y).sum().item()
-                    mass[(order, draw)][j] += p.gather(1, y[:, None]).sum().item()
+                    right, probability = _correct_and_mass(model.from_attended(_ablated(f, order_t, k, fill_map)), y)
+                    hits[(order, draw)][j] += right
+                    mass[(order, draw)][j] += probability
             start += f.shape[0]
     finally:
         hook.remove()
@@ -271,37 +278,30 @@ def spatial_deletion(model, data: ImageSet, image_size: int, maps: dict[str, np.
     grid = maps["cbam"].shape[1:]
     start = 0
 
-    def score(x, y, key, j):
-        p = torch.softmax(model(x).float(), dim=1)
-        hits[key][j] += (p.argmax(1) == y).sum().item()
-        mass[key][j] += p.gather(1, y[:, None]).sum().item()
-
     batches = -(-len(data) // batch_size)
     for images, y in progress(iterate_batches(data, batch_size), batches):
         b = images.shape[0]
         x = to_model_input(images, image_size)
         base = baseline_of(x, imputation)
         flat_x, flat_base = x.flatten(2), base.flatten(2)  # (B, 3, S*S)
-        ends = {}
-        for j_end, inp in ((0, x), (len(fractions) - 1, base)):
-            p = torch.softmax(model(inp).float(), dim=1)
-            ends[j_end] = ((p.argmax(1) == y).sum().item(), p.gather(1, y[:, None]).sum().item())
+        unperturbed, imputed = _correct_and_mass(model(x), y), _correct_and_mass(model(base), y)
         for name, draw in variants:
             m = maps[name][start:start + b] if draw is None else random_maps(grid, b, draw, seed, start)
             ranks = pixel_ranks(torch.as_tensor(np.asarray(m, dtype=np.float32)).to(x.device), image_size)
             for family in ("deletion", "insertion"):
                 key = (family, (name, draw))
-                first, last = (ends[0], ends[len(fractions) - 1]) if family == "deletion" else \
-                    (ends[len(fractions) - 1], ends[0])
-                hits[key][0] += first[0]; mass[key][0] += first[1]  # noqa: E702
-                hits[key][-1] += last[0]; mass[key][-1] += last[1]  # noqa: E702
+                scored = {0: unperturbed, len(fractions) - 1: imputed} if family == "deletion" else \
+                    {0: imputed, len(fractions) - 1: unperturbed}
                 for j in range(1, len(fractions) - 1):
                     top = (ranks < counts[j])[:, None]  # (B, 1, S*S): the map's top fraction
                     if family == "deletion":
                         perturbed = torch.where(top, flat_base, flat_x)
                     else:
                         perturbed = torch.where(top, flat_x, flat_base)
-                    score(perturbed.view_as(x), y, key, j)
+                    scored[j] = _correct_and_mass(model(perturbed.view_as(x)), y)
+                for j, (right, probability) in scored.items():
+                    hits[key][j] += right
+                    mass[key][j] += probability
         start += b
     curves = DeletionCurves(fractions)
     for family in ("deletion", "insertion"):

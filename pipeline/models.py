@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import check_weights
+from pipeline.config import check_design, check_weights
 from pipeline.contracts import (  # noqa: F401  (re-exported: the registries of this module)
     ATTENTIONS,
     BACKBONES,
@@ -192,13 +192,7 @@ class ModelConfig:
             raise PipelineError(f"unknown activation {self.activation!r}; valid: {', '.join(GATES)}")
         if self.gate_norm not in GATE_NORMS:
             raise PipelineError(f"unknown gate_norm {self.gate_norm!r}; valid: {', '.join(GATE_NORMS)}")
-        if self.attention not in ATTENTIONS:
-            raise PipelineError(f"unknown attention {self.attention!r}; valid: {', '.join(ATTENTIONS)}")
-        if self.spatial_gate not in SPATIAL_GATES:
-            raise PipelineError(f"unknown spatial_gate {self.spatial_gate!r}; valid: {', '.join(SPATIAL_GATES)}")
-        if self.spatial_gate != "sigmoid" and self.attention != "cbam":
-            raise PipelineError(f"spatial_gate {self.spatial_gate} needs attention cbam: {self.attention} has no "
-                                "spatial branch")
+        check_design(self.attention, self.spatial_gate)
         if self.backbone not in BACKBONES:
             raise PipelineError(f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONES)}")
 
@@ -267,7 +261,7 @@ def load_backbone(weights: str, backbone: str = "resnet18") -> nn.Module:
 
     if backbone not in BACKBONES:
         raise PipelineError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
-    title = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50"}[backbone]
+    title = backbone.replace("resnet", "ResNet")
     if weights == "none":
         return get_model(backbone, weights=None)
     if weights == "imagenet":

@@ -78,3 +78,20 @@ def wait_for_epochs(proc, n_epochs: int, timeout: float = 180.0) -> str:
                 return run_id
         time.sleep(0.2)
     raise AssertionError(f"no run reached {n_epochs} epochs in {timeout} s")
+
+
+def untrained_train_run(model, config: dict) -> str:
+    """A finished train run of ``model`` as it is (seeded, untrained): what probe-attention reads,
+    the best checkpoint and the typed ``config``, logged through the step layer's own run helper."""
+    import tempfile
+
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.contracts import BEST_CHECKPOINT, TRAIN
+    from pipeline.tracking import step_run
+
+    with step_run(TRAIN, config, config, run_name="untrained") as run, tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(BEST_CHECKPOINT).name
+        save_checkpoint(path, model, epoch=0)
+        mlflow.log_artifact(str(path), str(Path(BEST_CHECKPOINT).parent))
+        mlflow.log_metric("best_epoch", 0)
+        return run.info.run_id

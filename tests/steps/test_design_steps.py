@@ -2,23 +2,18 @@
 compute-metrics, in this process against a temporary store: the probe reads the channel gate
 through the same hook, records no spatial map, and faithfulness and the metrics cover what the
 block has; a sum-to-one gate's recorded weights sum to one."""
-import tempfile
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import save_checkpoint
 from pipeline.config import MetricsConfig, ProbeConfig
-from pipeline.contracts import BEST_CHECKPOINT, TRAIN
 from pipeline.metrics import gini
 from pipeline.models import CBAMResNet18, ModelConfig
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
-from pipeline.tracking import step_run
-from helpers import store_in
+from helpers import store_in, untrained_train_run
 
 pytestmark = pytest.mark.xdist_group("design_store")
 IMAGE_SIZE = 64
@@ -29,14 +24,9 @@ def _train_run(attention: str, backbone: str = "resnet18", activation: str = "so
     torch.manual_seed(0)
     model = CBAMResNet18(ModelConfig(activation=activation, position="late", num_classes=10, attention=attention,
                                      backbone=backbone))
-    config = {"dataset": "fake", "data_dir": "data", "image_size": IMAGE_SIZE, "seed": 0, "activation": activation,
-              "position": "late", "attention": attention, "backbone": backbone}
-    with step_run(TRAIN, config, config, run_name="untrained") as run, tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(BEST_CHECKPOINT).name
-        save_checkpoint(path, model, epoch=0)
-        mlflow.log_artifact(str(path), str(Path(BEST_CHECKPOINT).parent))
-        mlflow.log_metric("best_epoch", 0)
-        return run.info.run_id
+    return untrained_train_run(model, {"dataset": "fake", "data_dir": "data", "image_size": IMAGE_SIZE, "seed": 0,
+                                       "activation": activation, "position": "late", "attention": attention,
+                                       "backbone": backbone})
 
 
 @pytest.mark.parametrize("attention,backbone,channels", [("se", "resnet18", 512), ("eca", "resnet50", 2048)])

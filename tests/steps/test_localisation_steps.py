@@ -12,15 +12,13 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from pipeline.checkpoint import save_checkpoint
 from pipeline.config import MetricsConfig, ProbeConfig
-from pipeline.contracts import BEST_CHECKPOINT, TRAIN
+from pipeline.contracts import BEST_CHECKPOINT
 from pipeline.data import load_dataset, to_model_input
 from pipeline.models import CBAMResNet18, ModelConfig
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
-from pipeline.tracking import step_run
-from helpers import store_in
+from helpers import store_in, untrained_train_run
 
 pytestmark = pytest.mark.xdist_group("localisation_store")
 IMAGE_SIZE = 128
@@ -32,14 +30,8 @@ def _train_run(dataset: str, position: str, seed: int = 0) -> str:
     checkpoint and the typed config), logged through the step layer's own run helper."""
     torch.manual_seed(seed)
     model = CBAMResNet18(ModelConfig(activation="sigmoid", position=position, num_classes=10))
-    config = {"dataset": dataset, "data_dir": "data", "image_size": IMAGE_SIZE, "seed": seed,
-              "activation": "sigmoid", "position": position}
-    with step_run(TRAIN, config, config, run_name="untrained") as run, tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(BEST_CHECKPOINT).name
-        save_checkpoint(path, model, epoch=0)
-        mlflow.log_artifact(str(path), str(Path(BEST_CHECKPOINT).parent))
-        mlflow.log_metric("best_epoch", 0)
-        return run.info.run_id
+    return untrained_train_run(model, {"dataset": dataset, "data_dir": "data", "image_size": IMAGE_SIZE, "seed": seed,
+                                       "activation": "sigmoid", "position": position})
 
 
 @pytest.fixture(scope="module")
