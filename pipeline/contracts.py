@@ -111,6 +111,7 @@ FAITHFULNESS_PREFIX = "faith/"
 FAITHFULNESS_FAMILIES = ("channel", "deletion", "insertion")
 ABLATION_FILLS = ("mean", "zero")  # pipeline.faithfulness.FILLS
 DELETION_IMPUTATIONS = ("blur", "mean")  # pipeline.faithfulness.IMPUTATIONS
+COMPILE_MODES = ("false", "graphs", "inductor")  # how the training step runs: pipeline.devices.compiled
 METRICS_DIR = "metrics"
 PER_IMAGE_METRICS = "metrics/per_image.csv"  # compute-metrics: one row per image
 METRICS_SUMMARY = "metrics/summary.csv"  # compute-metrics: one row per metric

@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from pipeline import contracts
 from pipeline.errors import PipelineError
 
 EVAL_BATCH_SIZE = {"cuda": 512, "cpu": 64}  # on a CPU, batches beyond 64 lose cache locality
@@ -57,6 +58,26 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 def autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+
+
+
+def compiled(model: torch.nn.Module, mode: str, device: torch.device):
+    """How the training step's model runs (:data:`~pipeline.contracts.COMPILE_MODES`): ``false``
+    eagerly, op by op; ``graphs`` captured once by TorchDynamo/AOTAutograd and replayed as CUDA
+    graphs on a GPU (the same kernels as eager, no code generation; on a CPU the captured graph
+    runs op by op, which is how the suite checks the capture); ``inductor`` captured and compiled
+    to fused kernels by TorchInductor, replayed as CUDA graphs on a GPU (``reduce-overhead``).
+
+    The callable the training step runs ``model`` through (it shares the model's parameters,
+    buffers and train/eval mode; checkpoints keep saving ``model`` itself). A batch of another
+    shape (an epoch's last) is captured once more, never traced dynamically."""
+    if mode == "false":
+        return model
+    if mode == "graphs":
+        return torch.compile(model, backend="cudagraphs" if device.type == "cuda" else "aot_eager", dynamic=False)
+    if mode == "inductor":
+        return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default", dynamic=False)
+    raise PipelineError(f"unknown compile mode {mode!r}; valid: {', '.join(contracts.COMPILE_MODES)}")
 
 
 def eval_batch_size(device: torch.device) -> int:

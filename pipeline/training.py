@@ -45,6 +45,8 @@ class GradientFlow:
         named.sort(key=lambda item: forward_rank(model, item[0]))  # input to output
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        self.sizes = torch.tensor([max(p.numel(), 1) for p in self.params], dtype=torch.float32,
+                                  device=self.params[0].device if self.params else "cpu")
         self.reset()
 
     def reset(self) -> None:
@@ -52,8 +54,10 @@ class GradientFlow:
         self.steps = 0
 
     def accumulate(self) -> None:
-        grads = [p.grad.abs().mean() if p.grad is not None else p.new_zeros(()) for p in self.params]
-        step = torch.stack(grads).float()
+        # one multi-tensor kernel for every weight's L1 norm (not two small kernels per weight:
+        # on a GPU at batch 64 a step is bound by its kernel launches)
+        grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in self.params]
+        step = torch.stack(torch._foreach_norm(grads, 1)).float() / self.sizes
         self.total = step if self.total is None else self.total + step
         self.steps += 1
 
@@ -79,8 +83,12 @@ def train_one_epoch(
     channels_last: bool = False,
     grad_flow: GradientFlow | None = None,
     desc: str = "train",
+    forward=None,
 ) -> EpochResult:
+    """One epoch in seeded batch order. ``forward``: what the batch goes through, ``model`` itself
+    unless given (the graph-captured model of :func:`pipeline.devices.compiled`)."""
     model.train()
+    forward = model if forward is None else forward
     device = data.labels.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -89,7 +97,7 @@ def train_one_epoch(
     for images, labels in progress(batches, total=steps, desc=desc, unit="batch"):
         inputs = to_model_input(images, image_size, channels_last)
         with autocast(device, amp):
-            logits = model(inputs)
+            logits = forward(inputs)
             loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -44,7 +44,7 @@ from pipeline.contracts import (
     reuse_key,
 )
 from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_validation, splits_from_val_indices
-from pipeline.devices import configure, flag_on, memory_format, resolve_device
+from pipeline.devices import compiled, configure, flag_on, memory_format, resolve_device
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import CBAMResNet18, ModelConfig, build_model
 from pipeline.disk import DiskFullError, disk_full, is_disk_full
@@ -250,6 +250,7 @@ class Training:
                      config.batch_size, config.batch_size + 1)
         self.watched = attention_sample(self.val, config.attention_images) if self.model.cbam is not None else None
         self.grad_flow = GradientFlow(self.model)
+        self.forward = compiled(self.model, config.compile, self.device)
         self.outbox = Outbox(run_id)  # epochs go on while the tracking server is away
         self.best_path, self.last_path = self.tmp / "best.pt", self.tmp / "last.pt"
         self.common = dict(image_size=config.image_size, amp=config.amp, channels_last=self.channels_last)
@@ -269,7 +270,7 @@ class Training:
             self.grad_flow.reset()
             result = train_one_epoch(model, self.train, self.optimizer, batch_size=config.batch_size,
                                      generator=self.generator, grad_flow=self.grad_flow,
-                                     desc=f"epoch {epoch}/{config.epochs}", **self.common)
+                                     desc=f"epoch {epoch}/{config.epochs}", forward=self.forward, **self.common)
             val_eval = evaluate(model, self.val, **self.common)
             if not all(math.isfinite(v) for v in (result.loss, val_eval.loss)):
                 kept = (f"{LAST_CHECKPOINT} of run {self.run_id}, after epoch {epoch - 1}" if epoch > 1
