@@ -243,3 +243,35 @@ def test_shell_syntax_in_parameters_is_never_executed(tracking_uri, tmp_path):
             assert error.startswith(f"Error: unknown {name} "), (name, error)
     status = sorted(r.info.status for r in all_runs(tracking_uri))
     assert status == ["FAILED", "FAILED", "FAILED", "FINISHED"]
+
+
+def test_a_graph_captured_run_resumes_exactly(tracking_uri, monkeypatch):
+    """compile=graphs: interrupted after its first epoch and resumed (a fresh capture of the
+    restored model), every logged value equals a run that was never interrupted."""
+    import pipeline.steps.train as train_step
+
+    config = dict(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32, epochs=2,
+                  activation="scaled_tanh", seed=5, compile="graphs")
+    reference = run_train(TrainConfig(**config)).run_id
+    epochs, real = [], train_step.train_one_epoch
+
+    def interrupted_in_the_second_epoch(*args, **kwargs):
+        epochs.append(1)
+        if len(epochs) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_step, "train_one_epoch", interrupted_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(TrainConfig(**config))
+    monkeypatch.setattr(train_step, "train_one_epoch", real)
+    client = mlflow.MlflowClient()
+    [killed] = [r for r in client.search_runs([client.get_experiment_by_name(TrainConfig(**config).experiment()).experiment_id])
+                if r.info.status == "KILLED"]
+    assert [m.step for m in client.get_metric_history(killed.info.run_id, "val_acc")] == [1]
+    resumed = run_train(resume_run_id=killed.info.run_id, force=True)
+    assert resumed.run_id == killed.info.run_id and client.get_run(resumed.run_id).info.status == "FINISHED"
+    got, want = histories(resumed.run_id), histories(reference)
+    assert set(got) == set(want) and "gate_scale" in want and want["train_loss"].keys() == {1, 2}
+    for key in want:
+        assert got[key] == want[key], key  # to the last digit
