@@ -164,6 +164,30 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> Dataset:
     )
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def write_cifar10_format(root: str | Path, per_batch: int = 10000, n_test: int = 10000, seed: int = 0) -> Path:
+    """Write a dataset in CIFAR-10's python format under ``root/cifar-10-batches-py`` (five
+    training batches of ``per_batch`` images, a test batch of ``n_test``, ``batches.meta``): by
+    default CIFAR-10's exact shapes and sizes, with seeded random pixels and labels, for a host
+    that cannot download the real one (the cost of a training step does not depend on the
+    pixels). ``load_cifar10`` reads it as it reads CIFAR-10. Returns the folder."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / CIFAR10_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in [*((f, per_batch) for f in CIFAR10_TRAIN_FILES), (CIFAR10_TEST_FILE, n_test)]:
+        entry = {"batch_label": f"{name} (random pixels)", "labels": rng.integers(0, 10, n).tolist(),
+                 "data": rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8),  # R, G, B planes per row
+                 "filenames": [f"random_{name}_{i}.png" for i in range(n)]}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(entry, fh, protocol=2)
+    with open(folder / CIFAR10_META_FILE, "wb") as fh:
+        pickle.dump({"label_names": list(CIFAR10_CLASSES), "num_cases_per_batch": per_batch, "num_vis": 3072},
+                    fh, protocol=2)
+    return folder
+
+
 def load_digits(data_dir: str | Path | None = None, download: bool = True) -> Dataset:
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -231,6 +255,15 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "fake": load_fake,
 }
 OFFLINE_DATASETS = ("digits", "cluttered-digits", "fake")
+#: Each dataset as loaded, train and test together: (images, channels, height, width, classes)
+#: (what a configuration keeps on its device; tests/unit/test_data.py checks it against the loaders).
+DATASET_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
+    "cifar10": (60000, 3, 32, 32, 10),
+    "digits": (1797, 3, 8, 8, 10),
+    "cluttered-digits": (1797, 3, CLUTTERED_DIGITS.canvas, CLUTTERED_DIGITS.canvas, 10),
+    "cluttered-cifar10": (60000, 3, CLUTTERED_CIFAR10.canvas, CLUTTERED_CIFAR10.canvas, 10),
+    "fake": (400, 3, 32, 32, 10),
+}
 
 
 def load_dataset(name: str, data_dir: str | Path = "data", download: bool = True) -> Dataset:

@@ -108,3 +108,35 @@ def test_a_last_training_batch_of_one_joins_the_batch_before_it():
     assert batch_bounds(288, 287) == [(0, 287), (287, 288)]  # evaluation keeps its batches
     assert batch_bounds(1, 64, no_single=True) == [(0, 1)]
     assert batch_bounds(6, 3, no_single=True) == [(0, 3), (3, 6)]
+
+
+def test_the_cifar10_format_writer_makes_files_cifar10_loads_with_its_exact_shapes(tmp_path):
+    from pipeline.data import DATASET_SHAPES, write_cifar10_format
+
+    folder = write_cifar10_format(tmp_path)  # the defaults: CIFAR-10's sizes
+    assert sorted(p.name for p in folder.iterdir()) == ["batches.meta", *(f"data_batch_{i}" for i in range(1, 6)),
+                                                         "test_batch"]
+    ds = load_dataset("cifar10", tmp_path, download=False)
+    assert ds.train.images.shape == (50000, 3, 32, 32) and ds.test.images.shape == (10000, 3, 32, 32)
+    assert ds.train.images.dtype == torch.uint8 and ds.train.labels.dtype == torch.int64
+    assert ds.classes == tuple(CLASSES)
+    assert (len(ds.train) + len(ds.test), *ds.train.images.shape[1:], len(ds.classes)) == DATASET_SHAPES["cifar10"]
+    # uniform random pixels and labels: every value and class occurs, means near the middle
+    assert ds.train.images.min().item() == 0 and ds.train.images.max().item() == 255
+    assert abs(ds.train.images.float().mean().item() - 127.5) < 0.5
+    assert torch.bincount(ds.test.labels, minlength=10).min().item() > 900
+    # seeded: the same seed writes the same files, another seed others
+    again = write_cifar10_format(tmp_path / "again", per_batch=7, n_test=3)
+    assert load_dataset("cifar10", tmp_path / "again").train.images.shape == (35, 3, 32, 32)
+    assert (again / "test_batch").read_bytes() == write_cifar10_format(tmp_path / "same", 7, 3).joinpath(
+        "test_batch").read_bytes() != write_cifar10_format(tmp_path / "other", 7, 3, seed=1).joinpath(
+        "test_batch").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["digits", "cluttered-digits", "fake"])
+def test_dataset_shapes_are_what_the_loaders_give(name):
+    from pipeline.data import DATASET_SHAPES
+
+    ds = load_dataset(name)
+    assert (len(ds.train) + len(ds.test), *ds.train.images.shape[1:], len(ds.classes)) == DATASET_SHAPES[name]
+    assert ds.test.images.shape[1:] == ds.train.images.shape[1:]
