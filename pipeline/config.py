@@ -417,7 +417,10 @@ class SweepConfig(StepConfig):
     executor: str = option("inline", "How configurations run: inline (one after another in this process, "
                            "datasets loaded once), process (jobs worker processes, spread over the GPUs) or "
                            "ray (one Ray task each, on a local or given Ray cluster).")
-    jobs: int = option(1, "Configurations at once with executor=process.")
+    jobs: int = option(1, "Configurations at once with executor=process (spread over the GPUs, if any).")
+    jobs_per_gpu: int = option(0, "executor=process on GPUs: configurations sharing each GPU at once (GPUs x "
+                               "jobs_per_gpu run at once; jobs is then ignored); 0: jobs, spread over the GPUs. "
+                               "Where configurations share a GPU their memory is checked before the sweep starts.")
     ray_address: str = option("", "executor=ray: the Ray cluster to join (host:port of its head, ray://host:10001, "
                               "auto); empty: RAY_ADDRESS if set, else a new local cluster on this machine.")
     gpus_per_job: str = option("auto", "executor=ray: GPUs per configuration (fractions share one, e.g. 0.5); "
@@ -446,6 +449,8 @@ class SweepConfig(StepConfig):
         check_choice("executor", self.executor, EXECUTORS)
         if self.jobs < 1:
             raise PipelineError(f"jobs must be at least 1, got {self.jobs}")
+        if self.jobs_per_gpu < 0:
+            raise PipelineError(f"jobs_per_gpu must be 0 (spread jobs over the GPUs) or more, got {self.jobs_per_gpu}")
         if self.gpus_per_job != "auto":
             try:
                 gpus = float(self.gpus_per_job)

@@ -33,10 +33,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def visible_gpus() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def cpu_count() -> int:
     """Cores this process may use (its affinity mask, where the OS tells)."""
     try:
@@ -65,7 +61,8 @@ def compiled(model: torch.nn.Module, mode: str, device: torch.device):
     """How the training step's model runs (:data:`~pipeline.contracts.COMPILE_MODES`): ``false``
     eagerly, op by op; ``graphs`` captured once by TorchDynamo/AOTAutograd and replayed as CUDA
     graphs on a GPU (the same kernels as eager, no code generation; on a CPU the captured graph
-    runs op by op, which is how the suite checks the capture); ``inductor`` captured and compiled
+    runs op by op, which is how the suite checks the capture: eager's numbers to float
+    rounding, bit for bit with the sigmoid gate); ``inductor`` captured and compiled
     to fused kernels by TorchInductor, replayed as CUDA graphs on a GPU (``reduce-overhead``).
 
     The callable the training step runs ``model`` through (it shares the model's parameters,

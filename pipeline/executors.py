@@ -113,8 +113,11 @@ class Worker:
 
 
 class ProcessExecutor:
-    def __init__(self, jobs: int):
-        self.jobs = jobs
+    """``jobs`` worker processes; with ``gpus`` visible, slot i runs on GPU i mod gpus (several
+    share one when jobs > gpus: :func:`pipeline.sharing.plan_process_workers` checked they fit)."""
+
+    def __init__(self, jobs: int, gpus: int = 0):
+        self.jobs, self.gpus = jobs, gpus
 
     def environment(self, config: MainConfig, experiment_id: str, slot: int, gpus: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -134,9 +137,7 @@ class ProcessExecutor:
         return env
 
     def run(self, configs, parent_run_id, experiment_id, progress):
-        from pipeline.devices import visible_gpus
-
-        gpus = visible_gpus()
+        gpus = self.gpus
         pending = list(configs)
         running: list[Worker] = []
         outcomes: list[Outcome] = []
@@ -145,11 +146,12 @@ class ProcessExecutor:
                 free = sorted(set(range(self.jobs)) - {w.slot for w in running})
                 while pending and free:
                     config, slot = pending.pop(0), free.pop(0)
-                    process = subprocess.Popen(worker_command(config, parent_run_id),
-                                               env=self.environment(config, experiment_id, slot, gpus),
+                    env = self.environment(config, experiment_id, slot, gpus)
+                    process = subprocess.Popen(worker_command(config, parent_run_id), env=env,
                                                stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
                     running.append(Worker(config, process, slot))
-                    log.info("sweep: %s started in worker process %d", config.label(), process.pid)
+                    log.info("sweep: %s started in worker process %d%s", config.label(), process.pid,
+                             f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env and gpus else "")
                 for worker in list(running):
                     code = worker.process.poll()
                     if code is None:
@@ -354,16 +356,17 @@ FORWARDED_ENV = ("PIPELINE_OFFLINE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKIN
                  "TORCH_HOME", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
 
 
-def make_executor(config, chain: Chain) -> Executor:
+def make_executor(config, chain: Chain, workers: int = 0, gpus: int = 0) -> Executor:
     """The executor a :class:`~pipeline.config.SweepConfig` names, running ``chain`` for each
-    configuration (the process executor runs it as ``python -m pipeline main`` in its workers)."""
+    configuration (the process executor runs it as ``python -m pipeline main`` in ``workers``
+    processes, default ``jobs``, over ``gpus`` GPUs: :func:`pipeline.sharing.plan_process_workers`)."""
     if config.executor == "inline":
         if config.jobs > 1:
             log.warning("jobs=%d is ignored by executor=inline (one configuration at a time); "
                         "use executor=process or ray to run several at once", config.jobs)
         return InlineExecutor(chain)
     if config.executor == "process":
-        return ProcessExecutor(config.jobs)
+        return ProcessExecutor(workers or config.jobs, gpus)
     if config.executor == "ray":
         return RayExecutor(chain, config.ray_address, config.gpus_per_job, config.cpus_per_job, config.max_retries)
     raise PipelineError(f"unknown executor {config.executor!r}; valid: inline, process, ray")

@@ -91,11 +91,18 @@ def run_sweep(config: SweepConfig) -> str:
     from pipeline.steps.main import run_main
 
     check_writable_folder("out", config.main.out)
+    configurations = config.configurations()
+    workers = gpus = 0
     if config.executor == "ray":  # before the sweep run starts: nothing left RUNNING
         from pipeline.executors import check_ray, ray_address
+        from pipeline.sharing import check_ray_sharing
 
         check_ray(ray_address(config.ray_address), tracking_uri())
-    configurations = config.configurations()
+        check_ray_sharing(config, configurations)
+    elif config.executor == "process":  # where configurations share a GPU: do they fit?
+        from pipeline.sharing import plan_process_workers
+
+        workers, gpus = plan_process_workers(config, configurations)
     n = len(configurations)
     t = config.main.train
     name = (f"sweep · {','.join(config.activations)} · {','.join(config.positions)} · seeds "
@@ -103,7 +110,7 @@ def run_sweep(config: SweepConfig) -> str:
     with step_run(SWEEP, config.params(), config.to_dict(), run_name=name,
                   experiment=config.main.train.experiment()) as run:
         sweep_id = run.info.run_id
-        executor = make_executor(config, run_main)
+        executor = make_executor(config, run_main, workers, gpus)
         log.info("sweep %s: %d configurations, executor %s", sweep_id, n, config.executor)
         progress = SweepProgress(n, sweep_id, run.info.experiment_id)
         try:
