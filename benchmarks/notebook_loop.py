@@ -115,17 +115,30 @@ class ResNet18CBAMLate(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+#: Training images and seconds in the notebook's train loops (all gates), for the JSON line;
+#: ``--max-batches`` bounds each epoch's train and test batches (a share of the work, for its rate).
+TRAINED = {"images": 0, "seconds": 0.0}
+MAX_BATCHES = None
+
+
+def bounded(loader):
+    for i, batch in enumerate(loader):
+        if MAX_BATCHES is not None and i >= MAX_BATCHES:
+            return
+        yield batch
+
+
 def evaluate_model(model, test_loader, criterion, device):
     model.eval()
     running_loss, correct, total = 0.0, 0, 0
     with torch.no_grad():
-        for inputs, labels in test_loader:
+        for inputs, labels in bounded(test_loader):
             inputs, labels = inputs.to(device), labels.to(device)
             outputs = model(inputs)
             running_loss += criterion(outputs, labels).item()
             correct += outputs.max(1)[1].eq(labels).sum().item()
             total += labels.size(0)
-    return 100.0 * correct / total, running_loss / len(test_loader)
+    return 100.0 * correct / total, running_loss / max(1, min(len(test_loader), MAX_BATCHES or len(test_loader)))
 
 
 def train_model(model, train_loader, test_loader, num_epochs, lr, device):
@@ -136,7 +149,10 @@ def train_model(model, train_loader, test_loader, num_epochs, lr, device):
     for epoch in range(num_epochs):
         model.train()
         running_loss, correct, total = 0.0, 0, 0
-        for inputs, labels in tqdm(train_loader, desc=f"Epoch {epoch + 1}"):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for inputs, labels in tqdm(bounded(train_loader), desc=f"Epoch {epoch + 1}"):
             inputs, labels = inputs.to(device), labels.to(device)
             optimizer.zero_grad()
             outputs = model(inputs)
@@ -146,8 +162,12 @@ def train_model(model, train_loader, test_loader, num_epochs, lr, device):
             running_loss += loss.item()
             correct += outputs.max(1)[1].eq(labels).sum().item()
             total += labels.size(0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        TRAINED["seconds"] += time.perf_counter() - started
+        TRAINED["images"] += total
         test_acc, test_loss = evaluate_model(model, test_loader, criterion, device)
-        print(f"Epoch {epoch + 1}: Train Loss: {running_loss / len(train_loader):.4f}, "
+        print(f"Epoch {epoch + 1}: Train Loss: {running_loss / max(1, total // 64):.4f}, "
               f"Train Acc: {100.0 * correct / total:.2f}% | Test Loss: {test_loss:.4f}, Test Acc: {test_acc:.2f}%")
         if test_acc > best_acc:
             best_acc, best_model = test_acc, copy.deepcopy(model.state_dict())
@@ -187,7 +207,11 @@ def main() -> None:
     parser.add_argument("--weights", default="none")
     parser.add_argument("--activations", default=",".join(NOTEBOOK_GATES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="Train and test batches per epoch at most (a bounded share of the work, for its rate).")
     args = parser.parse_args()
+    global MAX_BATCHES
+    MAX_BATCHES = args.max_batches
     from pipeline.data import load_dataset
 
     start = time.perf_counter()
@@ -209,6 +233,14 @@ def main() -> None:
     for row in results:
         print(" | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"notebook loop: {time.perf_counter() - start:.1f} s")
+    import json
+
+    print("NOTEBOOK_JSON " + json.dumps({"wall_s": round(time.perf_counter() - start, 2), "train_images": TRAINED["images"],
+                                         "train_s": round(TRAINED["seconds"], 3),
+                                         "train_img_per_s": round(TRAINED["images"] / max(TRAINED["seconds"], 1e-9), 1),
+                                         "max_batches": args.max_batches, "image_size": args.image_size,
+                                         "epochs": args.epochs, "activations": args.activations.split(","),
+                                         "device": str(device), "dataset": args.dataset}))
 
 
 if __name__ == "__main__":

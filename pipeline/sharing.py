@@ -50,14 +50,14 @@ def gpu_free_memory() -> list[int]:
     if not torch.cuda.is_available():
         return []
     code = "import torch; print(*(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise PipelineError(f"could not read the GPUs' free memory: {last}")
     return [int(v) for v in done.stdout.split()]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def activation_bytes(backbone: str, position: str, attention: str, spatial_gate: str, activation: str,
                      gate_norm: str, image_size: int, num_classes: int) -> tuple[int, int, int]:
     """Per image: the bytes a training forward saves for backward and the largest of them;
