@@ -7,12 +7,13 @@
 # Then, through the device tool, with carry [".whl"]:
 #   bash benchmarks/gpu_host.sh [bench_gpu_sweep.py options]
 # On a CPU (the suite's machine), at a tiny size, everything but the wheels (already installed):
-#   bash benchmarks/gpu_host.sh --image-size 32 --epochs 1 --activations sigmoid,sparsemax \
+#   COMPILE_IMAGE_SIZE=32 COMPILE_BATCHES=4 bash benchmarks/gpu_host.sh --image-size 32 --epochs 1 --activations sigmoid,sparsemax \
 #     --per-batch 64 --test-images 64 --notebook-batches 2 --faithfulness-images 8 --device cpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 SITE=${SITE:-/tmp/pipeline-site}
 started=$(date +%s)
 
@@ -37,6 +38,11 @@ EOF
 fi
 echo "gpu_host.sh: install $(( $(date +%s) - started )) s" >&2
 
+if [ "${COMPILE_BENCH:-1}" = 1 ]; then  # the step eager / graphs / inductor, before the sweep (~2 min on a GPU)
+  "$PY" benchmarks/bench_compile.py --image-size "${COMPILE_IMAGE_SIZE:-224}" --batches "${COMPILE_BATCHES:-40}" \
+    --out "$OUT/compile.json" > "$OUT/compile.log" 2>&1 || echo "gpu_host.sh: bench_compile failed, see compile.log" >&2
+  echo "gpu_host.sh: compile benchmark done at $(( $(date +%s) - started )) s" >&2
+fi
 "$PY" benchmarks/bench_gpu_sweep.py --work "$OUT/work" --out "$OUT/gpu-sweep.json" "$@"
 rm -rf "$OUT/work/data" "$OUT/work/mlruns"  # random pixels, checkpoints: nothing to bring back (the store, logs and report stay)
 echo "gpu_host.sh: done in $(( $(date +%s) - started )) s; $OUT/gpu-sweep.json" >&2
