@@ -67,9 +67,16 @@ def compiled(model: torch.nn.Module, mode: str, device: torch.device):
 
     The callable the training step runs ``model`` through (it shares the model's parameters,
     buffers and train/eval mode; checkpoints keep saving ``model`` itself). A batch of another
-    shape (an epoch's last) is captured once more, never traced dynamically."""
+    shape (an epoch's last) is captured once more, never traced dynamically. A new capture
+    starts from empty TorchDynamo caches, so a run's numbers do not depend on what ran before it
+    in the process (a resumed run's are the interrupted one's)."""
     if mode == "false":
         return model
+    if mode in contracts.COMPILE_MODES:
+        # a capture independent of what this process captured before (an inline sweep's earlier
+        # configurations, a test): TorchDynamo keeps code it once failed on, or captured for
+        # another model, in its caches, and another split of the graph rounds otherwise
+        torch._dynamo.reset()
     if mode == "graphs":
         return torch.compile(model, backend="cudagraphs" if device.type == "cuda" else "aot_eager", dynamic=False)
     if mode == "inductor":

@@ -68,22 +68,29 @@ class Softmax(Gate):
         return torch.softmax(x, dim=1)
 
 
+@torch.compiler.disable
+def entmax_gate(name: str, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    """entmax's ``sparsemax``, ``entmax15`` or ``entmax_bisect`` over channels, run eagerly under
+    ``torch.compile`` (``compile=graphs|inductor``): TorchDynamo cannot trace entmax's autograd
+    Functions (their classmethod ``forward``), and failing inside one it would drop the whole
+    model to eager; this way the capture breaks cleanly around the gate (three graphs)."""
+    import entmax
+
+    return getattr(entmax, name)(x, dim=1, **kwargs)
+
+
 class Sparsemax(Gate):
     sums_to_one = True
 
     def activate(self, x):
-        from entmax import sparsemax
-
-        return sparsemax(x, dim=1)
+        return entmax_gate("sparsemax", x)
 
 
 class Entmax15(Gate):
     sums_to_one = True
 
     def activate(self, x):
-        from entmax import entmax15
-
-        return entmax15(x, dim=1)
+        return entmax_gate("entmax15", x)
 
 
 class AlphaEntmax(Gate):
@@ -100,9 +107,7 @@ class AlphaEntmax(Gate):
         return 1.0 + F.softplus(self.raw_alpha.float())
 
     def activate(self, x):
-        from entmax import entmax_bisect
-
-        return entmax_bisect(x, alpha=self.alpha, dim=1)  # alpha (1,) broadcasts over (B, 1, ...)
+        return entmax_gate("entmax_bisect", x, alpha=self.alpha)  # alpha (1,) broadcasts over (B, 1, ...)
 
     def learnable_values(self):
         return {"gate_alpha": float(self.alpha.detach())}
