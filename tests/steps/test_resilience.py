@@ -245,7 +245,7 @@ def test_same_seed_same_device_gives_identical_metrics_captured_and_resumed_too(
     import pipeline.steps.train as train_step
 
     config = dict(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32, epochs=2,
-                  activation="alpha_entmax", seed=5, compile="graphs")
+                  activation="scaled_tanh", seed=5, compile="graphs")
     reference = histories(run_train(TrainConfig(**config)).run_id)
     calls, real = [], train_step.train_one_epoch
 
@@ -267,7 +267,7 @@ def test_same_seed_same_device_gives_identical_metrics_captured_and_resumed_too(
     assert resumed.run_id == killed.info.run_id and client.get_run(resumed.run_id).info.status == "FINISHED"
     assert client.get_run(resumed.run_id).data.params["compile"] == "graphs"
     got = histories(resumed.run_id)
-    assert set(got) == set(reference) and "gate_alpha" in reference and reference["train_loss"].keys() == {1, 2}
+    assert set(got) == set(reference) and "gate_scale" in reference and reference["train_loss"].keys() == {1, 2}
     for key in reference:
         assert got[key] == reference[key], key  # to the last digit
     other = histories(run_train(TrainConfig(**{**config, "seed": 6, "compile": "false"})).run_id)
