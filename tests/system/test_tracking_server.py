@@ -145,6 +145,7 @@ def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst
     expected = {"activation": activation, "position": "late", "dataset": "fake", "weights": "none",
                 "image_size": "32", "epochs": "2", "batch_size": "64", "lr": "0.001", "seed": "0",
                 "val_fraction": "0.1", "device": "auto", "amp": "false", "channels_last": "auto", "fused_adam": "auto",
+                "compile": "false",
                 "keep_last_checkpoint": "true", "gate_norm": "none", "attention": "cbam", "spatial_gate": "sigmoid",
                 "backbone": "resnet18", "attention_images": "256", "data_dir": "data", "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "288",
                 "val_size": "32", "test_size": "80", "num_classes": "10"}
