@@ -272,6 +272,16 @@ class TrainConfig(StepConfig):
         return PrepareConfig(dataset=self.dataset, data_dir=self.data_dir, val_fraction=self.val_fraction,
                              seed=self.seed)
 
+    def model_config(self, num_classes: int):
+        """The :class:`~pipeline.models.ModelConfig` this run trains (the baseline has no block:
+        its model config keeps the design defaults)."""
+        from pipeline.models import ModelConfig
+
+        block = self.position != contracts.NO_CBAM
+        return ModelConfig(self.activation, self.position, num_classes=num_classes, gate_norm=self.gate_norm,
+                           attention=self.attention if block else "cbam",
+                           spatial_gate=self.spatial_gate if block else "sigmoid", backbone=self.backbone)
+
     def gate_label(self) -> str:
         """What the run's attention is: ``swish``, ``softmax · mean_one``, or ``no CBAM``."""
         return contracts.gate_label(self.activation, self.gate_norm)

@@ -30,6 +30,7 @@ import sys
 
 import torch
 
+from pipeline.devices import EVAL_BATCH_SIZE
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
@@ -37,7 +38,6 @@ log = logging.getLogger("pipeline")
 GIB = 1 << 30
 CONTEXT_BYTES = GIB  # allowance per process for the CUDA context, cuBLAS/cuDNN handles and workspaces
 STATE_BYTES_PER_PARAM = 16  # float32 weights, gradients, Adam's exp_avg and exp_avg_sq
-EVAL_BATCH = 512  # pipeline.devices.EVAL_BATCH_SIZE["cuda"]
 FRAGMENTATION = 1.25
 
 
@@ -58,14 +58,13 @@ def gpu_free_memory() -> list[int]:
 
 
 @functools.cache
-def activation_bytes(backbone: str, position: str, attention: str, spatial_gate: str, activation: str,
-                     gate_norm: str, image_size: int, num_classes: int) -> tuple[int, int, int]:
-    """Per image: the bytes a training forward saves for backward and the largest of them;
-    and the model's parameter count. Measured on two images (BatchNorm trains on a batch)."""
-    from pipeline.models import ModelConfig, build_model
+def activation_bytes(model_config, image_size: int) -> tuple[int, int, int]:
+    """Per image: the bytes a training forward of the :class:`~pipeline.models.ModelConfig` saves
+    for backward and the largest of them; and the model's parameter count. Measured on two
+    images (BatchNorm trains on a batch)."""
+    from pipeline.models import build_model
 
-    model = build_model(ModelConfig(activation, position, num_classes=num_classes, gate_norm=gate_norm,
-                                    attention=attention, spatial_gate=spatial_gate, backbone=backbone), "none")
+    model = build_model(model_config, "none")
     model.train()
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
@@ -87,12 +86,9 @@ def configuration_bytes(config) -> int:
 
     t = config.train
     n, channels, height, width, classes = DATASET_SHAPES[t.dataset]
-    block = t.position != "none"
-    saved, largest, params = activation_bytes(
-        t.backbone, t.position, t.attention if block else "cbam", t.spatial_gate if block else "sigmoid",
-        t.activation if block else "sigmoid", t.gate_norm, t.image_size, classes)
+    saved, largest, params = activation_bytes(t.model_config(classes), t.image_size)
     data = n * (channels * height * width + 8)  # uint8 pixels, int64 labels
-    work = max(saved * t.batch_size, 3 * largest * EVAL_BATCH)
+    work = max(saved * t.batch_size, 3 * largest * EVAL_BATCH_SIZE["cuda"])
     return int(FRAGMENTATION * (CONTEXT_BYTES + STATE_BYTES_PER_PARAM * params + data + work))
 
 

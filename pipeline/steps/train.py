@@ -34,7 +34,6 @@ from pipeline.contracts import (
     EPOCH_ATTENTION_PREFIX,
     GRAD_FLOW,
     LAST_CHECKPOINT,
-    NO_CBAM,
     PREPARE_DATA,
     REUSE_KEY_TAG,
     SUM_TO_ONE_GATES,
@@ -46,7 +45,7 @@ from pipeline.contracts import (
 from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_validation, splits_from_val_indices
 from pipeline.devices import compiled, configure, flag_on, memory_format, resolve_device
 from pipeline.errors import PipelineError, one_line
-from pipeline.models import CBAMResNet18, ModelConfig, build_model
+from pipeline.models import CBAMResNet18, build_model
 from pipeline.disk import DiskFullError, disk_full, is_disk_full
 from pipeline.outbox import Outbox, deliver_kept
 from pipeline.results import StepResult
@@ -366,10 +365,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
     is FINISHED, ``last.pt`` is dropped if the config says so."""
     config, ckpt, device, splits = start_or_resume(config, resume_run_id, dataset, splits, force)
     seed_everything(config.seed)
-    block = config.position != NO_CBAM  # the baseline has no block: its model config keeps the defaults
-    model_config = ModelConfig(config.activation, config.position, num_classes=len(splits.classes),
-                               gate_norm=config.gate_norm, attention=config.attention if block else "cbam",
-                               spatial_gate=config.spatial_gate if block else "sigmoid", backbone=config.backbone)
+    model_config = config.model_config(len(splits.classes))
     if config.gate_norm != "none" and model_config.position != "none" and config.activation not in SUM_TO_ONE_GATES:
         log.info("gate_norm %s leaves %s unchanged: its weights do not sum to one", config.gate_norm,
                  config.activation)

@@ -12,6 +12,7 @@ from pipeline.executors import ProcessExecutor
 from pipeline.models import ModelConfig, build_model
 from pipeline.sharing import GIB, activation_bytes, configuration_bytes, plan_process_workers
 
+SIGMOID_LATE = ModelConfig("sigmoid", "late", num_classes=10)  # the notebook's CBAM after layer4, on a ResNet18
 NOTEBOOK_GATES = ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigmoid", "swish")
 
 
@@ -32,11 +33,11 @@ def test_no_cuda_here_means_no_gpus():
 def test_the_largest_saved_activation_is_conv1s_output_and_the_rest_scales_with_the_pixels():
     # closed form: ResNet's stem convolution writes 64 channels at half the input's side, float32
     for size in (64, 128):
-        saved, largest, params = activation_bytes("resnet18", "late", "cbam", "sigmoid", "sigmoid", "none", size, 10)
+        saved, largest, params = activation_bytes(SIGMOID_LATE, size)
         assert largest == 64 * (size // 2) ** 2 * 4
-    model = build_model(ModelConfig("sigmoid", "late", num_classes=10), "none")
+    model = build_model(SIGMOID_LATE, "none")
     assert params == sum(p.numel() for p in model.parameters())
-    small = activation_bytes("resnet18", "late", "cbam", "sigmoid", "sigmoid", "none", 64, 10)[0]
+    small = activation_bytes(SIGMOID_LATE, 64)[0]
     assert saved / small == pytest.approx(4.0, rel=0.03)  # every map has 4x the pixels at twice the side
     # a ResNet18 training forward saves far more than conv1's output and its BatchNorm's (input of
     # the ReLU, the max-pool's input): at least those, and less than 30 such maps
@@ -46,7 +47,7 @@ def test_the_largest_saved_activation_is_conv1s_output_and_the_rest_scales_with_
 def test_a_table_configuration_needs_a_few_gib():
     config = table_sweep().configurations()[0]
     need = configuration_bytes(config)
-    saved, largest, params = activation_bytes("resnet18", "late", "cbam", "sigmoid", "sigmoid", "none", 224, 10)
+    saved, largest, params = activation_bytes(SIGMOID_LATE, 224)
     assert saved * 64 == pytest.approx(1.33 * GIB, rel=0.02)  # measured: 1.33 GiB saved at batch 64
     parts = sharing.CONTEXT_BYTES + 16 * params + 60000 * (3 * 32 * 32 + 8) + max(64 * saved, 3 * 512 * largest)
     assert need == int(sharing.FRAGMENTATION * parts)
