@@ -213,14 +213,9 @@ def main() -> None:
     detail = phases(uri, sweep_id, launched_ms, exited_ms)
     train_runs = detail.pop("_train_runs")
     result["sweep"] = {"run_id": sweep_id, **detail}
-    # training throughput: every epoch's training images over the train runs' wall span
-    from pipeline.data import load_dataset
-
-    params = train_runs[0].data.params if train_runs else {}
-    dataset = load_dataset("cifar10", data_dir, download=False)
-    val_fraction = float(params.get("val_fraction", 0.1))
-    n_train = len(dataset.train) - round(len(dataset.train) * val_fraction)
-    images = n_train * args.epochs * len(train_runs)
+    # training throughput: every epoch's training images (each train run logs its train_size)
+    # over the train runs' wall span
+    images = sum(int(r.data.params["train_size"]) * int(r.data.params["epochs"]) for r in train_runs)
     train_span = detail["train"]["span_s"]
     result["train"] = {"images": images, "img_per_s": round(images / train_span, 1) if train_span else None,
                        "note": "all configurations' training images over the wall span of their train runs "

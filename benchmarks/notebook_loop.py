@@ -130,7 +130,7 @@ def bounded(loader):
 
 def evaluate_model(model, test_loader, criterion, device):
     model.eval()
-    running_loss, correct, total = 0.0, 0, 0
+    running_loss, correct, total, batches = 0.0, 0, 0, 0
     with torch.no_grad():
         for inputs, labels in bounded(test_loader):
             inputs, labels = inputs.to(device), labels.to(device)
@@ -138,7 +138,8 @@ def evaluate_model(model, test_loader, criterion, device):
             running_loss += criterion(outputs, labels).item()
             correct += outputs.max(1)[1].eq(labels).sum().item()
             total += labels.size(0)
-    return 100.0 * correct / total, running_loss / max(1, min(len(test_loader), MAX_BATCHES or len(test_loader)))
+            batches += 1
+    return 100.0 * correct / total, running_loss / batches  # the notebook's len(test_loader), when unbounded
 
 
 def train_model(model, train_loader, test_loader, num_epochs, lr, device):
@@ -148,7 +149,7 @@ def train_model(model, train_loader, test_loader, num_epochs, lr, device):
     best_acc, best_model = 0.0, copy.deepcopy(model.state_dict())
     for epoch in range(num_epochs):
         model.train()
-        running_loss, correct, total = 0.0, 0, 0
+        running_loss, correct, total, batches = 0.0, 0, 0, 0
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -162,12 +163,13 @@ def train_model(model, train_loader, test_loader, num_epochs, lr, device):
             running_loss += loss.item()
             correct += outputs.max(1)[1].eq(labels).sum().item()
             total += labels.size(0)
+            batches += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
         TRAINED["seconds"] += time.perf_counter() - started
         TRAINED["images"] += total
         test_acc, test_loss = evaluate_model(model, test_loader, criterion, device)
-        print(f"Epoch {epoch + 1}: Train Loss: {running_loss / max(1, total // 64):.4f}, "
+        print(f"Epoch {epoch + 1}: Train Loss: {running_loss / batches:.4f}, "
               f"Train Acc: {100.0 * correct / total:.2f}% | Test Loss: {test_loss:.4f}, Test Acc: {test_acc:.2f}%")
         if test_acc > best_acc:
             best_acc, best_model = test_acc, copy.deepcopy(model.state_dict())

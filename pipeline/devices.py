@@ -56,7 +56,6 @@ def autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
 
 
-
 def compiled(model: torch.nn.Module, mode: str, device: torch.device):
     """How the training step's model runs (:data:`~pipeline.contracts.COMPILE_MODES`): ``false``
     eagerly, op by op; ``graphs`` captured once by TorchDynamo/AOTAutograd and replayed as CUDA
@@ -70,18 +69,17 @@ def compiled(model: torch.nn.Module, mode: str, device: torch.device):
     shape (an epoch's last) is captured once more, never traced dynamically. A new capture
     starts from empty TorchDynamo caches, so a run's numbers do not depend on what ran before it
     in the process (a resumed run's are the interrupted one's)."""
+    if mode not in contracts.COMPILE_MODES:
+        raise PipelineError(f"unknown compile mode {mode!r}; valid: {', '.join(contracts.COMPILE_MODES)}")
     if mode == "false":
         return model
-    if mode in contracts.COMPILE_MODES:
-        # a capture independent of what this process captured before (an inline sweep's earlier
-        # configurations, a test): TorchDynamo keeps code it once failed on, or captured for
-        # another model, in its caches, and another split of the graph rounds otherwise
-        torch._dynamo.reset()
+    # a capture independent of what this process captured before (an inline sweep's earlier
+    # configurations, a test): TorchDynamo keeps code it once failed on, or captured for
+    # another model, in its caches, and another split of the graph rounds otherwise
+    torch._dynamo.reset()
     if mode == "graphs":
         return torch.compile(model, backend="cudagraphs" if device.type == "cuda" else "aot_eager", dynamic=False)
-    if mode == "inductor":
-        return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default", dynamic=False)
-    raise PipelineError(f"unknown compile mode {mode!r}; valid: {', '.join(contracts.COMPILE_MODES)}")
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default", dynamic=False)
 
 
 def eval_batch_size(device: torch.device) -> int:

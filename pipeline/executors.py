@@ -119,7 +119,8 @@ class ProcessExecutor:
     def __init__(self, jobs: int, gpus: int = 0):
         self.jobs, self.gpus = jobs, gpus
 
-    def environment(self, config: MainConfig, experiment_id: str, slot: int, gpus: int) -> dict[str, str]:
+    def environment(self, config: MainConfig, experiment_id: str, slot: int) -> dict[str, str]:
+        gpus = self.gpus
         env = {k: v for k, v in os.environ.items()
                if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")}
         env.update(MLFLOW_TRACKING_URI=tracking_uri(), MLFLOW_EXPERIMENT_ID=experiment_id,
@@ -127,7 +128,7 @@ class ProcessExecutor:
         if gpus and config.train.device in ("auto", "cuda"):  # an explicit cuda:N is the user's choice
             visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
             ids = visible if len(visible) == gpus else [str(i) for i in range(gpus)]
-            env["CUDA_VISIBLE_DEVICES"] = ids[slot % gpus]  # one GPU per worker slot
+            env["CUDA_VISIBLE_DEVICES"] = ids[slot % gpus]  # slot i on GPU i mod gpus
         elif "OMP_NUM_THREADS" not in os.environ:
             # parallel CPU jobs share the cores: without this each takes all of them, and
             # oversubscription makes a training step many times slower
@@ -137,7 +138,6 @@ class ProcessExecutor:
         return env
 
     def run(self, configs, parent_run_id, experiment_id, progress):
-        gpus = self.gpus
         pending = list(configs)
         running: list[Worker] = []
         outcomes: list[Outcome] = []
@@ -146,12 +146,12 @@ class ProcessExecutor:
                 free = sorted(set(range(self.jobs)) - {w.slot for w in running})
                 while pending and free:
                     config, slot = pending.pop(0), free.pop(0)
-                    env = self.environment(config, experiment_id, slot, gpus)
+                    env = self.environment(config, experiment_id, slot)
                     process = subprocess.Popen(worker_command(config, parent_run_id), env=env,
                                                stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
                     running.append(Worker(config, process, slot))
                     log.info("sweep: %s started in worker process %d%s", config.label(), process.pid,
-                             f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env and gpus else "")
+                             f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env and self.gpus else "")
                 for worker in list(running):
                     code = worker.process.poll()
                     if code is None:

@@ -73,7 +73,9 @@ def entmax_gate(name: str, x: torch.Tensor, **kwargs) -> torch.Tensor:
     """entmax's ``sparsemax``, ``entmax15`` or ``entmax_bisect`` over channels, run eagerly under
     ``torch.compile`` (``compile=graphs|inductor``): TorchDynamo cannot trace entmax's autograd
     Functions (their classmethod ``forward``), and failing inside one it would drop the whole
-    model to eager; this way the capture breaks cleanly around the gate (three graphs)."""
+    model's top frame to eager; this way the capture breaks cleanly around the gate (each
+    enclosing module's forward in two pieces: 11 graphs for the model, measured with
+    ``torch._dynamo.explain``, against 1 for the sigmoid gate)."""
     import entmax
 
     return getattr(entmax, name)(x, dim=1, **kwargs)

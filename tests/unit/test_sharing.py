@@ -111,10 +111,10 @@ def test_worker_slots_take_the_gpus_in_turn(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     config = table_sweep().configurations()[0]
     executor = ProcessExecutor(4, gpus=2)
-    assert [executor.environment(config, "0", slot, 2)["CUDA_VISIBLE_DEVICES"] for slot in range(4)] == \
+    assert [executor.environment(config, "0", slot)["CUDA_VISIBLE_DEVICES"] for slot in range(4)] == \
         ["0", "1", "0", "1"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the GPUs this sweep was given
-    assert [executor.environment(config, "0", slot, 2)["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == \
+    assert [executor.environment(config, "0", slot)["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == \
         ["3", "5", "3"]
 
 
