@@ -24,6 +24,10 @@ from pipeline.errors import PipelineError
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
 SEED_MAX = 2**32 - 1  # numpy's seed range
+#: The random orders of the faithfulness protocol multiply its cost (each draw is a full set of
+#: ablation and deletion curves); 30 give the chance baseline's mean to within a few percent of
+#: its spread, so more buys nothing but time.
+MAX_FAITHFULNESS_DRAWS = 30
 AUTO_FLAGS = ("auto", "true", "false")
 EXECUTORS = ("inline", "process", "ray")
 RERUNNABLE = (*contracts.CHAIN, contracts.REPORT)  # in order: a rerun reruns all after it
@@ -95,7 +99,7 @@ def check_weights(weights: str) -> None:
     if not path.exists():
         raise PipelineError(
             f"unknown weights {weights!r}; valid: {', '.join(contracts.WEIGHTS)}, or the path of a local "
-            "ResNet18 state-dict file"
+            "state-dict file of the backbone (resnet18, resnet34 or resnet50)"
         )
     if not path.is_file():
         raise PipelineError(f"weights path {weights!r} is a directory, not a state-dict file")
@@ -199,7 +203,8 @@ class TrainConfig(StepConfig):
                            "its gate is then none, whatever activation says).")
     dataset: str = option("cifar10", f"Dataset: {', '.join(contracts.DATASET_NAMES)}.")
     data_dir: str = option("data", "Folder holding (or receiving) downloaded datasets.")
-    weights: str = option("imagenet", "Backbone weights: imagenet, none, or a ResNet18 state-dict file.")
+    weights: str = option("imagenet", "Backbone weights: imagenet, none, or a state-dict file of the backbone "
+                          "(a file fits one backbone: a resnet18 file does not load into a resnet50).")
     image_size: int = option(224, f"Input size in pixels, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}.")
     epochs: int = option(5, "Training epochs.")
     batch_size: int = option(64, "Training batch size.")
@@ -323,7 +328,7 @@ class ProbeConfig(StepConfig):
                                       "pixels are deleted and inserted in the order the attention ranks them "
                                       "(docs/metrics.md#faithfulness); 0: none; -1: all probed.")
     faithfulness_draws: int = option(3, "Seeded random orders, the chance baseline of the ablation and deletion "
-                                     "curves (2 or more give its spread).")
+                                     f"curves (2 or more give its spread; at most {MAX_FAITHFULNESS_DRAWS}).")
     ablation_fill: str = option("mean", "What an ablated channel becomes: mean (its mean map over the images) or zero.")
     deletion_imputation: str = option("mean", "What a deleted pixel becomes: mean (the dataset-mean colour) or "
                                       "blur (the image blurred, sigma = image size / 16).")
@@ -335,8 +340,9 @@ class ProbeConfig(StepConfig):
         check_positive("batch_size", self.batch_size)
         check_device(self.device)
         check_faithfulness_images(self.faithfulness_images)
-        if self.faithfulness_draws < 1:
-            raise PipelineError(f"faithfulness_draws must be at least 1, got {self.faithfulness_draws}")
+        if not 1 <= self.faithfulness_draws <= MAX_FAITHFULNESS_DRAWS:
+            raise PipelineError(f"faithfulness_draws must be in [1, {MAX_FAITHFULNESS_DRAWS}] (each draw is a whole "
+                                f"set of random ablation and deletion curves), got {self.faithfulness_draws}")
         check_choice("ablation_fill", self.ablation_fill, contracts.ABLATION_FILLS)
         check_choice("deletion_imputation", self.deletion_imputation, contracts.DELETION_IMPUTATIONS)
 
@@ -456,6 +462,10 @@ class SweepConfig(StepConfig):
                     check_seed("seed", value)
                 else:
                     check_choice(name.rstrip("s"), value, valid)
+        spatial = [g for g in self.spatial_gates if g != "sigmoid"]
+        if spatial and "cbam" not in self.attentions:
+            raise PipelineError(f"spatial_gates {','.join(spatial)} need attention cbam, the only design with a spatial "
+                                f"branch; attentions are {','.join(self.attentions)}")
         check_choice("executor", self.executor, EXECUTORS)
         if self.jobs < 1:
             raise PipelineError(f"jobs must be at least 1, got {self.jobs}")
@@ -474,11 +484,25 @@ class SweepConfig(StepConfig):
         if self.max_retries < 0:
             raise PipelineError(f"max_retries must be 0 or more, got {self.max_retries}")
 
+    def label(self) -> str:
+        """The sweep run's name: every list it sweeps, the design lists where they are not the
+        notebook's alone, so two sweeps that differ in any list never share a name (nor a report
+        folder): ``sweep · sigmoid,swish · backbones resnet18,resnet50 · late · seeds 0 · digits 64px 2ep``."""
+        t = self.main.train
+        lists = [",".join(self.activations)]
+        for title, values, default in (("norms", self.gate_norms, ("none",)), ("designs", self.attentions, ("cbam",)),
+                                       ("spatial", self.spatial_gates, ("sigmoid",)),
+                                       ("backbones", self.backbones, ("resnet18",))):
+            if tuple(values) != default:
+                lists.append(f"{title} {','.join(values)}")
+        return (f"sweep · {' · '.join(lists)} · {','.join(self.positions)} · seeds {','.join(map(str, self.seeds))} "
+                f"· {t.dataset} {t.image_size}px {t.epochs}ep")[:250]
+
     def configurations(self) -> list[MainConfig]:
         """One main config per (position, backbone, attention, spatial gate, activation, gate norm,
         seed), in that order; a gate that does not sum to one runs with gate_norm none only
-        (mean_one would leave it unchanged), se and eca with the sigmoid spatial gate only (they
-        have no spatial branch; sigmoid, or the first listed gate without it), and position none
+        (mean_one would leave it unchanged), se and eca once, with the default spatial gate (they
+        have no spatial branch, whatever spatial gates are listed), and position none
         (no block, so no gate) once per seed and backbone."""
         from pipeline.contracts import SUM_TO_ONE_GATES
 
@@ -495,7 +519,7 @@ class SweepConfig(StepConfig):
         def designs(position: str) -> list[tuple[str, str]]:
             if position == contracts.NO_CBAM:
                 return [(contracts.NO_ATTENTION, contracts.NO_ATTENTION)]
-            plain = ("sigmoid",) if "sigmoid" in self.spatial_gates else self.spatial_gates[:1]
+            plain = ("sigmoid",)  # se / eca have no spatial branch: the spatial gate stays the default
             return [(d, sg) for d in self.attentions for sg in (self.spatial_gates if d == "cbam" else plain)]
 
         return [replace(self.main, train=replace(self.main.train, position=p, backbone=bb, attention=d, spatial_gate=sg,

@@ -121,6 +121,7 @@ CLASS_WEIGHTS = "metrics/class_channel_weights.npy"  # compute-metrics: float32 
 CLASS_GINI = "metrics/class_gini.csv"  # compute-metrics: class, images, gini of its mean weight vector
 REPORT_DIR = "report"  # main, sweep, report: tables and figures
 REPORT_SUMMARY = "report/summary.md"
+REPORT_SOURCE = "report.json"  # in a report folder: what the report is of (its owner) and who wrote it
 
 #: The artefacts without which a finished run of a step cannot be reused.
 REQUIRED_ARTIFACTS = {
@@ -139,6 +140,8 @@ DATASET_DIGEST_TAG = "pipeline.dataset_sha256"
 REUSED_STEPS_TAG = "pipeline.reused_steps"  # main: which steps were reused
 REPORT_KEY_TAG = "pipeline.report_key"  # main: reuse key of its report (metrics run + report code)
 FAILED_TAG = "pipeline.failed"  # sweep: the configurations that failed
+ERROR_TAG = "pipeline.error"  # a FAILED run: its one-line error (what a rebuilt sweep report lists)
+UNDEFINED_TAG = "pipeline.undefined"  # probe: the measures it could not define, and why
 HOST_TAG = "pipeline.host"  # where the run's process runs (updated by a resume)
 PID_TAG = "pipeline.pid"
 HEARTBEAT_TAG = "pipeline.heartbeat"  # Unix time, refreshed while the run's process runs

@@ -123,6 +123,10 @@ def read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         ) from None
     if len(data) != len(labels):
         raise PipelineError(f"CIFAR-10 file {str(path)!r} has {len(data)} images but {len(labels)} labels")
+    bad = np.flatnonzero((labels < 0) | (labels >= len(CIFAR10_CLASSES)))
+    if bad.size:  # else the loss fails at the first batch holding one, after the run started
+        raise PipelineError(f"CIFAR-10 file {str(path)!r} has {bad.size} labels outside 0..{len(CIFAR10_CLASSES) - 1} "
+                            f"(e.g. {int(labels[bad[0]])} at index {int(bad[0])})")
     return data, labels
 
 
@@ -139,13 +143,13 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> Dataset:
             raise PipelineError(
                 f"CIFAR-10 is not in data_dir {str(root)!r} and cannot be downloaded "
                 f"({type(exc).__name__}: {one_line(exc)}); put cifar-10-batches-py there, or use an offline "
-                "dataset: digits or fake"
+                f"dataset: {', '.join(OFFLINE_DATASETS)}"
             ) from None
     missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         raise PipelineError(
             f"CIFAR-10 files missing in data_dir {str(root)!r}: {', '.join(missing)}; "
-            "offline datasets: digits, fake"
+            f"offline datasets: {', '.join(OFFLINE_DATASETS)}"
         )
     parts = [read_cifar10_batch(folder / f) for f in CIFAR10_TRAIN_FILES]
     train_x = np.concatenate([p[0] for p in parts])
@@ -217,6 +221,9 @@ def cluttered(dataset: Dataset, name: str, placement: Placement) -> Dataset:
     """``dataset`` with every image placed on a canvas among distractors from its own split
     (so no test image appears in a training canvas), with the masks and boxes."""
     def place(part: ImageSet, split: str) -> ImageSet:
+        if len(part) < 2 and placement.distractors:
+            raise PipelineError(f"{name} places each image among fragments of the other images of its split, but the "
+                                f"{split} split of {dataset.name} has {len(part)} image(s): it needs at least 2")
         placed = place_on_canvas(part.images.numpy(), placement, PLACEMENT_SEEDS[split])
         return ImageSet(_images_from_numpy(placed.images), part.labels.clone(), torch.from_numpy(placed.masks),
                         torch.from_numpy(placed.boxes))

@@ -73,13 +73,14 @@ Chain = Callable[..., str]
 
 
 class InlineExecutor:
-    def __init__(self, chain: Chain):
+    def __init__(self, chain: Chain, datasets=None):
         self.chain = chain
+        self.datasets = datasets  # a DatasetCache the driver filled already (its data checked), or None
 
     def run(self, configs, parent_run_id, experiment_id, progress):
         from pipeline.data import DatasetCache
 
-        datasets = DatasetCache()
+        datasets = self.datasets or DatasetCache()
         outcomes = []
         for config in configs:
             try:

@@ -203,11 +203,22 @@ def baseline_of(x: torch.Tensor, imputation: str) -> torch.Tensor:
     return gaussian_blur(x, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
 
 
+def constant_maps(maps) -> np.ndarray:
+    """(N, h, w) -> (N,) bool: the maps whose values are all equal on their own grid (a 1 x 1 map,
+    or a gate that gave every position the same weight). Such a map orders no pixel."""
+    m = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
+    return m.max(axis=1) == m.min(axis=1) if m.shape[1] else np.ones(len(m), dtype=bool)
+
+
 def pixel_ranks(maps: torch.Tensor, size: int) -> torch.Tensor:
     """(B, h, w) maps -> (B, size * size) rank of each input pixel (0: the highest value of the
-    bilinearly upsampled map; ties broken by the lower flat index)."""
+    bilinearly upsampled map; ties broken by the lower flat index). A map constant on its grid
+    stays exactly constant (bilinear upsampling of a constant is not, to float rounding: the
+    rounding noise would otherwise order the pixels), so its ranks are the flat index order."""
     up = torch.nn.functional.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
                                          align_corners=False)[:, 0].flatten(1)
+    flat = maps.flatten(1)
+    up = torch.where((flat.amax(1) == flat.amin(1))[:, None], torch.zeros_like(up), up)
     order = torch.argsort(-up, dim=1, stable=True)
     return torch.argsort(order, dim=1)
 
@@ -246,7 +257,7 @@ class DeletionCurves:
                 spread = float(np.std(draws, ddof=1)) if len(draws) > 1 else float("nan")
                 out[f"{family}_random_{metric}_area"] = random_area
                 out[f"{family}_random_{metric}_area_std"] = spread
-                cbam = out[f"{family}_cbam_{metric}_area"]
+                cbam = out.get(f"{family}_cbam_{metric}_area", float("nan"))  # NaN: the CBAM map orders nothing
                 out[f"{family}_advantage_{metric}"] = random_area - cbam if family == "deletion" else cbam - random_area
                 out[f"{family}_advantage_{metric}_std"] = spread
         return out
@@ -256,13 +267,13 @@ class DeletionCurves:
 def spatial_deletion(model, data: ImageSet, image_size: int, maps: dict[str, np.ndarray],
                      fractions: list[float] | None = None, draws: int = 3, seed: int = 0,
                      imputation: str = "mean", batch_size: int = 128,
-                     progress=lambda batches, total: batches) -> DeletionCurves:
+                     progress=lambda batches, total: batches, grid: tuple[int, int] | None = None) -> DeletionCurves:
     """Deletion and insertion curves of ``model`` on ``data`` for each of ``maps`` (name ->
-    (N, h, w), row i for image i; ``cbam`` is required: its grid is the random maps' grid) and
-    ``draws`` random maps. Each batch is run once unperturbed and once fully imputed (the shared
-    end points), then at every interior fraction for every map and family. ``progress`` wraps the
-    batches' iterator."""
-    if "cbam" not in maps:
+    (N, h, w), row i for image i) and ``draws`` random maps drawn on ``grid`` (default: the
+    ``cbam`` map's grid, which is then required). Each batch is run once unperturbed and once
+    fully imputed (the shared end points), then at every interior fraction for every map and
+    family. ``progress`` wraps the batches' iterator."""
+    if grid is None and "cbam" not in maps:
         raise ValueError("spatial deletion needs the CBAM spatial maps (its grid is the random maps' grid)")
     if imputation not in IMPUTATIONS:
         raise ValueError(f"unknown imputation {imputation!r}; valid: {', '.join(IMPUTATIONS)}")
@@ -275,7 +286,7 @@ def spatial_deletion(model, data: ImageSet, image_size: int, maps: dict[str, np.
     variants = [(name, None) for name in maps] + [("random", d) for d in range(draws)]
     hits = {(fam, v): np.zeros(len(fractions)) for fam in ("deletion", "insertion") for v in variants}
     mass = {key: np.zeros(len(fractions)) for key in hits}
-    grid = maps["cbam"].shape[1:]
+    grid = tuple(grid) if grid is not None else maps["cbam"].shape[1:]
     start = 0
 
     batches = -(-len(data) // batch_size)
@@ -338,20 +349,82 @@ def curve_rows(channel: AblationCurves, spatial: DeletionCurves | None) -> list[
     return rows
 
 
+@dataclass
+class Faithfulness:
+    """What :func:`judge_faithfulness` measured: the summaries (an undefined measure is NaN), the
+    curves' rows, and each undefined measure family with the reason (``deletion/insertion of the
+    cbam map`` -> why)."""
+
+    summaries: dict[str, float]
+    rows: list[dict]
+    undefined: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # caveats of what is defined
+
+
+def forward_passes(images: int, channels: int, draws: int, maps: int, steps: int = 8) -> dict[str, int]:
+    """Image passes the protocol costs (what ``faithfulness_draws`` multiplies): ``partial``, the
+    rest of the network after the block (two passes to read the features and their channel
+    means, then every order and k of the ablation grid), and ``full``, the whole network (the
+    two shared end points of deletion and insertion, then every interior fraction of both, per
+    ranked map and random draw; ``maps`` = 0: no pixel ranking)."""
+    partial = images * (2 + (2 + draws) * len(ablation_grid(channels)))
+    full = images * (2 + (maps + draws) * 2 * (steps - 1)) if maps else 0
+    return {"partial": partial, "full": full}
+
+
+def split_informative(maps: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, int]]:
+    """The maps that order pixels, the undefined ones with why (every image's map constant on its
+    grid, a 1 x 1 map among them: its deletion and insertion curves would measure the tie-break
+    order, and bilinear upsampling's rounding noise before that), and the count of constant maps
+    among the kept ones (scored in flat index order, which the caller reports)."""
+    kept, undefined, some = {}, {}, {}
+    for name, m in maps.items():
+        constant = constant_maps(m)
+        if constant.all():
+            undefined[f"deletion/insertion of the {name} map"] = (
+                f"every probed image's {name} map is constant on its {m.shape[1]} x {m.shape[2]} grid, so it orders "
+                "no pixel")
+        else:
+            kept[name] = m
+            if constant.any():
+                some[name] = int(constant.sum())
+    return kept, undefined, some
+
+
 def judge_faithfulness(model, data: ImageSet, image_size: int, maps: dict[str, np.ndarray], draws: int = 3,
                        seed: int = 0, fill: str = "mean", imputation: str = "mean", batch_size: int = 128,
-                       progress=lambda batches, total, desc: batches) -> tuple[dict[str, float], list[dict]]:
+                       progress=lambda batches, total, desc: batches) -> Faithfulness:
     """Channel ablation and spatial deletion / insertion on ``data``: the summaries, keyed
     ``channel_<summary>`` (:meth:`AblationCurves.summaries`) and ``deletion_*`` / ``insertion_*``
-    (:meth:`DeletionCurves.summaries`; only where ``maps`` has the block's own ``cbam`` map),
-    and the curves' rows (:func:`curve_rows`)."""
+    (:meth:`DeletionCurves.summaries`; only where ``maps`` has the block's own ``cbam`` map), and
+    the curves' rows (:func:`curve_rows`).
+
+    A map that orders no pixel (constant for every image: a 1 x 1 map after layer4 at 32 px, the
+    CAM there too) gets no deletion or insertion curve: its areas and the advantages that need it
+    are NaN, with the reason in :attr:`Faithfulness.undefined`. Random maps on a 1 x 1 grid are
+    constant too, so there the whole pixel protocol is undefined."""
     channel = channel_ablation(model, data, image_size, draws=draws, seed=seed, fill=fill, batch_size=batch_size,
                                progress=lambda b, total: progress(b, total, "channel ablation"))
     summaries = {f"channel_{k}": v for k, v in channel.summaries().items()}
     if "cbam" not in maps:  # a block without a spatial map (SE, ECA): no pixel ranking of its own
-        return summaries, curve_rows(channel, None)
-    spatial = spatial_deletion(model, data, image_size, maps, draws=draws, seed=seed, imputation=imputation,
-                               batch_size=batch_size,
+        return Faithfulness(summaries, curve_rows(channel, None))
+    grid = tuple(maps["cbam"].shape[1:])
+    kept, undefined, some = split_informative(maps)
+    if grid[0] * grid[1] < 2:
+        undefined["deletion/insertion of the random maps"] = (
+            f"random maps drawn on the CBAM map's {grid[0]} x {grid[1]} grid are constant: no chance baseline")
+        kept = {}
+    notes = [f"{count} of {len(maps[name])} {name} maps are constant on their grid: their pixels are deleted in flat "
+             "index order (top rows first), not by the map" for name, count in some.items() if name in kept]
+    undefined_areas = {f"{family}_{name}_{metric}_area": float("nan") for family in ("deletion", "insertion")
+                       for metric in ("acc", "prob") for name in (*RANKED_MAPS, "random") if name not in kept}
+    if not kept:
+        advantages = {f"{family}_advantage_{metric}": float("nan") for family in ("deletion", "insertion")
+                      for metric in ("acc", "prob")}
+        summaries.update({**undefined_areas, **advantages})
+        return Faithfulness(summaries, curve_rows(channel, None), undefined, notes)
+    spatial = spatial_deletion(model, data, image_size, kept, draws=draws, seed=seed, imputation=imputation,
+                               batch_size=batch_size, grid=grid,
                                progress=lambda b, total: progress(b, total, "deletion and insertion"))
-    summaries.update(spatial.summaries())
-    return summaries, curve_rows(channel, spatial)
+    summaries.update({**undefined_areas, **spatial.summaries()})
+    return Faithfulness(summaries, curve_rows(channel, spatial), undefined, notes)

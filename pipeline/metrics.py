@@ -203,13 +203,19 @@ def summarise(values: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
 def mean_average_precision(labels, scores, num_classes: int | None = None) -> float:
     """Macro-averaged one-vs-rest average precision (scikit-learn's ``average_precision_score``)
     over the classes present in ``labels``; classes with no positive image have no AP and
-    are left out. labels (N,) int, scores (N, K) (logits or probabilities)."""
+    are left out. labels (N,) int, scores (N, K) (logits or probabilities).
+
+    Undefined (NaN) when fewer than two classes are present: a class's AP needs negatives to
+    rank below its positives, and with one class every image is a positive, so its AP is 1
+    whatever the scores (one probed image, misclassified, would score mAP 1.0)."""
     from sklearn.metrics import average_precision_score
 
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     k = num_classes or scores.shape[1]
     present = np.unique(labels)
+    if present.size < 2:
+        return float("nan")
     onehot = (labels[:, None] == np.arange(k)[None, :]).astype(int)
     return float(average_precision_score(onehot[:, present], scores[:, present], average="macro"))
 

@@ -279,26 +279,70 @@ def load_backbone(weights: str, backbone: str = "resnet18") -> nn.Module:
                 f"cache {torch.hub.get_dir()}): {type(exc).__name__}: {one_line(exc)}; use weights=none or the "
                 "path of a local state-dict file"
             ) from None
+    model = get_model(backbone, weights=None)
+    model.load_state_dict(backbone_state(weights, backbone), strict=False)  # the head (fc) is replaced
+    return model
+
+
+def _reference_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor of ``backbone``'s state dict but the head, name -> shape (built on the meta
+    device: no memory, no time)."""
+    from torchvision.models import get_model
+
+    with torch.device("meta"):
+        model = get_model(backbone, weights=None)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+def _misfit(state: dict, backbone: str) -> str:
+    """Why ``state`` is not ``backbone``'s state dict (head excluded), or "" where it fits."""
+    expected = _reference_shapes(backbone)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        return (f"{len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
+                f"{(missing + unexpected)[0]!r}")
+    for key, shape in expected.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            return f"{key!r} holds a {type(value).__name__}, not a tensor"
+        if tuple(value.shape) != shape:
+            return f"{key!r} has shape {tuple(value.shape)}, {backbone}'s has {shape}"
+    return ""
+
+
+def backbone_state(weights: str, backbone: str) -> dict[str, torch.Tensor]:
+    """The state dict in the weights file ``weights`` (a bare state dict, or a dict holding one
+    under ``state_dict``), without the head, after checking that every key and shape is
+    ``backbone``'s: a one-line error naming the first misfit, and the backbone it fits, if any
+    (``load_state_dict(strict=False)`` still raises, with a many-line message, on a size
+    mismatch)."""
     check_weights(weights)
-    path = Path(weights)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(Path(weights), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise PipelineError(f"cannot read weights file {weights!r}: {type(exc).__name__}: {one_line(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    model = get_model(backbone, weights=None)
     if not isinstance(state, dict):
         raise PipelineError(f"weights file {weights!r} holds no state dict")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the head is replaced
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise PipelineError(
-            f"weights file {weights!r} is not a {title} state dict "
-            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[0]!r})"
-        )
-    return model
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    why = _misfit(state, backbone)
+    if why:
+        fits = [b for b in BACKBONES if b != backbone and not _misfit(state, b)]
+        hint = f"; it is a {fits[0]} state dict: give --backbone {fits[0]}" if fits else ""
+        title = backbone.replace("resnet", "ResNet")
+        raise PipelineError(f"weights file {weights!r} is not a {title} state dict ({why}){hint}")
+    return state
+
+
+def check_weights_fit(weights: str, backbones) -> None:
+    """One-line error, before any run starts, unless the weights (a name, or a file) fit every
+    backbone of ``backbones``: a file fits one architecture."""
+    if weights in WEIGHTS:
+        return
+    for backbone in dict.fromkeys(backbones):
+        backbone_state(weights, backbone)
 
 
 def build_model(config: ModelConfig, weights: str = "none") -> CBAMResNet18:

@@ -177,7 +177,7 @@ def metric_values(values: dict[str, dict[str, list[float]]]) -> tuple[list[str],
         means = [np.nanmean(v[metric]) for v in values.values() if np.isfinite(v.get(metric, [np.nan])).any()]
         if not means:
             continue
-        if len(values) > 1 and np.ptp(means) < 1e-9:
+        if len(means) > 1 and np.ptp(means) < 1e-9:  # one gate's value alone is no evidence of equality
             constant.append(metric)
         else:
             shown.append(metric)

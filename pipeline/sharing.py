@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import subprocess
 import sys
 
@@ -134,18 +135,31 @@ def plan_process_workers(config, configs) -> tuple[int, int]:
 
 
 def check_ray_sharing(config, configs) -> None:
-    """``executor=ray`` with ``gpus_per_job`` below 1 on a local cluster: Ray packs
-    ``floor(1 / gpus_per_job)`` configurations on a GPU; the same check. A remote cluster's GPUs
-    cannot be read from here: that is said, not checked."""
-    if config.gpus_per_job == "auto" or not 0 < float(config.gpus_per_job) < 1:
-        return
+    """``executor=ray``, before the sweep run starts: on a local cluster (no ``ray_address``) a
+    configuration cannot ask for more GPUs or cores than this machine has; with ``gpus_per_job``
+    below 1 Ray packs ``floor(1 / gpus_per_job)`` configurations on a GPU: the memory check of
+    :func:`check_sharing`. A remote cluster's GPUs cannot be read from here: that is said, not checked."""
     from pipeline.executors import ray_address
 
+    free = None
+    if not ray_address(config.ray_address):  # a local cluster has this machine's GPUs and cores
+        wanted = 0.0 if config.gpus_per_job == "auto" else float(config.gpus_per_job)
+        free = gpu_free_memory() if wanted > 0 else []
+        gpus, cpus = len(free), os.cpu_count() or 1
+        if wanted > gpus:
+            raise PipelineError(f"gpus_per_job={config.gpus_per_job} asks for more GPUs than this machine has ({gpus}), "
+                                "and executor=ray without ray_address starts a local Ray cluster of this machine: "
+                                "give gpus_per_job auto (or 0), or ray_address of a cluster with GPUs")
+        if config.cpus_per_job > cpus:
+            raise PipelineError(f"cpus_per_job={config.cpus_per_job:g} asks for more CPU cores than this machine has "
+                                f"({cpus}) for its local Ray cluster: give cpus_per_job {cpus} or less")
+    if config.gpus_per_job == "auto" or not 0 < float(config.gpus_per_job) < 1:
+        return
     if ray_address(config.ray_address):
         log.warning("sweep: gpus_per_job=%s shares GPUs of a remote Ray cluster, whose free memory is not "
                     "checked from here", config.gpus_per_job)
         return
-    free = gpu_free_memory()
+    free = gpu_free_memory() if free is None else free
     if free:
         per_gpu = min(math.floor(1 / float(config.gpus_per_job) + 1e-9), len(configs))
         if per_gpu > 1:

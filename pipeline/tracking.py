@@ -89,26 +89,74 @@ def ensure_experiment(default: str | None = None) -> str | None:
     raise PipelineError(f"cannot create or find the experiment {name!r}")
 
 
+def planned_experiment_id(default: str | None = None, parent_run_id: str | None = None) -> str:
+    """The experiment a step run started now would go to (as :func:`step_run` chooses it), before
+    it starts: the active run's, the parent's, the run `mlflow run` created, else
+    :func:`ensure_experiment`'s or MLflow's current one."""
+    from mlflow.tracking import fluent
+
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.experiment_id
+    if parent_run_id or os.environ.get("MLFLOW_RUN_ID"):
+        return mlflow.MlflowClient().get_run(parent_run_id or os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    return ensure_experiment(default) or fluent._get_experiment_id()
+
+
 def experiment_of(run) -> str:
     """The name of the experiment ``run`` is in: a step started on its own from an upstream run
     goes where that run is, unless the user names an experiment."""
     return mlflow.MlflowClient().get_experiment(run.info.experiment_id).name
 
 
-def report_folder(out: str | Path, experiment: str, run_name: str) -> Path:
-    """``out/<experiment>/<run name>/``, emptied: a rerun of the same configuration replaces its
-    report instead of adding a folder (names made file-system safe: ``swish_late_digits_64px_2ep_seed0``)."""
+def report_folder(out: str | Path, experiment: str, run_name: str, owner: str, run_id: str = "") -> Path:
+    """``out/<experiment>/<run name>/``, emptied, for the report of ``owner`` (what the report is
+    of: a configuration's digest for ``main``, so that a rerun of the same configuration replaces
+    its report; the sweep run's id for a sweep). A folder of that name that holds another owner's
+    report (its ``report.json``), or a report made before reports recorded their owner, is never
+    replaced: this report goes to ``<run name>_<owner's first 8 characters>`` instead, and the log
+    says so. Names are made file-system safe (``swish_late_digits_64px_2ep_seed0``)."""
     import re
     import shutil
 
     def safe(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9.,=+-]+", "_", text.replace(" · ", "_")).strip("_") or "run"
 
-    folder = Path(out) / safe(experiment) / safe(run_name)
+    base = Path(out) / safe(experiment)
+    folder = base / safe(run_name)
+    if folder.is_dir() and any(folder.iterdir()) and report_owner(folder) != owner:
+        other = report_owner(folder) or "an unrecorded source (written before reports recorded theirs)"
+        taken = folder
+        folder = base / f"{safe(run_name)}_{safe(owner)[:8]}"
+        log.warning("report folder %s holds the report of %s; this report (of %s) goes to %s instead", taken,
+                    other, owner, folder)
+        if folder.is_dir() and any(folder.iterdir()) and report_owner(folder) != owner:
+            raise PipelineError(f"report folders {taken} and {folder} both hold other reports; give another --out")
     if folder.is_dir():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    mark_report_folder(folder, owner, run_id)
     return folder
+
+
+def report_owner(folder: Path) -> str:
+    """The owner recorded in a report folder's ``report.json``; "" where there is none."""
+    try:
+        return str(json.loads((folder / contracts.REPORT_SOURCE).read_text()).get("owner", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def mark_report_folder(folder: Path, owner: str, run_id: str = "") -> None:
+    """Record in ``folder/report.json`` whose report it holds (and which run wrote it)."""
+    (folder / contracts.REPORT_SOURCE).write_text(json.dumps({"owner": owner, "written_by_run": run_id}, indent=1))
+
+
+def config_digest(config: dict) -> str:
+    """A configuration's identity, 16 hex digits of SHA-256 over its JSON (keys sorted)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 #: The experiment view the project shares through an experiment tag (MLflow's "share view"):
@@ -223,11 +271,27 @@ def step_run(
     except KeyboardInterrupt:
         end_run_quietly(RunStatus.to_string(RunStatus.KILLED))
         raise
-    except BaseException:
+    except BaseException as exc:
+        tag_error_quietly(exc)
         end_run_quietly(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def tag_error_quietly(exc: BaseException) -> None:
+    """The active run's one-line error as its :data:`~pipeline.contracts.ERROR_TAG` (what a report
+    rebuilt later lists beside a failed configuration); skipped at once when the server is away
+    (ending the run matters more than its error text)."""
+    from pipeline.errors import one_line
+    from pipeline.outbox import fail_fast, server_answers
+
+    try:
+        if server_answers():
+            with fail_fast():
+                mlflow.set_tag(contracts.ERROR_TAG, one_line(exc, limit=1000) or type(exc).__name__)
+    except Exception:
+        pass
 
 
 class Heartbeat:

@@ -10,7 +10,7 @@ import functools
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ from pipeline.contracts import (
     CLASS_WEIGHTS,
     COMPUTE_METRICS,
     CONFIG_JSON,
+    ERROR_TAG,
+    FAILED_TAG,
     EPOCH_ATTENTION_PREFIX,
     GRAD_FLOW,
     GRID_IMAGES,
@@ -65,6 +67,10 @@ class Source:
     title: str
     experiment: str  # name
     name: str  # of the report run and its folder
+    #: a sweep's configurations that did not finish: (label, main run id or "", error), and how
+    #: many configurations it had (0: not a sweep)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    configurations: int = 0
 
 
 def metrics_runs_of(config: ReportConfig) -> Source:
@@ -88,8 +94,38 @@ def metrics_runs_of(config: ReportConfig) -> Source:
             raise PipelineError(f"main run {run_id!r} is {run.info.status} and has no compute-metrics run to "
                                 "report on; run it again (python -m pipeline main ...) or report another run")
         return Source([metrics_id], f"main run {run_id}", experiment, name)
-    children = child_runs(run_id, run.info.experiment_id, status="FINISHED")
-    return Source([c.data.tags[key] for c in children if key in c.data.tags], f"sweep run {run_id}", experiment, name)
+    children = child_runs(run_id, run.info.experiment_id)
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    failed = sweep_failures(run, children)
+    total = int(run.data.metrics.get("configurations", len(finished) + len(failed)))
+    return Source([c.data.tags[key] for c in finished if key in c.data.tags], f"sweep run {run_id}", experiment, name,
+                  failed, total)
+
+
+def sweep_failures(sweep, children) -> list[tuple[str, str, str]]:
+    """The configurations of ``sweep`` that did not finish, as its own report listed them: the
+    labels its failed tag names (with the newest main run of each and that run's error tag, or
+    "failed before its main run started"). A sweep without the tag was interrupted (listed: its
+    main runs that are not FINISHED) or made before sweeps recorded failures (nothing listed, as
+    its reports then did)."""
+    latest: dict[str, object] = {}
+    for child in sorted(children, key=lambda c: c.info.start_time or 0):
+        latest[child.info.run_name] = child  # a retried configuration: its newest main run counts
+    named = sweep.data.tags.get(FAILED_TAG)
+    if named is None:
+        if sweep.info.status == "FINISHED":
+            return []
+        labels = [label for label, c in latest.items() if c.info.status != "FINISHED"]
+    else:
+        labels = [label for label in named.split(",") if label and label != "none"]
+    failed = []
+    for label in labels:
+        run = latest.get(label)
+        if run is None:
+            failed.append((label, "", "failed before its main run started"))
+        else:
+            failed.append((label, run.info.run_id, run.data.tags.get(ERROR_TAG, run.info.status.lower())))
+    return failed
 
 
 _LISTED: dict[tuple[Path, str], set[str]] = {}

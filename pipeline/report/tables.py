@@ -72,9 +72,13 @@ def markdown_table(header: list[str], rows: list[list[str]], text_columns: int) 
 
 
 def baseline_note(table: pd.DataFrame) -> str:
-    if not (table["activation"] == NO_GATE).any():
+    baseline = table["activation"] == NO_GATE
+    if not baseline.any():
         return ""
-    return (f" {NO_CBAM_LABEL}: the same ResNet18 without an attention block (position none), the baseline; "
+    backbones = table.loc[baseline, "backbone"] if "backbone" in table else pd.Series(["resnet18"])
+    names = ", ".join(dict.fromkeys(str(b or "resnet18").replace("resnet", "ResNet") for b in backbones))
+    net = names if "," not in names else f"backbone ({names}, each its own row)"
+    return (f" {NO_CBAM_LABEL}: the same {net} without an attention block (position none), the baseline; "
             "it has no attention weights to measure (n/a).")
 
 

@@ -16,9 +16,10 @@ log = logging.getLogger("pipeline")
 
 
 def write_records(records: list[Record], out: str | Path, title: str = "report", reference: str = "sigmoid",
-                  families=FAMILIES) -> dict[str, Any]:
+                  families=FAMILIES, failed: list[tuple[str, str, str]] = (), configurations: int = 0) -> dict[str, Any]:
     """The tables and figures of these records into ``out``; every gate is compared with
-    ``reference``."""
+    ``reference``. ``failed``: a sweep's configurations that did not finish, (label, main run id,
+    error) each, listed below the tables (of ``configurations`` in all)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     families = present_families(records, families)
@@ -38,6 +39,8 @@ def write_records(records: list[Record], out: str | Path, title: str = "report",
     if not per_class.empty:
         (out / "class_gini.csv").write_text(tables.csv_text(per_class))
         markdown += tables.class_gini_markdown(per_class)
+    if failed:  # the tables cover the finished configurations only: say which are missing
+        markdown += tables.failures_markdown(list(failed), configurations or len(records) + len(failed))
     (out / "summary.md").write_text(markdown)
     (out / "summary.tex").write_text(latex)
     written = figures.write_figures(groups, out, reference, families)
@@ -48,9 +51,11 @@ def write_records(records: list[Record], out: str | Path, title: str = "report",
 
 
 def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "report",
-                 reference: str = "sigmoid") -> dict[str, Any]:
-    """Write the tables and figures of these compute-metrics runs into ``out``."""
+                 reference: str = "sigmoid", failed: list[tuple[str, str, str]] = (),
+                 configurations: int = 0) -> dict[str, Any]:
+    """Write the tables and figures of these compute-metrics runs into ``out`` (``failed``,
+    ``configurations``: see :func:`write_records`)."""
     records = gather(metrics_run_ids)
     if not records:
         raise PipelineError("no finished compute-metrics runs to report on")
-    return write_records(records, out, title, reference)
+    return write_records(records, out, title, reference, failed=failed, configurations=configurations)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 import mlflow
 
-from pipeline.config import MainConfig, MetricsConfig, check_writable_folder
+from pipeline.config import MainConfig, MetricsConfig, TrainConfig, check_writable_folder
 from pipeline.contracts import (
     COMPUTE_METRICS,
     MAIN,
@@ -43,9 +43,12 @@ from pipeline.tracking import (
     end_run_as,
     experiment_of,
     find_reusable_run,
+    config_digest,
     log_view_hint,
+    mark_report_folder,
     missing_artifacts,
     orphaned_main_run,
+    planned_experiment_id,
     report_folder,
     run_metrics,
     step_run,
@@ -97,6 +100,38 @@ class Chain:
         return result
 
 
+def check_up_front(train: TrainConfig, backbones, forced: set[str], datasets: "DatasetCache | None",
+                   parent_run_id: str | None = None) -> "DatasetCache | None":
+    """What can be judged before any run starts, judged: the weights file against every backbone
+    (a file fits one architecture), and the data (CIFAR label range, split sizes), loaded now when
+    its prepare-data step is going to run (a reused one has loaded it before; a fully reused chain
+    loads nothing). Returns the dataset cache, filled where it loaded."""
+    from pipeline.contracts import WEIGHTS
+
+    if train.weights not in WEIGHTS:
+        from pipeline.models import check_weights_fit
+
+        check_weights_fit(train.weights, backbones)
+    prepare = train.prepare()
+    if PREPARE_DATA not in forced and find_reusable_run(
+            PREPARE_DATA, reuse_key(PREPARE_DATA, prepare.to_dict()),
+            planned_experiment_id(train.experiment(), parent_run_id)) is not None:
+        return datasets
+    if datasets is None:
+        from pipeline.data import DatasetCache
+
+        datasets = DatasetCache()
+    datasets.get(train.dataset, train.data_dir)
+    return datasets
+
+
+def report_owner_of(config: MainConfig) -> str:
+    """Whose report a main run's report folder holds: the configuration (everything but where the
+    report goes and what is rerun), so a rerun of the same configuration replaces its report and
+    one that differs in a setting its run name leaves out (lr, weights, ...) gets a folder of its own."""
+    return config_digest({k: v for k, v in config.to_dict().items() if k not in ("out", "rerun")})
+
+
 def write_main_report(metrics_id: str, out: Path, experiment_id: str, reuse: bool) -> None:
     """The report of one main run, into ``out`` and the run's ``report/`` artefacts. The report
     of the same compute-metrics run made by the same report code is copied from the finished
@@ -145,6 +180,8 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
     if orphan is not None:
         log.info("main %s (%s): continuing the run a dead worker left", orphan.info.run_id, config.label())
         resumable = adopt_children(orphan.info.run_id)
+    else:
+        datasets = check_up_front(t, [t.backbone], config.forced_steps(), datasets, parent_run_id)
     with step_run(MAIN, config.params(), config.to_dict(), run_name=config.label(),
                   run_id=orphan.info.run_id if orphan else None,
                   parent_run_id=None if orphan else parent_run_id, experiment=t.experiment()) as run:
@@ -188,8 +225,10 @@ def run_main(config: MainConfig, datasets: "DatasetCache | None" = None, parent_
         mlflow.log_metrics(run_metrics(metrics_id))
         where = ""
         if report:
-            out = report_folder(config.out, experiment_of(run), config.label())
+            owner = report_owner_of(config)
+            out = report_folder(config.out, experiment_of(run), config.label(), owner, run.info.run_id)
             write_main_report(metrics_id, out, run.info.experiment_id, REPORT not in chain.forced)
+            mark_report_folder(out, owner, run.info.run_id)  # a copied report brought its maker's record
             where = f"; report in {out}"
         log.info("main %s (%s): %d of 4 steps reused (%s)%s", run.info.run_id, config.label(), len(chain.reused),
                  ", ".join(chain.reused) or "none", where)

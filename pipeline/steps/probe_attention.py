@@ -33,6 +33,7 @@ import torch
 from pipeline.attention_hooks import read_attention
 from pipeline.checkpoint import load_model
 from pipeline.config import ProbeConfig
+from pipeline.errors import PipelineError
 from pipeline.contracts import (
     ATTENTION_DIR,
     ATTENTION_META,
@@ -40,6 +41,7 @@ from pipeline.contracts import (
     BOXES,
     CAMS,
     CHANNEL_WEIGHTS,
+    DATASET_DIGEST_TAG,
     FAITHFULNESS_CURVES,
     FAITHFULNESS_PREFIX,
     GRID_IMAGES,
@@ -48,14 +50,16 @@ from pipeline.contracts import (
     LOGITS,
     MASKS,
     PER_CLASS_ACCURACY,
+    PREPARE_DATA,
     PROBE_ATTENTION,
     REUSE_KEY_TAG,
     SPATIAL_MAPS,
     TRAIN,
+    UNDEFINED_TAG,
     UPSTREAM_TAGS,
     reuse_key,
 )
-from pipeline.data import Dataset, load_dataset
+from pipeline.data import Dataset, content_digest, load_dataset
 from pipeline.devices import resolve_device
 from pipeline.metrics import mean_average_precision
 from pipeline.models import CBAMResNet18
@@ -100,31 +104,77 @@ def params_config(params: dict[str, str]) -> dict:
 
 
 def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int, n: int, config: ProbeConfig,
-                         seed) -> pd.DataFrame:
+                         seed, seconds_per_image: float) -> tuple[pd.DataFrame, dict[str, str]]:
     """Channel ablation and pixel deletion / insertion on the first ``n`` probed images
     (:func:`pipeline.faithfulness.judge_faithfulness`, maps: the CBAM spatial map and the CAM):
-    logs the summaries as ``faith/<name>`` on the active run, returns the curves' rows."""
+    logs its cost first (passes, and seconds at ``seconds_per_image``, the probe's own speed),
+    then the defined summaries as ``faith/<name>`` on the active run; returns the curves' rows
+    and the undefined measures with why (not logged: the report shows them as n/a)."""
     from pipeline.console import progress
-    from pipeline.faithfulness import judge_faithfulness
+    from pipeline.faithfulness import forward_passes, judge_faithfulness
 
-    started = time.perf_counter()
     draw_seed = int(seed) if str(seed).isdigit() else 0  # the train run's seed: each seed its own draws
     maps = {"cam": attention.cams[:n].astype(np.float32)}
     if attention.spatial_maps.size:  # SE and ECA have no spatial map: channel ablation only
         maps["cbam"] = attention.spatial_maps[:n].astype(np.float32)
-    summaries, rows = judge_faithfulness(
+    passes = forward_passes(n, model.cbam.channels, config.faithfulness_draws, len(maps) if "cbam" in maps else 0)
+    log.info("faithfulness of %d images, %d random draws: %d passes through the rest of the network and %d through "
+             "the whole of it, at most about %.0f s at this probe's speed", n, config.faithfulness_draws,
+             passes["partial"], passes["full"], (passes["partial"] + passes["full"]) * seconds_per_image)
+    started = time.perf_counter()
+    judged = judge_faithfulness(
         model, probed.subset(torch.arange(n)), image_size, maps, draws=config.faithfulness_draws, seed=draw_seed,
         fill=config.ablation_fill, imputation=config.deletion_imputation, batch_size=config.batch_size,
         progress=lambda batches, total, desc: progress(batches, total=total, desc=desc, unit="batch"))
     seconds = time.perf_counter() - started
+    summaries = judged.summaries
     logged = {f"{FAITHFULNESS_PREFIX}{k}": v for k, v in summaries.items() if math.isfinite(v)}
     mlflow.log_metrics({**logged, f"{FAITHFULNESS_PREFIX}seconds": seconds})
-    spatial = (f", deletion advantage {summaries['deletion_advantage_acc']:.2f}, insertion advantage "
-               f"{summaries['insertion_advantage_acc']:.2f}") if "cbam" in maps else " (no spatial map)"
+    for note in judged.notes:
+        log.warning("faithfulness: %s", note)
+
+    def shown(key: str) -> str:
+        return f"{summaries[key]:.2f}" if math.isfinite(summaries[key]) else "n/a"
+
+    spatial = (f", deletion advantage {shown('deletion_advantage_acc')}, insertion advantage "
+               f"{shown('insertion_advantage_acc')}") if "cbam" in maps else " (no spatial map)"
     log.info("faithfulness of %d images in %.1f s: channel advantage %.2f (random draws' std %.2f)%s "
              "(accuracy areas, percent)", n, seconds, summaries["channel_advantage_acc"],
              summaries["channel_advantage_acc_std"], spatial)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(judged.rows), {f"{FAITHFULNESS_PREFIX}{what}": why for what, why in judged.undefined.items()}
+
+
+def trained_digest(train_run) -> tuple[str, str]:
+    """The content digest of the data the train run trained on, and where it was recorded: the
+    train run's own tag, else its prepare-data run's; ("", "") for a run made before either."""
+    digest = train_run.data.tags.get(DATASET_DIGEST_TAG, "")
+    if digest:
+        return digest, f"train run {train_run.info.run_id}"
+    prepare_id = train_run.data.tags.get(UPSTREAM_TAGS[PREPARE_DATA]) or train_run.data.params.get("prepare_run_id", "")
+    if prepare_id:
+        try:
+            digest = mlflow.MlflowClient().get_run(prepare_id).data.tags.get(DATASET_DIGEST_TAG, "")
+        except Exception:  # a deleted prepare-data run: nothing to check against
+            digest = ""
+        if digest:
+            return digest, f"prepare-data run {prepare_id} of train run {train_run.info.run_id}"
+    return "", ""
+
+
+def check_trained_data(train_run, dataset: Dataset, data_dir: str) -> None:
+    """One-line error, before the probe's run starts, when the data loaded from ``data_dir`` is
+    not the data the train run trained on (content digests differ: other files, another seed of
+    a generated set); a warning where the train run recorded no digest."""
+    expected, where = trained_digest(train_run)
+    if not expected:
+        log.warning("probe: train run %s recorded no dataset digest (made before runs did): the %s data in %r "
+                    "is not checked against what it trained on", train_run.info.run_id, dataset.name, data_dir)
+        return
+    actual = content_digest(dataset)
+    if actual != expected:
+        raise PipelineError(f"the {dataset.name} data in {data_dir!r} (content digest {actual[:12]}) is not the data "
+                            f"{where} trained on (digest {expected[:12]}): give that run's data_dir, or train on this "
+                            "data")
 
 
 def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: Dataset | None = None,
@@ -148,6 +198,7 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
     image_size = int(train_config["image_size"])
     if dataset is None or dataset.name != dataset_name:
         dataset = load_dataset(dataset_name, data_dir)
+        check_trained_data(train_run, dataset, data_dir)
     test = dataset.test
     n_total = len(test)
     n = n_total if config.num_images == -1 else config.num_images
@@ -166,11 +217,17 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
     with step_run(PROBE_ATTENTION, params, config.to_dict(), run_name=run_name or f"{model.config.activation} · probe-attention",
                   tags=tags, experiment=experiment_of(train_run)) as run, \
             tempfile.TemporaryDirectory() as tmp:
+        probe_started = time.perf_counter()
         attention = read_attention(model.to(device), probed, image_size, config.batch_size)
+        seconds_per_image = (time.perf_counter() - probe_started) / max(n, 1)
         labels = probed.labels.cpu().numpy()
         scores = score_logits(torch.from_numpy(attention.logits), torch.from_numpy(labels))
         test_map = mean_average_precision(labels, attention.logits, num_classes=model.config.num_classes)
-        mlflow.log_metrics({"test_acc": scores.acc, "test_top5": scores.top5, "test_map": test_map})
+        undefined: dict[str, str] = {}
+        if not math.isfinite(test_map):
+            undefined["test_map"] = f"{len(np.unique(labels))} class(es) among the {n} probed images; mAP needs two"
+        mlflow.log_metrics({"test_acc": scores.acc, "test_top5": scores.top5,
+                            **({"test_map": test_map} if math.isfinite(test_map) else {})})
 
         root = Path(tmp)
         (root / ATTENTION_DIR).mkdir()
@@ -202,14 +259,21 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         table_path.parent.mkdir()
         table.to_csv(table_path, index=False)
         if faithful_n:
-            curves = measure_faithfulness(model, probed, attention, image_size, faithful_n, config,
-                                          seed=train_config.get("seed", 0))
+            curves, undefined_faith = measure_faithfulness(model, probed, attention, image_size, faithful_n, config,
+                                                           seed=train_config.get("seed", 0),
+                                                           seconds_per_image=seconds_per_image)
+            undefined.update(undefined_faith)
             curves.to_csv(root / FAITHFULNESS_CURVES, index=False)
         mlflow.log_artifacts(tmp)
         what = (f"channel weights {attention.channel_weights.shape}, spatial maps {attention.spatial_maps.shape}"
                 if model.cbam is not None else "no attention (no CBAM)")
-        log.info("probe %s: %d images, %s; test_acc %.2f%% test_map %.4f", run.info.run_id, n, what,
-                 scores.acc, test_map)
+        if undefined:  # said once in the log and kept on the run: the report shows these as n/a
+            mlflow.set_tag(UNDEFINED_TAG, "; ".join(f"{k}: {why}" for k, why in undefined.items()))
+            for k, why in undefined.items():
+                log.warning("probe %s: %s undefined (not logged): %s", run.info.run_id, k, why)
+        shown_map = f"{test_map:.4f}" if math.isfinite(test_map) else "n/a"
+        log.info("probe %s: %d images, %s; test_acc %.2f%% test_map %s", run.info.run_id, n, what,
+                 scores.acc, shown_map)
         # the arrays as stored (maps in float16), so metrics from memory equal metrics from the artefacts
         return ProbeResult(run.info.run_id, attention.channel_weights.astype(np.float32),
                            attention.spatial_maps.astype(np.float16), labels.astype(np.int64),

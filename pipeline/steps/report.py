@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.report.gather import metrics_runs_of
 from pipeline.report.write import write_report
 from pipeline.results import StepResult
-from pipeline.tracking import report_folder, step_run
+from pipeline.tracking import config_digest, report_folder, step_run
 
 log = logging.getLogger("pipeline")
 
@@ -28,8 +28,10 @@ def run_report(config: ReportConfig) -> StepResult:
     if not source.metrics_run_ids:
         raise PipelineError(f"{source.title} has no finished compute-metrics runs to report on")
     with step_run(REPORT, config.params(), run_name=source.name, experiment=source.experiment) as run:
-        out = report_folder(config.out, source.experiment, source.name)
-        write_report(source.metrics_run_ids, out, source.title, config.reference)
+        owner = config_digest({"source": source.title, "reference": config.reference})
+        out = report_folder(config.out, source.experiment, source.name, owner, run.info.run_id)
+        write_report(source.metrics_run_ids, out, source.title, config.reference, failed=source.failed,
+                     configurations=source.configurations)
         mlflow.log_artifacts(str(out), REPORT_DIR)
         log.info("report written to %s", out)
         return StepResult(run.info.run_id)

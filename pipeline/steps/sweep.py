@@ -86,7 +86,6 @@ class SweepProgress:
 
 def run_sweep(config: SweepConfig) -> str:
     from pipeline.config import check_writable_folder
-    from pipeline.report.tables import failures_markdown
     from pipeline.report.write import write_report
     from pipeline.steps.main import run_main
 
@@ -103,14 +102,18 @@ def run_sweep(config: SweepConfig) -> str:
         from pipeline.sharing import plan_process_workers
 
         workers, gpus = plan_process_workers(config, configurations)
+    from pipeline.steps.main import check_up_front
+
+    # weights against every backbone, and the data, before the sweep run starts (inline: loaded once, kept)
+    checked = check_up_front(configurations[0].train, config.backbones, configurations[0].forced_steps(), None)
     n = len(configurations)
-    t = config.main.train
-    name = (f"sweep · {','.join(config.activations)} · {','.join(config.positions)} · seeds "
-            f"{','.join(map(str, config.seeds))} · {t.dataset} {t.image_size}px {t.epochs}ep")[:250]
+    name = config.label()
     with step_run(SWEEP, config.params(), config.to_dict(), run_name=name,
                   experiment=config.main.train.experiment()) as run:
         sweep_id = run.info.run_id
         executor = make_executor(config, run_main, workers, gpus)
+        if hasattr(executor, "datasets"):
+            executor.datasets = checked
         log.info("sweep %s: %d configurations, executor %s", sweep_id, n, config.executor)
         progress = SweepProgress(n, sweep_id, run.info.experiment_id)
         try:
@@ -124,11 +127,9 @@ def run_sweep(config: SweepConfig) -> str:
         metrics_ids = [get_run(o.main_run_id).data.tags.get(UPSTREAM_TAGS[COMPUTE_METRICS]) for o in finished]
         metrics_ids = [m for m in metrics_ids if m]
         if metrics_ids:
-            out = report_folder(config.main.out, experiment_of(run), name)
-            write_report(metrics_ids, out, title=f"sweep run {sweep_id}")
-            if failed:  # the table covers the finished configurations only: say which are missing
-                with (out / "summary.md").open("a") as md:
-                    md.write(failures_markdown([(o.label, o.main_run_id, o.error) for o in failed], len(outcomes)))
+            out = report_folder(config.main.out, experiment_of(run), name, sweep_id, sweep_id)
+            write_report(metrics_ids, out, title=f"sweep run {sweep_id}",
+                         failed=[(o.label, o.main_run_id, o.error) for o in failed], configurations=len(outcomes))
             mlflow.log_artifacts(str(out), REPORT_DIR)
         if failed and not finished:
             raise PipelineError(f"all {len(failed)} configurations of sweep {sweep_id} failed, e.g. "

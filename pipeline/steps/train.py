@@ -30,6 +30,7 @@ from pipeline.config import TrainConfig
 from pipeline.contracts import (
     BEST_CHECKPOINT,
     CONFIG_JSON,
+    DATASET_DIGEST_TAG,
     DATASET_JSON,
     EPOCH_ATTENTION_PREFIX,
     GRAD_FLOW,
@@ -195,9 +196,11 @@ def log_checkpoint_metrics(run_id: str, ckpt: dict) -> None:
 
 
 def start_or_resume(config: TrainConfig | None, resume_run_id: str, dataset: Dataset | None,
-                    splits: Splits | None, force: bool) -> tuple[TrainConfig, dict | None, torch.device, Splits]:
+                    splits: Splits | None, force: bool) -> tuple[TrainConfig, dict | None, torch.device, Splits, str]:
     """The config, the last checkpoint (None for a new run), the device (checked before any
-    data is loaded) and the data splits of the run."""
+    data is loaded), the data splits of the run, and the data's content digest where the run
+    splits the data itself ("" where a prepare-data run recorded it: the probe reads it there)."""
+    digest = ""
     ckpt = None
     if resume_run_id:
         config, ckpt = resume_point(resume_run_id, force)
@@ -208,8 +211,9 @@ def start_or_resume(config: TrainConfig | None, resume_run_id: str, dataset: Dat
         if config.prepare_run_id:
             splits = splits_from_prepare_run(config, dataset)
         else:
+            digest = content_digest(dataset)
             splits = split_validation(dataset, config.val_fraction, config.seed)
-    return config, ckpt, device, splits
+    return config, ckpt, device, splits, digest
 
 
 class Training:
@@ -363,7 +367,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
     Phases: start or resume (config, checkpoint, splits, model), the epochs (inside
     :meth:`Training.stopping_cleanly`), finish (test evaluation, delivery); then, once the run
     is FINISHED, ``last.pt`` is dropped if the config says so."""
-    config, ckpt, device, splits = start_or_resume(config, resume_run_id, dataset, splits, force)
+    config, ckpt, device, splits, digest = start_or_resume(config, resume_run_id, dataset, splits, force)
     seed_everything(config.seed)
     model_config = config.model_config(len(splits.classes))
     if config.gate_norm != "none" and model_config.position != "none" and config.activation not in SUM_TO_ONE_GATES:
@@ -375,6 +379,8 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
     tags = {REUSE_KEY_TAG: reuse_key(TRAIN, config.to_dict())}
     if config.prepare_run_id:
         tags[UPSTREAM_TAGS[PREPARE_DATA]] = config.prepare_run_id
+    if digest:  # what a probe of this run checks its data against
+        tags[DATASET_DIGEST_TAG] = digest
     with step_run(TRAIN, params, config.to_dict(), run_name=run_name or config.label(), tags=tags,
                   run_id=resume_run_id or None, experiment=config.experiment()) as run, \
             tempfile.TemporaryDirectory() as tmp:
