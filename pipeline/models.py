@@ -330,7 +330,7 @@ def backbone_state(weights: str, backbone: str) -> dict[str, torch.Tensor]:
     why = _misfit(state, backbone)
     if why:
         fits = [b for b in BACKBONES if b != backbone and not _misfit(state, b)]
-        hint = f"; it is a {fits[0]} state dict: give --backbone {fits[0]}" if fits else ""
+        hint = f"; it fits backbone {fits[0]}" if fits else ""
         title = backbone.replace("resnet", "ResNet")
         raise PipelineError(f"weights file {weights!r} is not a {title} state dict ({why}){hint}")
     return state

@@ -235,8 +235,11 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
     for ax in axes.ravel()[len(shown):]:
         ax.set_visible(False)
     note = "dots: seeds; diamond: mean; bar: 95 % CI (t, n ≥ 2)"
-    if reference in values:
+    unmeasured = [g for g in gates if not any(np.isfinite(values[g].get(m, [np.nan])).any() for m in shown)]
+    if reference in values and reference not in unmeasured:
         note += f"; shaded: {reference}'s CI"
+    if unmeasured:  # a row left empty on purpose: say so rather than let it read as zero
+        note += f"; not measured: {', '.join(unmeasured)}"
     if chance and any(m in chance for m in shown):
         note += f"; dashed: {chance_label}"
     if constant:

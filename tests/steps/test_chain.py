@@ -137,6 +137,13 @@ def test_inline_sweep_runs_every_configuration_under_one_sweep_run(tracking_uri,
     failures = summary.split("## Failed configurations (1 of 3, not in the tables above)")[1]
     [row] = [line for line in failures.splitlines() if line.startswith("| swish · late · fake 32px 1ep · seed0 |")]
     assert "checkpoints/best.pt is corrupt or not a checkpoint" in row
+    # a report rebuilt from the sweep run lists the same failure, with the error its main run kept
+    from pipeline.config import ReportConfig
+    from pipeline.steps.report import run_report
+
+    run_report(ReportConfig(sweep_run_id=sweep_id, out=str(tmp_path / "rebuilt")))
+    rebuilt = next((tmp_path / "rebuilt").glob("*/report_sweep_*/summary.md")).read_text()
+    assert rebuilt.split("## Failed configurations")[1] == summary.split("## Failed configurations")[1]
     mains = {r.data.tags["mlflow.runName"]: r for r in all_runs(tracking_uri)
              if r.data.tags.get("mlflow.parentRunId") == sweep_id}
     status = {name: r.info.status for name, r in mains.items()}

@@ -225,5 +225,12 @@ def test_design_sweeps_pair_spatial_gates_with_cbam_only_and_name_what_differs()
     ]
     baseline = sweep.configurations()[-1].train
     assert (baseline.attention, baseline.spatial_gate, baseline.backbone) == ("none", "none", "resnet50")
+    # the sweep's name carries every list that varies, so two sweeps apart by one never share a report folder
+    assert sweep.label() == ("sweep · sigmoid · designs cbam,se,eca · spatial sigmoid,softmax · backbones "
+                             "resnet18,resnet50 · late,none · seeds 0 · digits 64px 2ep")
+    names = {cfg.SweepConfig.from_options(activations=("sigmoid",), weights="none", **{k: v}).label()
+             for k, v in (("backbones", ("resnet34",)), ("attentions", ("se",)), ("gate_norms", ("mean_one",)),
+                          ("spatial_gates", ("softmax",)), ("seeds", (0,)))}
+    assert len(names) == 5 and "sweep · sigmoid · late · seeds 0 · cifar10 224px 5ep" in names
     # the notebook's design: the run names of every earlier sweep stay as they were
     assert cfg.TrainConfig(weights="none").label() == "sigmoid · late · cifar10 224px 5ep · seed0"

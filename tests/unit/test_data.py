@@ -36,8 +36,8 @@ def test_cifar10_missing_offline_names_data_dir_and_offline_datasets(tmp_path):
     with pytest.raises(PipelineError) as err:
         load_dataset("cifar10", tmp_path / "nowhere")
     message = str(err.value)
-    assert str(tmp_path / "nowhere") in message and "digits" in message and "fake" in message
-    assert "\n" not in message
+    assert str(tmp_path / "nowhere") in message and "\n" not in message
+    assert message.endswith("offline datasets: digits, cluttered-digits, fake")
 
 
 def test_cifar10_truncated_file_is_a_one_line_error(tmp_path):
@@ -46,6 +46,22 @@ def test_cifar10_truncated_file_is_a_one_line_error(tmp_path):
     batch.write_bytes(batch.read_bytes()[:500])
     with pytest.raises(PipelineError, match="data_batch_3.*corrupt or truncated"):
         load_dataset("cifar10", tmp_path)
+
+
+def test_cifar10_labels_out_of_range_and_too_small_cluttered_splits_are_one_line_errors(tmp_path):
+    import pickle
+
+    write_cifar10(tmp_path / "bad")
+    batch = tmp_path / "bad" / "cifar-10-batches-py" / "test_batch"
+    entry = pickle.loads(batch.read_bytes())
+    entry["labels"][4], entry["labels"][7] = -1, 10
+    batch.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(PipelineError, match=r"test_batch' has 2 labels outside 0\.\.9 \(e\.g\. -1 at index 4\)$"):
+        load_dataset("cifar10", tmp_path / "bad")
+    write_cifar10(tmp_path / "one", n_test=1)
+    with pytest.raises(PipelineError, match="cluttered-cifar10 places each image among fragments of the other images "
+                                            "of its split, but the test split of cifar10 has 1 image"):
+        load_dataset("cluttered-cifar10", tmp_path / "one")
 
 
 def test_digits_is_real_offline_and_split_as_documented():

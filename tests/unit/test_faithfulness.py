@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline.data import ImageSet, load_dataset, to_model_input
-from pipeline.faithfulness import (ablation_grid, area, baseline_of, channel_ablation, channel_orders, deletion_fractions,
-                                  pixel_ranks, random_maps, spatial_deletion)
+from pipeline.faithfulness import (ablation_grid, area, baseline_of, channel_ablation, channel_orders, constant_maps,
+                                  deletion_fractions, forward_passes, judge_faithfulness, pixel_ranks, random_maps,
+                                  spatial_deletion)
 from pipeline.models import CBAMResNet18, ModelConfig
 
 SIZE = 32
@@ -230,6 +231,51 @@ def test_pixel_ranks_and_the_blur_baseline():
     assert (baseline_of(x, "mean") == 0).all()
     with pytest.raises(ValueError, match="valid: blur, mean"):
         baseline_of(x, "noise")
+
+
+def test_a_constant_map_orders_no_pixel_and_its_deletion_is_undefined(images):
+    # a constant map ranks pixels in flat index order, also after bilinear upsampling (whose float
+    # rounding is not constant: 0.6123 on a 1 x 1 grid came out unequal on 36 of 1,024 pixels)
+    for grid in ((1, 1), (4, 4)):
+        ranks = pixel_ranks(torch.full((1, *grid), 0.6123), SIZE)
+        np.testing.assert_array_equal(ranks.numpy()[0], np.arange(SIZE * SIZE))
+    assert constant_maps(np.array([[[1.0, 1.0], [1.0, 1.0]], [[1.0, 2.0], [1.0, 1.0]]])).tolist() == [True, False]
+    data = images.subset(torch.arange(8))
+    late = _model("late")  # at 32 px the CBAM map and the CAM are 1 x 1, and so are random maps on that grid
+    one = np.full((8, 1, 1), 0.5, np.float32)
+    judged = judge_faithfulness(late, data, SIZE, {"cbam": one, "cam": one}, draws=2)
+    spatial = {k: v for k, v in judged.summaries.items() if k.startswith(("deletion", "insertion"))}
+    assert spatial and all(np.isnan(v) for v in spatial.values())
+    assert "deletion_advantage_acc" in spatial and np.isfinite(judged.summaries["channel_advantage_acc"])
+    assert set(judged.undefined) == {"deletion/insertion of the cbam map", "deletion/insertion of the cam map",
+                                     "deletion/insertion of the random maps"}
+    assert {row["family"] for row in judged.rows} == {"channel"}
+    # middle at 32 px: the CBAM map is 4 x 4 and ranks pixels; only the 1 x 1 CAM is undefined
+    middle = _model("middle")
+    maps = _cbam_maps(middle, data).numpy()
+    judged = judge_faithfulness(middle, data, SIZE, {"cbam": maps, "cam": one}, draws=2)
+    assert set(judged.undefined) == {"deletion/insertion of the cam map"}
+    assert np.isnan(judged.summaries["deletion_cam_acc_area"])
+    assert np.isfinite(judged.summaries["deletion_advantage_acc"]) and np.isfinite(judged.summaries["deletion_cbam_acc_area"])
+    assert {row["order"] for row in judged.rows if row["family"] == "deletion"} == {"cbam", "random"}
+
+
+def test_the_cost_line_counts_the_passes_the_protocol_makes(images):
+    model = _model("middle")
+    data = images.subset(torch.arange(6))
+    maps = {"cbam": _cbam_maps(model, data).numpy(), "cam": random_maps((2, 2), 6, 0, 9)}
+    counted = {"full": 0, "partial": 0}
+    model.register_forward_hook(lambda m, i, out: counted.__setitem__("full", counted["full"] + out.shape[0]))
+    for name in ("attended", "from_attended"):
+        def wrapped(x, _inner=getattr(model, name)):
+            counted["partial"] += x.shape[0]
+            return _inner(x)
+        setattr(model, name, wrapped)
+    judge_faithfulness(model, data, SIZE, maps, draws=3, batch_size=4)
+    assert counted == forward_passes(6, 128, draws=3, maps=2)
+    # closed form: 11 ablation sizes for 128 channels, 7 interior fractions
+    assert forward_passes(6, 128, draws=3, maps=2) == {"partial": 6 * (2 + 5 * 11), "full": 6 * (2 + 5 * 2 * 7)}
+    assert forward_passes(6, 128, draws=3, maps=0)["full"] == 0
 
 
 def test_faithfulness_benchmark_records_settings_and_every_repeat(tmp_path):

@@ -116,6 +116,11 @@ def test_mean_average_precision_equals_scikit_learn():
     sub = scores[labels != 4]
     expected_present = average_precision_score(np.eye(5)[present][:, :4], sub[:, :4], average="macro")
     assert M.mean_average_precision(present, sub, num_classes=5) == pytest.approx(expected_present)
+    # one class present: every image is a positive, so its AP is 1 whatever the scores: undefined
+    assert np.isnan(M.mean_average_precision(np.array([3]), np.array([[0.9, 0.1, 0.0, -5.0, 0.0]])))
+    assert np.isnan(M.mean_average_precision(np.array([1, 1, 1]), scores[:3]))
+    two = M.mean_average_precision(np.array([0, 1]), np.array([[0.2, 0.8], [0.9, 0.1]]))  # both ranked last
+    assert two == pytest.approx(average_precision_score(np.eye(2)[[0, 1]], [[0.2, 0.8], [0.9, 0.1]]))
 
 
 def test_a_constant_row_has_no_focus_even_when_its_mean_rounds_below_it():

@@ -77,6 +77,12 @@ def test_gate_metric_panels_have_fixed_ranges_and_drop_constant_metrics():
     assert max(means) == pytest.approx(100 * np.mean([0.99, 0.98, 0.99]))
     one_metric = {"a": {"gini": [0.5]}, "b": {"gini": [0.5]}}
     assert plots.plot_gate_metrics(one_metric, {}) is None  # equal for every gate: nothing to draw
+    # a metric only one gate has (faith/* measured for one gate of two) is drawn, not called equal for every gate
+    one_gate = {"a": {"gini": [0.5, 0.6]}, "b": {"gini": [np.nan, np.nan]}}
+    assert plots.metric_values(one_gate) == (["gini"], [])
+    fig = plots.plot_gate_metrics(one_gate, {}, reference="b")
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "not measured: b" in title and "shaded" not in title
 
 
 def test_curves_gate_parameters_gradient_flow_and_grid(tmp_path):
