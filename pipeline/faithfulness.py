@@ -129,7 +129,8 @@ def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | Non
     by the channel weights its gate gives each image (:func:`channel_orders`). For
     ``fill="mean"`` a first pass takes the channel means over the images; then every order and
     k, batch by batch, through the rest of the network (:meth:`CBAMResNet18.from_attended`);
-    memory: one batch of features at a time."""
+    memory: one batch of features at a time. ``progress(steps, total)`` wraps the iterator of its
+    steps (one per batch and order)."""
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
     model.eval()
@@ -152,19 +153,25 @@ def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | Non
     hook = model.cbam.channel.gate.register_forward_hook(lambda m, i, out: captured.append(out.float().flatten(1)))
     start = 0
     try:
-        batches = -(-len(data) // batch_size)
-        for images, y in progress(iterate_batches(data, batch_size), batches):  # pass 2: every order and k
-            captured.clear()
-            f = model.attended(to_model_input(images, image_size))
-            orders = channel_orders(captured[-1].cpu().numpy(), draws, seed, first_index=start)
-            for order, draw in variants:
-                chosen = orders[order] if draw is None else orders[order][draw]
-                order_t = torch.from_numpy(np.ascontiguousarray(chosen)).to(f.device)
-                for j, k in enumerate(ks):
-                    right, probability = _correct_and_mass(model.from_attended(_ablated(f, order_t, k, fill_map)), y)
-                    hits[(order, draw)][j] += right
-                    mass[(order, draw)][j] += probability
-            start += f.shape[0]
+        def each_curve():  # pass 2: every order and k; one step per batch and order (what progress counts)
+            nonlocal start
+            for images, y in iterate_batches(data, batch_size):
+                captured.clear()
+                f = model.attended(to_model_input(images, image_size))
+                orders = channel_orders(captured[-1].cpu().numpy(), draws, seed, first_index=start)
+                for order, draw in variants:
+                    chosen = orders[order] if draw is None else orders[order][draw]
+                    order_t = torch.from_numpy(np.ascontiguousarray(chosen)).to(f.device)
+                    for j, k in enumerate(ks):
+                        right, probability = _correct_and_mass(model.from_attended(_ablated(f, order_t, k, fill_map)),
+                                                               y)
+                        hits[(order, draw)][j] += right
+                        mass[(order, draw)][j] += probability
+                    yield
+                start += f.shape[0]
+
+        for _ in progress(each_curve(), -(-len(data) // batch_size) * len(variants)):
+            pass
     finally:
         hook.remove()
     curves = AblationCurves(ks, channels)
@@ -272,7 +279,7 @@ def spatial_deletion(model, data: ImageSet, image_size: int, maps: dict[str, np.
     (N, h, w), row i for image i) and ``draws`` random maps drawn on ``grid`` (default: the
     ``cbam`` map's grid, which is then required). Each batch is run once unperturbed and once
     fully imputed (the shared end points), then at every interior fraction for every map and
-    family. ``progress`` wraps the batches' iterator."""
+    family. ``progress(steps, total)`` wraps the iterator of its steps (one per batch and map)."""
     if grid is None and "cbam" not in maps:
         raise ValueError("spatial deletion needs the CBAM spatial maps (its grid is the random maps' grid)")
     if imputation not in IMPUTATIONS:
@@ -289,31 +296,36 @@ def spatial_deletion(model, data: ImageSet, image_size: int, maps: dict[str, np.
     grid = tuple(grid) if grid is not None else maps["cbam"].shape[1:]
     start = 0
 
-    batches = -(-len(data) // batch_size)
-    for images, y in progress(iterate_batches(data, batch_size), batches):
-        b = images.shape[0]
-        x = to_model_input(images, image_size)
-        base = baseline_of(x, imputation)
-        flat_x, flat_base = x.flatten(2), base.flatten(2)  # (B, 3, S*S)
-        unperturbed, imputed = _correct_and_mass(model(x), y), _correct_and_mass(model(base), y)
-        for name, draw in variants:
-            m = maps[name][start:start + b] if draw is None else random_maps(grid, b, draw, seed, start)
-            ranks = pixel_ranks(torch.as_tensor(np.asarray(m, dtype=np.float32)).to(x.device), image_size)
-            for family in ("deletion", "insertion"):
-                key = (family, (name, draw))
-                scored = {0: unperturbed, len(fractions) - 1: imputed} if family == "deletion" else \
-                    {0: imputed, len(fractions) - 1: unperturbed}
-                for j in range(1, len(fractions) - 1):
-                    top = (ranks < counts[j])[:, None]  # (B, 1, S*S): the map's top fraction
-                    if family == "deletion":
-                        perturbed = torch.where(top, flat_base, flat_x)
-                    else:
-                        perturbed = torch.where(top, flat_x, flat_base)
-                    scored[j] = _correct_and_mass(model(perturbed.view_as(x)), y)
-                for j, (right, probability) in scored.items():
-                    hits[key][j] += right
-                    mass[key][j] += probability
-        start += b
+    def each_map():  # one step per batch and map (what progress counts)
+        nonlocal start
+        for images, y in iterate_batches(data, batch_size):
+            b = images.shape[0]
+            x = to_model_input(images, image_size)
+            base = baseline_of(x, imputation)
+            flat_x, flat_base = x.flatten(2), base.flatten(2)  # (B, 3, S*S)
+            unperturbed, imputed = _correct_and_mass(model(x), y), _correct_and_mass(model(base), y)
+            for name, draw in variants:
+                m = maps[name][start:start + b] if draw is None else random_maps(grid, b, draw, seed, start)
+                ranks = pixel_ranks(torch.as_tensor(np.asarray(m, dtype=np.float32)).to(x.device), image_size)
+                for family in ("deletion", "insertion"):
+                    key = (family, (name, draw))
+                    scored = {0: unperturbed, len(fractions) - 1: imputed} if family == "deletion" else \
+                        {0: imputed, len(fractions) - 1: unperturbed}
+                    for j in range(1, len(fractions) - 1):
+                        top = (ranks < counts[j])[:, None]  # (B, 1, S*S): the map's top fraction
+                        if family == "deletion":
+                            perturbed = torch.where(top, flat_base, flat_x)
+                        else:
+                            perturbed = torch.where(top, flat_x, flat_base)
+                        scored[j] = _correct_and_mass(model(perturbed.view_as(x)), y)
+                    for j, (right, probability) in scored.items():
+                        hits[key][j] += right
+                        mass[key][j] += probability
+                yield
+            start += b
+
+    for _ in progress(each_map(), -(-len(data) // batch_size) * len(variants)):
+        pass
     curves = DeletionCurves(fractions)
     for family in ("deletion", "insertion"):
         for name in maps:

@@ -125,7 +125,7 @@ def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int
     judged = judge_faithfulness(
         model, probed.subset(torch.arange(n)), image_size, maps, draws=config.faithfulness_draws, seed=draw_seed,
         fill=config.ablation_fill, imputation=config.deletion_imputation, batch_size=config.batch_size,
-        progress=lambda batches, total, desc: progress(batches, total=total, desc=desc, unit="batch"))
+        progress=lambda steps, total, desc: progress(steps, total=total, desc=desc, unit="curve"))
     seconds = time.perf_counter() - started
     summaries = judged.summaries
     logged = {f"{FAITHFULNESS_PREFIX}{k}": v for k, v in summaries.items() if math.isfinite(v)}

@@ -86,8 +86,9 @@ class SweepProgress:
 
 def run_sweep(config: SweepConfig) -> str:
     from pipeline.config import check_writable_folder
+    from pipeline.executors import InlineExecutor
     from pipeline.report.write import write_report
-    from pipeline.steps.main import run_main
+    from pipeline.steps.main import check_up_front, run_main
 
     check_writable_folder("out", config.main.out)
     configurations = config.configurations()
@@ -102,8 +103,6 @@ def run_sweep(config: SweepConfig) -> str:
         from pipeline.sharing import plan_process_workers
 
         workers, gpus = plan_process_workers(config, configurations)
-    from pipeline.steps.main import check_up_front
-
     # weights against every backbone, and the data, before the sweep run starts (inline: loaded once, kept)
     checked = check_up_front(configurations[0].train, config.backbones, configurations[0].forced_steps(), None)
     n = len(configurations)
@@ -112,7 +111,7 @@ def run_sweep(config: SweepConfig) -> str:
                   experiment=config.main.train.experiment()) as run:
         sweep_id = run.info.run_id
         executor = make_executor(config, run_main, workers, gpus)
-        if hasattr(executor, "datasets"):
+        if isinstance(executor, InlineExecutor):  # the data it loaded serves every configuration
             executor.datasets = checked
         log.info("sweep %s: %d configurations, executor %s", sweep_id, n, config.executor)
         progress = SweepProgress(n, sweep_id, run.info.experiment_id)
