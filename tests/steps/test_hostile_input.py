@@ -91,18 +91,6 @@ def test_the_probe_refuses_data_other_than_the_train_runs(tracking_uri, tmp_path
     assert same.returncode == 0, same.stderr[-2000:]
 
 
-def test_one_probed_image_has_no_map_and_the_reason_is_kept(tracking_uri, cli_in_process):
-    result = cli_in_process("main", *FAST, "--num-images", "1", "--faithfulness-images", "0")
-    assert result.returncode == 0, result.stderr[-2000:]
-    probe = [r for r in all_runs(tracking_uri) if r.data.tags.get("pipeline.step") == "probe-attention"][0]
-    assert "test_map" not in probe.data.metrics and "test_acc" in probe.data.metrics
-    assert probe.data.tags["pipeline.undefined"] == ("test_map: 1 class(es) among the 1 probed images; mAP needs "
-                                                     "two")
-    assert "test_map n/a" in result.stderr
-    main = [r for r in all_runs(tracking_uri) if r.data.tags.get("pipeline.step") == "main"][0]
-    assert "test_map" not in main.data.metrics
-
-
 def test_sweep_combinations_and_local_ray_resources_are_judged_before_the_sweep_run(tracking_uri, cli_in_process):
     from pipeline.config import SweepConfig
 

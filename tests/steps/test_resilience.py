@@ -203,13 +203,20 @@ def test_weights_directory_and_huge_image_size(tracking_uri, tmp_path, cli_in_pr
     assert all_runs(tracking_uri) == []
 
 
-def test_num_images_beyond_the_test_set_is_clamped_with_a_warning(finished_train_run, cli_in_process):
+def test_num_images_beyond_the_test_set_is_clamped_and_one_image_has_no_map(finished_train_run, cli_in_process):
     result = cli_in_process("probe-attention", "--train-run-id", finished_train_run, "--num-images", "1000000",
                             "--faithfulness-images", "0")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "num_images=1000000 is more than the 80 test images: probing all 80" in result.stderr
     probe = mlflow.MlflowClient().get_run(result.stdout.strip().splitlines()[-1])
     assert probe.data.params["num_images_probed"] == "80"
+    # one probed image: one class, so mAP is undefined (it would be 1.0 whatever the scores): not logged, said why
+    one = cli_in_process("probe-attention", "--train-run-id", finished_train_run, "--num-images", "1",
+                         "--faithfulness-images", "0")
+    assert one.returncode == 0 and "test_map n/a" in one.stderr, one.stderr[-2000:]
+    probe = mlflow.MlflowClient().get_run(one.stdout.strip().splitlines()[-1])
+    assert "test_map" not in probe.data.metrics and "test_acc" in probe.data.metrics
+    assert probe.data.tags["pipeline.undefined"] == "test_map: 1 class(es) among the 1 probed images; mAP needs two"
 
 
 @pytest.mark.system

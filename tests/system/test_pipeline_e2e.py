@@ -63,8 +63,11 @@ def test_main_chains_four_child_runs_writes_the_report_and_reuses_them(project_e
     assert "report/summary.md" in artefacts and "report/weights_late.pdf" in artefacts
     assert parent.data.metrics["gini"] == by_step["compute-metrics"].data.metrics["gini"]
     assert by_step["probe-attention"].data.params["faithfulness_images_used"] == "16"
-    assert parent.data.metrics["faith/deletion_advantage_acc"] == by_step["probe-attention"].data.metrics[
-        "faith/deletion_advantage_acc"]
+    assert parent.data.metrics["faith/channel_advantage_acc"] == by_step["probe-attention"].data.metrics[
+        "faith/channel_advantage_acc"]
+    # the late map at 32 px is 1 x 1: deletion and insertion are undefined, the reason kept on the probe run
+    assert "faith/deletion_advantage_acc" not in parent.data.metrics
+    assert "deletion/insertion of the cbam map" in by_step["probe-attention"].data.tags["pipeline.undefined"]
 
     # again, with the same parameters spelled differently: every step is reused, none rerun
     again = mlflow_run(*[a.replace("epochs=2", "epochs=2.0") for a in args], cwd=tmp, env=env)
