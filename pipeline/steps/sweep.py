@@ -113,6 +113,7 @@ def run_sweep(config: SweepConfig) -> str:
         executor = make_executor(config, run_main, workers, gpus)
         if isinstance(executor, InlineExecutor):  # the data it loaded serves every configuration
             executor.datasets = checked
+        checked = None  # workers of other executors load their own: the driver keeps no copy
         log.info("sweep %s: %d configurations, executor %s", sweep_id, n, config.executor)
         progress = SweepProgress(n, sweep_id, run.info.experiment_id)
         try:

@@ -261,6 +261,13 @@ def test_designs_and_backbones_are_never_pooled_and_the_baseline_joins_each_desi
     wide = summary_table([run("sigmoid", 0, "se"), run("sigmoid", 0, "se", backbone="resnet50"),
                           run("none", 0, "none", backbone="resnet50")])
     assert "backbone" in varying_keys(wide) and len(wide) == 3
+    # the baseline's footnote names its backbone (it said ResNet18 whatever the backbone)
+    from pipeline.report.tables import baseline_note
+
+    assert "the same ResNet50 without an attention block" in baseline_note(wide)
+    assert "the same ResNet18 without an attention block" in baseline_note(table)
+    both = summary_table([run("none", 0, "none"), run("none", 0, "none", backbone="resnet34")])
+    assert "the same backbone (ResNet18, ResNet34, each its own row) without" in baseline_note(both)
     assert set(figure_groups([run("sigmoid", 0, "se"), run("sigmoid", 0, "se", backbone="resnet50")])) == {
         "resnet18_late", "resnet50_late"}
     # runs made before the keys existed read as the notebook's design (the baseline: no block)
