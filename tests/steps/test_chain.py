@@ -139,11 +139,12 @@ def test_inline_sweep_runs_every_configuration_under_one_sweep_run(tracking_uri,
     assert "checkpoints/best.pt is corrupt or not a checkpoint" in row
     # a report rebuilt from the sweep run lists the same failure, with the error its main run kept
     from pipeline.config import ReportConfig
-    from pipeline.steps.report import run_report
+    from pipeline.report.gather import metrics_runs_of
+    from pipeline.report.tables import failures_markdown
 
-    run_report(ReportConfig(sweep_run_id=sweep_id, out=str(tmp_path / "rebuilt")))
-    rebuilt = next((tmp_path / "rebuilt").glob("*/report_sweep_*/summary.md")).read_text()
-    assert rebuilt.split("## Failed configurations")[1] == summary.split("## Failed configurations")[1]
+    source = metrics_runs_of(ReportConfig(sweep_run_id=sweep_id))
+    assert len(source.metrics_run_ids) == 2 and source.configurations == 3
+    assert failures_markdown(source.failed, source.configurations) == "\n## Failed" + summary.split("\n## Failed", 1)[1]
     mains = {r.data.tags["mlflow.runName"]: r for r in all_runs(tracking_uri)
              if r.data.tags.get("mlflow.parentRunId") == sweep_id}
     status = {name: r.info.status for name, r in mains.items()}
