@@ -118,8 +118,9 @@ def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int
     if attention.spatial_maps.size:  # SE and ECA have no spatial map: channel ablation only
         maps["cbam"] = attention.spatial_maps[:n].astype(np.float32)
     passes = forward_passes(n, model.cbam.channels, config.faithfulness_draws, len(maps) if "cbam" in maps else 0)
-    log.info("faithfulness of %d images, %d random draws: %d passes through the rest of the network and %d through "
-             "the whole of it, at most about %.0f s at this probe's speed", n, config.faithfulness_draws,
+    log.info("faithfulness of %d images, %d random draws: %d image passes through part of the network (up to the "
+             "block, or from it) and %d through the whole of it, at most about %.0f s at this probe's speed", n,
+             config.faithfulness_draws,
              passes["partial"], passes["full"], (passes["partial"] + passes["full"]) * seconds_per_image)
     started = time.perf_counter()
     judged = judge_faithfulness(
