@@ -235,6 +235,11 @@ class TrainConfig(StepConfig):
                            "stay after layer1/2/4, with that stage's channels).")
     attention_images: int = option(256, "Validation images (a fixed, seeded set) whose channel weights give "
                                    "the per-epoch attention/* metrics; 0: none.")
+    canvases: str = option("fixed", "Training canvases of a cluttered dataset: fixed (placed once) or fresh (placed "
+                           "anew every epoch from the training split's images, seeded by seed and epoch; validation "
+                           "and test canvases stay fixed).")
+    lr_schedule: str = option("constant", "Learning rate over training: constant (the notebook's) or onecycle "
+                              "(warm-up to lr over the first 30 % of the steps, then cosine annealing).")
     prepare_run_id: str = option("", "Use the split of this finished prepare-data run (default: split here).")
 
     def __post_init__(self):
@@ -272,6 +277,11 @@ class TrainConfig(StepConfig):
         check_choice("gate_norm", self.gate_norm, contracts.GATE_NORMS)
         if self.attention_images < 0:
             raise PipelineError(f"attention_images must be 0 or more, got {self.attention_images}")
+        check_choice("canvases", self.canvases, contracts.CANVASES)
+        if self.canvases == "fresh" and self.dataset not in contracts.PLACED_DATASETS:
+            raise PipelineError(f"canvases fresh places a cluttered dataset's images anew each epoch; dataset "
+                                f"{self.dataset} has no canvases (placed datasets: {', '.join(contracts.PLACED_DATASETS)})")
+        check_choice("lr_schedule", self.lr_schedule, contracts.LR_SCHEDULES)
 
     def prepare(self) -> PrepareConfig:
         return PrepareConfig(dataset=self.dataset, data_dir=self.data_dir, val_fraction=self.val_fraction,

@@ -13,6 +13,15 @@ import functools
 GATE_NAMES = ("sigmoid", "softmax", "sparsemax", "scaled_tanh", "parametric_sigmoid", "swish", "entmax15",
               "alpha_entmax")
 DATASET_NAMES = ("cifar10", "digits", "cluttered-digits", "cluttered-cifar10", "fake")
+#: The datasets whose images are placed on canvases (their training canvases can be placed anew each epoch).
+PLACED_DATASETS = ("cluttered-digits", "cluttered-cifar10")
+#: How a placed dataset's training canvases are made: fixed (placed once, as the test canvases) or
+#: fresh (placed anew every epoch, seeded by the run's seed and the epoch).
+CANVASES = ("fixed", "fresh")
+#: The learning rate over training: constant (the notebook's Adam at lr), or onecycle (Smith &
+#: Topin 2019, torch's OneCycleLR at its defaults: from lr / 25 up to lr over the first 30 % of the
+#: steps, then cosine annealing to lr / (25 * 10^4); Adam's beta1 cycled 0.95 -> 0.85 -> 0.95).
+LR_SCHEDULES = ("constant", "onecycle")
 #: The six gates of the reference notebook, in its order.
 NOTEBOOK_GATES = GATE_NAMES[:6]
 #: How a gate's weights are normalised: none (the notebook's), or mean_one (sum-to-one gates

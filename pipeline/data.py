@@ -60,6 +60,9 @@ class ImageSet:
     labels: torch.Tensor
     masks: torch.Tensor | None = None
     boxes: torch.Tensor | None = None
+    #: a placed dataset's unplaced image behind each canvas (N, 3, h, w) uint8, on the CPU: what
+    #: fresh canvases are placed from (:func:`fresh_canvases`); None for other datasets
+    sources: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -69,13 +72,14 @@ class ImageSet:
         return self.masks is not None
 
     def subset(self, indices: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images[indices], self.labels[indices],
-                        None if self.masks is None else self.masks[indices.to(self.masks.device)],
-                        None if self.boxes is None else self.boxes[indices.to(self.boxes.device)])
+        def cpu(t):
+            return None if t is None else t[indices.to(t.device)]
+
+        return ImageSet(self.images[indices], self.labels[indices], cpu(self.masks), cpu(self.boxes), cpu(self.sources))
 
     def to(self, device: torch.device | str) -> "ImageSet":
-        # the ground truth stays on the CPU: only the metrics read it
-        return ImageSet(self.images.to(device), self.labels.to(device), self.masks, self.boxes)
+        # the ground truth and the sources stay on the CPU: only the metrics and the placement read them
+        return ImageSet(self.images.to(device), self.labels.to(device), self.masks, self.boxes, self.sources)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class Dataset:
     train: ImageSet
     test: ImageSet
     classes: tuple[str, ...]
+    placement: Placement | None = None  # how a cluttered dataset's canvases are placed
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class Splits:
     test: ImageSet
     classes: tuple[str, ...]
     val_indices: torch.Tensor
+    placement: Placement | None = None
 
 
 def offline() -> bool:
@@ -226,9 +232,22 @@ def cluttered(dataset: Dataset, name: str, placement: Placement) -> Dataset:
                                 f"{split} split of {dataset.name} has {len(part)} image(s): it needs at least 2")
         placed = place_on_canvas(part.images.numpy(), placement, PLACEMENT_SEEDS[split])
         return ImageSet(_images_from_numpy(placed.images), part.labels.clone(), torch.from_numpy(placed.masks),
-                        torch.from_numpy(placed.boxes))
+                        torch.from_numpy(placed.boxes), part.images)
 
-    return Dataset(name, place(dataset.train, "train"), place(dataset.test, "test"), dataset.classes)
+    return Dataset(name, place(dataset.train, "train"), place(dataset.test, "test"), dataset.classes, placement)
+
+
+def fresh_canvases(part: ImageSet, placement: Placement, seed: int, epoch: int) -> ImageSet:
+    """``part``'s images placed anew (targets and distractors from ``part`` alone: a training
+    split's canvases never show a validation image), seeded by (seed, epoch): the same seed and
+    epoch give the same canvases, in a rerun and in a resumed run alike; another epoch, others.
+    What cluttered MNIST's 60,000 digits give by number, 1,293 give by being placed anew each
+    epoch (Jaderberg et al. 2015 draw their canvases at random)."""
+    if part.sources is None:
+        raise PipelineError("fresh canvases need a placed dataset (cluttered-digits, cluttered-cifar10)")
+    placed = place_on_canvas(part.sources.numpy(), placement, [seed, epoch, PLACEMENT_SEEDS["train"]])
+    return ImageSet(_images_from_numpy(placed.images).to(part.images.device), part.labels,
+                    torch.from_numpy(placed.masks), torch.from_numpy(placed.boxes), part.sources)
 
 
 def load_cluttered_digits(data_dir: str | Path | None = None, download: bool = True) -> Dataset:
@@ -326,6 +345,7 @@ def splits_from_val_indices(dataset: Dataset, val_indices) -> Splits:
         dataset.test,
         dataset.classes,
         val_idx,
+        dataset.placement,
     )
 
 

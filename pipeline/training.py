@@ -84,9 +84,11 @@ def train_one_epoch(
     grad_flow: GradientFlow | None = None,
     desc: str = "train",
     forward=None,
+    scheduler=None,
 ) -> EpochResult:
     """One epoch in seeded batch order. ``forward``: what the batch goes through, ``model`` itself
-    unless given (the graph-captured model of :func:`pipeline.devices.compiled`)."""
+    unless given (the graph-captured model of :func:`pipeline.devices.compiled`); ``scheduler``:
+    a learning-rate schedule stepped after every optimizer step."""
     model.train()
     forward = model if forward is None else forward
     device = data.labels.device
@@ -104,6 +106,8 @@ def train_one_epoch(
         if grad_flow is not None:
             grad_flow.accumulate()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.argmax(dim=1) == labels).sum()
     n = len(data)

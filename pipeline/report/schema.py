@@ -18,10 +18,10 @@ from pipeline.contracts import (FAITHFULNESS_PREFIX, GRID_SIZE, LOCALISATION_PRE
 
 #: What defines an experiment: runs that differ in any of these are never pooled (the seed is
 #: what pools). ``gate_norm`` counts where train runs log it.
-GROUP_KEYS = ("dataset", "image_size", "epochs", "weights", "lr", "batch_size", "val_fraction", "num_images",
-              "gate_norm", "backbone", "attention", "spatial_gate", "position", "activation")
+GROUP_KEYS = ("dataset", "image_size", "epochs", "weights", "lr", "lr_schedule", "batch_size", "val_fraction",
+              "canvases", "num_images", "gate_norm", "backbone", "attention", "spatial_gate", "position", "activation")
 KEY_LABELS = {"dataset": "dataset", "image_size": "image size (px)", "epochs": "epochs", "weights": "weights",
-              "lr": "lr", "batch_size": "batch size", "val_fraction": "val. fraction", "num_images": "probed images",
+              "lr": "lr", "lr_schedule": "lr schedule", "canvases": "training canvases", "batch_size": "batch size", "val_fraction": "val. fraction", "num_images": "probed images",
               "gate_norm": "gate norm.", "backbone": "backbone", "attention": "design", "spatial_gate": "spatial gate",
               "position": "position", "activation": "gate"}
 #: Keys of the attention block: the baseline without one (position none) holds ``none`` in them,
@@ -29,7 +29,8 @@ KEY_LABELS = {"dataset": "dataset", "image_size": "image size (px)", "epochs": "
 BLOCK_KEYS = ("attention", "spatial_gate")
 #: The notebook's design: a key at this value is left out of a report's "constant" phrase, and a
 #: run made before the key existed had it.
-DESIGN_DEFAULTS = {"backbone": "resnet18", "attention": "cbam", "spatial_gate": "sigmoid"}
+DESIGN_DEFAULTS = {"backbone": "resnet18", "attention": "cbam", "spatial_gate": "sigmoid", "canvases": "fixed",
+                   "lr_schedule": "constant"}
 #: How a constant key reads above a table ("64 px", "2 epochs"); the others read "<label> <value>".
 CONSTANT_TEXT = {"image_size": "{} px", "epochs": "{} epochs", "num_images": "{} test images probed",
                  "batch_size": "batch size {}", "val_fraction": "val. fraction {}", "gate_norm": "gate norm. {}"}

@@ -43,7 +43,8 @@ from pipeline.contracts import (
     VAL_INDICES,
     reuse_key,
 )
-from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_validation, splits_from_val_indices
+from pipeline.data import (Dataset, Splits, batch_bounds, content_digest, fresh_canvases, load_dataset, split_validation,
+                           splits_from_val_indices)
 from pipeline.devices import compiled, configure, flag_on, memory_format, resolve_device
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import CBAMResNet18, build_model
@@ -216,6 +217,16 @@ def start_or_resume(config: TrainConfig | None, resume_run_id: str, dataset: Dat
     return config, ckpt, device, splits, digest
 
 
+def learning_rate_schedule(config: TrainConfig, optimizer, train_images: int):
+    """The run's schedule, stepped after every optimizer step: None for a constant rate; for
+    onecycle torch's ``OneCycleLR`` peaking at ``lr`` over every step of every epoch (the batches
+    of an epoch as :func:`~pipeline.data.batch_bounds` cuts them)."""
+    if config.lr_schedule == "constant":
+        return None
+    steps = len(batch_bounds(train_images, config.batch_size, no_single=True))
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps * config.epochs)
+
+
 class Training:
     """One train run's state from its first epoch to its test evaluation: :meth:`epochs` trains
     and stores each epoch (checkpoints before metrics), :meth:`finish` evaluates the best epoch's
@@ -235,8 +246,11 @@ class Training:
         self.model = model.to(self.device, memory_format=memory_format(self.channels_last))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
                                           fused=flag_on(config.fused_adam, self.device))
-        if ckpt is not None:
+        self.scheduler = learning_rate_schedule(config, self.optimizer, len(splits.train))
+        if ckpt is not None:  # after the schedule: its start must not overwrite the restored learning rate
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
             restore_rng_state(ckpt["rng"], self.generator)
             self.best_acc, self.best_epoch = float(ckpt["best_val_acc"]), int(ckpt["best_epoch"])
             self.grad_history = [list(g) for g in ckpt.get("grad_history", [])]
@@ -247,6 +261,7 @@ class Training:
         self.stored = first_epoch - 1
         self.train, self.val, self.test = (splits.train.to(self.device), splits.val.to(self.device),
                                            splits.test.to(self.device))
+        self.placement = splits.placement
         if len(self.train) > config.batch_size and len(self.train) % config.batch_size == 1:
             log.info("train: %d images in batches of %d would leave a last batch of 1 image, on which BatchNorm "
                      "cannot train: it joins the batch before it (one batch of %d per epoch)", len(self.train),
@@ -271,9 +286,13 @@ class Training:
             self.epoch = epoch
             start = time.perf_counter()
             self.grad_flow.reset()
-            result = train_one_epoch(model, self.train, self.optimizer, batch_size=config.batch_size,
+            # fresh canvases: this epoch's, seeded by (seed, epoch), so a resumed run sees an uninterrupted one's
+            train = fresh_canvases(self.train, self.placement, config.seed, epoch) if config.canvases == "fresh" \
+                else self.train
+            result = train_one_epoch(model, train, self.optimizer, batch_size=config.batch_size,
                                      generator=self.generator, grad_flow=self.grad_flow,
-                                     desc=f"epoch {epoch}/{config.epochs}", forward=self.forward, **self.common)
+                                     desc=f"epoch {epoch}/{config.epochs}", forward=self.forward,
+                                     scheduler=self.scheduler, **self.common)
             val_eval = evaluate(model, self.val, **self.common)
             if not all(math.isfinite(v) for v in (result.loss, val_eval.loss)):
                 kept = (f"{LAST_CHECKPOINT} of run {self.run_id}, after epoch {epoch - 1}" if epoch > 1
@@ -304,6 +323,7 @@ class Training:
             # everything needed to continue exactly here (resume_run_id)
             save_checkpoint(self.last_path, self.model, epoch=epoch, val_acc=val_acc,
                             optimizer=self.optimizer.state_dict(), rng=rng_state(self.generator),
+                            **({"scheduler": self.scheduler.state_dict()} if self.scheduler is not None else {}),
                             best_val_acc=self.best_acc, best_epoch=self.best_epoch, grad_history=self.grad_history,
                             metrics=metrics, **self.extra)
             self.outbox.put_artifact(self.last_path, "checkpoints")

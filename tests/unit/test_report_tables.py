@@ -272,5 +272,6 @@ def test_designs_and_backbones_are_never_pooled_and_the_baseline_joins_each_desi
         "resnet18_late", "resnet50_late"}
     # runs made before the keys existed read as the notebook's design (the baseline: no block)
     assert with_design_defaults({"position": "late", "attention": ""}) == {
-        "position": "late", "attention": "cbam", "backbone": "resnet18", "spatial_gate": "sigmoid"}
+        "position": "late", "attention": "cbam", "backbone": "resnet18", "spatial_gate": "sigmoid", "canvases": "fixed",
+        "lr_schedule": "constant"}
     assert with_design_defaults({"position": "none"})["attention"] == "none"
