@@ -106,8 +106,8 @@ MASKS = "attention/masks.npy"  # probe-attention, datasets with ground truth: bo
 BOXES = "attention/boxes.npy"  # probe-attention, datasets with ground truth: int64 (N, 4) half-open x0, y0, x1, y1
 #: Metric-key prefix of compute-metrics' localisation metrics (``loc/cbam_pxap``, ``loc/cam_pointing_mask``).
 LOCALISATION_PREFIX = "loc/"
-#: The maps localisation judges: the CBAM spatial map, the CAM, and two chance references.
-LOCALISED_MAPS = ("cbam", "cam", "uniform", "centre")
+#: The maps localisation judges: the CBAM spatial map, the CAM, two chance references, and the CBAM grid's ceiling and floor.
+LOCALISED_MAPS = ("cbam", "cam", "uniform", "centre", "ceiling", "random")
 ATTENTION_META = "attention/meta.json"  # probe-attention: what was probed, with which model
 PER_CLASS_ACCURACY = "tables/per_class_accuracy.csv"  # probe-attention
 #: probe-attention (with CBAM and faithfulness_images != 0): one row per point of every

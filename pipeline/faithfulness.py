@@ -44,7 +44,9 @@ from pipeline.data import ImageSet, iterate_batches, to_model_input
 
 FILLS = ABLATION_FILLS
 IMPUTATIONS = DELETION_IMPUTATIONS
-RANKED_MAPS = ("cbam", "cam")  # and "random", drawn on the CBAM map's grid
+#: the maps that rank pixels (and "random", drawn on the CBAM map's grid); ``ceiling``, the ground-truth
+#: mask pooled to that grid (:func:`pipeline.localisation.ceiling_maps`), where a dataset has masks
+RANKED_MAPS = ("cbam", "cam", "ceiling")
 
 
 def ablation_grid(channels: int, points: int = 10) -> list[int]:
@@ -251,7 +253,9 @@ class DeletionCurves:
     def summaries(self) -> dict[str, float]:
         """``<family>_<map>_<acc|prob>_area`` (random: the draws' mean, with ``_std``) and
         ``<family>_advantage_<acc|prob>``: random minus CBAM for deletion, CBAM minus random for
-        insertion (positive: the CBAM map ranks pixels better than chance), spread ``_std``."""
+        insertion (positive: the CBAM map ranks pixels better than chance), spread ``_std``; with a
+        ``ceiling`` map, ``<family>_normalised_<acc|prob>`` = (CBAM − random) / (ceiling − random):
+        0 at the floor, 1 at the ceiling (NaN where the two coincide)."""
         x = np.asarray(self.fractions)
         out: dict[str, float] = {}
         for metric, curves in (("acc", self.accuracy), ("prob", self.probability)):
@@ -267,6 +271,10 @@ class DeletionCurves:
                 cbam = out.get(f"{family}_cbam_{metric}_area", float("nan"))  # NaN: the CBAM map orders nothing
                 out[f"{family}_advantage_{metric}"] = random_area - cbam if family == "deletion" else cbam - random_area
                 out[f"{family}_advantage_{metric}_std"] = spread
+                if f"{family}_ceiling_{metric}_area" in out:  # between the floor (random) and the ceiling
+                    span = out[f"{family}_ceiling_{metric}_area"] - random_area
+                    out[f"{family}_normalised_{metric}"] = (cbam - random_area) / span if abs(span) > 1e-9 \
+                        else float("nan")
         return out
 
 

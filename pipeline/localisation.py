@@ -272,17 +272,42 @@ def localisation_metrics(maps, masks, boxes) -> dict[str, float]:
 CHUNK_IMAGES = 256
 
 
+def ceiling_maps(masks, grid: tuple[int, int], size: int) -> np.ndarray:
+    """The best map a grid of ``grid`` cells can hold: each image's ground-truth mask, resized to
+    the model's input as the masks are scored (nearest neighbour, ``size`` px), average-pooled to
+    the grid (each cell: the share of its pixels on the object). Upsampled like every map, it
+    scores what a perfect map of that resolution scores: a 2 x 2 map cannot outline a 20-pixel
+    digit, whatever its gate. (N, H, W) bool -> (N, h, w) float32."""
+    import torch
+    from torch.nn import functional as F
+
+    truth = torch.as_tensor(resize_masks(masks, size), dtype=torch.float32)
+    return F.adaptive_avg_pool2d(truth[:, None], tuple(grid))[:, 0].numpy()
+
+
+def random_grid_maps(n: int, grid: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """``n`` maps of uniform random values on ``grid`` (image i's seeded by (seed, 2000, i)):
+    the floor a map of that resolution scores by chance. (n, h, w) float32."""
+    return np.stack([np.random.default_rng([seed, 2000, i]).random(grid) for i in range(n)]).astype(np.float32) \
+        if n else np.zeros((0, *grid), np.float32)
+
+
 def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: int = CHUNK_IMAGES,
-               progress=lambda chunks, total: chunks) -> dict[str, dict[str, float]]:
-    """The localisation metrics of each map a probe recorded, and of the chance references,
-    at the model's input size: ``cbam`` (the spatial maps, when the model has CBAM), ``cam``
-    (when recorded), ``uniform`` (a constant map) and ``centre`` (:func:`centre_prior`). Maps
-    are upsampled bilinearly, masks by nearest neighbour and boxes to match (from ``native``
-    px to ``size`` px), ``chunk`` images at a time; ``progress`` wraps the chunks' iterator."""
+               progress=lambda chunks, total: chunks, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The localisation metrics of each map a probe recorded, and of the references, at the
+    model's input size: ``cbam`` (the spatial maps, when the model has CBAM), ``cam`` (when
+    recorded), ``uniform`` (a constant map) and ``centre`` (:func:`centre_prior`), and on the
+    CBAM map's grid its ceiling (``ceiling``: :func:`ceiling_maps`) and floor (``random``:
+    :func:`random_grid_maps`, seeded by ``seed``). Maps are upsampled bilinearly, masks by
+    nearest neighbour and boxes to match (from ``native`` px to ``size`` px), ``chunk`` images at
+    a time; ``progress`` wraps the chunks' iterator."""
     n = np.asarray(masks).shape[0]
     sources = {}
     if spatial_maps is not None and np.asarray(spatial_maps).size:
         sources["cbam"] = spatial_maps
+        grid = tuple(np.asarray(spatial_maps).shape[1:])
+        sources["ceiling"] = ceiling_maps(masks, grid, size)
+        sources["random"] = random_grid_maps(n, grid, seed)
     if cams is not None and np.asarray(cams).size:
         sources["cam"] = cams
     prior = centre_prior(size)
@@ -297,3 +322,19 @@ def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: 
         scores["uniform"].add(np.ones(truth.shape), truth, bounds)
         scores["centre"].add(np.broadcast_to(prior, truth.shape), truth, bounds)
     return {name: s.result() for name, s in scores.items()}
+
+
+def normalised_scores(scores: dict[str, dict[str, float]], of: str = "cbam") -> dict[str, float]:
+    """Each metric of the map ``of`` read between its floor and its ceiling on the same grid:
+    (score − random) / (ceiling − random), 0 at chance, 1 for the best map the grid can hold.
+    NaN where the ceiling does not exceed the floor (a grid too coarse to localise anything:
+    nothing separates a good map from a bad one there) or where ``of`` was not scored."""
+    if not {of, "ceiling", "random"} <= set(scores):
+        return {}
+    out = {}
+    for metric, value in scores[of].items():
+        floor, ceiling = scores["random"][metric], scores["ceiling"][metric]
+        span = ceiling - floor
+        out[metric] = (value - floor) / span if np.isfinite(span) and span > 1e-9 * max(1.0, abs(ceiling)) else float("nan")
+    return out
+

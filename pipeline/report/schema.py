@@ -76,6 +76,8 @@ class Family:
     chance: tuple[tuple[str, str], ...] = ()
     chance_metrics: tuple[tuple[str, str, float, int], ...] = ()  # (metric suffix, label, scale, decimals)
     figure_chance: tuple[tuple[str, str], ...] = ()  # (figure metric, the metric of its chance line)
+    #: floor and ceiling stated under the table, like ``chance``: (label, metric prefix)
+    bounds: tuple[tuple[str, str], ...] = ()
     #: a level every figure metric's chance line sits at (an advantage over random: 0), and its legend
     figure_level: tuple[float, str] | None = None
 
@@ -121,8 +123,11 @@ LOCALISATION = Family(
         _loc("cam", "maxboxacc"): Column("CAM MaxBoxAccV2", 1.0, 1),
         _loc("cam", "pointing_mask"): Column("CAM pointing", 1.0, 3),
         _loc("cam", "energy_box"): Column("CAM energy in box", 1.0, 3),
+        _loc("cbam", "pxap_normalised"): Column("CBAM PxAP, normalised", 1.0, 2),
+        _loc("cbam", "pointing_mask_normalised"): Column("CBAM pointing, normalised", 1.0, 2),
     },
-    csv_metrics=tuple(_loc(kind, m) for kind in LOCALISED_MAPS for m in LOCALISATION_METRICS),
+    csv_metrics=(*(_loc(kind, m) for kind in LOCALISED_MAPS for m in LOCALISATION_METRICS),
+                 *(_loc("cbam", f"{m}_normalised") for m in LOCALISATION_METRICS)),
     figure_metrics=(_loc("cbam", "pxap"), _loc("cam", "pxap"), _loc("cbam", "pointing_mask"),
                     _loc("cam", "pointing_mask")),
     footnote=("Mean ± half-width of the 95 % confidence interval over seeds. Each gate's CBAM spatial map and the "
@@ -134,6 +139,8 @@ LOCALISATION = Family(
               "in the box and the chance maps' values: summary.csv."),
     caption="Localisation of the CBAM spatial map and of CAM by gate",
     chance=(("uniform map", _loc("uniform", "")), ("centre prior", _loc("centre", ""))),
+    bounds=(("floor (random maps of the grid)", _loc("random", "")),
+            ("ceiling (the mask pooled to the grid)", _loc("ceiling", ""))),
     figure_chance=((_loc("cbam", "pxap"), _loc("uniform", "pxap")), (_loc("cam", "pxap"), _loc("uniform", "pxap")),
                    (_loc("cbam", "pointing_mask"), _loc("uniform", "pointing_mask")),
                    (_loc("cam", "pointing_mask"), _loc("uniform", "pointing_mask"))),
@@ -153,6 +160,9 @@ FAITHFULNESS_SUMMARIES = tuple(
        for order in ("cbam", "cam", "random")]
     + [f"{fam}_random_{m}_area_std" for fam in ("deletion", "insertion") for m in ("acc", "prob")]
     + [f"{fam}_advantage_{m}{s}" for fam in ("deletion", "insertion") for m in ("acc", "prob") for s in ("", "_std")])
+#: where a dataset has masks: the deletion and insertion areas of the ceiling map and the normalised scores
+FAITHFULNESS_CEILING = tuple([f"{fam}_ceiling_{m}_area" for fam in ("deletion", "insertion") for m in ("acc", "prob")]
+                             + [f"{fam}_normalised_{m}" for fam in ("deletion", "insertion") for m in ("acc", "prob")])
 FAITHFULNESS = Family(
     name="faithfulness",
     title="Faithfulness",
@@ -166,7 +176,7 @@ FAITHFULNESS = Family(
         _faith("insertion_cbam_acc_area"): Column("insertion: CBAM", 1.0, 1),
         _faith("insertion_advantage_acc"): Column("insertion advantage", 1.0, 1),
     },
-    csv_metrics=tuple(_faith(s) for s in FAITHFULNESS_SUMMARIES),
+    csv_metrics=tuple(_faith(s) for s in (*FAITHFULNESS_SUMMARIES, *FAITHFULNESS_CEILING)),
     figure_metrics=(_faith("channel_advantage_acc"), _faith("deletion_advantage_acc"),
                     _faith("insertion_advantage_acc")),
     footnote=("Mean ± half-width of the 95 % confidence interval over seeds. Areas under accuracy curves (%, "

@@ -83,10 +83,21 @@ def baseline_note(table: pd.DataFrame) -> str:
 
 
 def chance_text(table: pd.DataFrame, family: Family) -> str:
-    """The family's reference levels (its ``chance`` maps) as a sentence: each metric's mean
-    over the table's rows, or its range where rows differ (another image size, another dataset)."""
+    """The family's reference levels as sentences: its ``chance`` maps, then the floor and
+    ceiling of its ``bounds`` (each metric's mean over the table's rows, or its range where rows
+    differ: another image size, another dataset)."""
+    chance = levels_text(table, family, family.chance)
+    bounds = levels_text(table, family, family.bounds)
+    return ((f" Chance on the same images: {chance}." if chance else "")
+            + (f" Floor and ceiling of the CBAM map's grid on the same images: {bounds}; normalised: (CBAM − floor) / "
+               "(ceiling − floor), 0 at the floor, 1 at the ceiling, n/a where the ceiling does not exceed the floor."
+               if bounds else ""))
+
+
+def levels_text(table: pd.DataFrame, family: Family, maps) -> str:
+    """``label: metric value, ...`` for each (label, metric prefix) of ``maps`` the table has."""
     parts = []
-    for label, prefix in family.chance:
+    for label, prefix in maps:
         values = []
         for suffix, name, scale, decimals in family.chance_metrics:
             column = f"{prefix}{suffix}"
@@ -98,7 +109,7 @@ def chance_text(table: pd.DataFrame, family: Family) -> str:
             values.append(f"{name} {low}" if low == high else f"{name} {low}–{high}")
         if values:
             parts.append(f"{label}: {', '.join(values)}")
-    return f" Chance on the same images: {'; '.join(parts)}." if parts else ""
+    return "; ".join(parts)
 
 
 def to_markdown(table: pd.DataFrame, title: str, family: Family, first: bool = True) -> str:

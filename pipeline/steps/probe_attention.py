@@ -117,6 +117,10 @@ def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int
     maps = {"cam": attention.cams[:n].astype(np.float32)}
     if attention.spatial_maps.size:  # SE and ECA have no spatial map: channel ablation only
         maps["cbam"] = attention.spatial_maps[:n].astype(np.float32)
+        if probed.has_ground_truth:  # the ceiling: the best map of the CBAM map's grid, ranked like the others
+            from pipeline.localisation import ceiling_maps
+
+            maps["ceiling"] = ceiling_maps(probed.masks[:n].numpy(), maps["cbam"].shape[1:], image_size)
     passes = forward_passes(n, model.cbam.channels, config.faithfulness_draws, len(maps) if "cbam" in maps else 0)
     log.info("faithfulness of %d images, %d random draws: %d image passes through part of the network (up to the "
              "block, or from it) and %d through the whole of it, at most about %.0f s at this probe's speed", n,

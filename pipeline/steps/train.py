@@ -303,6 +303,8 @@ class Training:
             self.grad_history.append(self.grad_flow.epoch_means())
             metrics = {"train_loss": result.loss, "train_acc": result.acc, "val_loss": val_eval.loss,
                        "val_acc": val_eval.acc, **(model.gate.learnable_values() if model.gate is not None else {})}
+            if self.scheduler is not None:  # where the schedule stands after the epoch, charted beside the losses
+                metrics["lr"] = float(self.scheduler.get_last_lr()[0])
             if self.watched is not None:
                 metrics.update(attention_metrics(model, self.watched, config.image_size))
             self.store(epoch, val_eval.acc, metrics)

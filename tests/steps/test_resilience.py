@@ -248,16 +248,22 @@ def test_same_seed_same_device_gives_identical_metrics_captured_and_resumed_too(
     """One seed, one device: a graph-captured (compile=graphs) run, and one interrupted after its
     first epoch and resumed (a fresh capture of the restored model), log every value identically,
     to the last digit; another seed does not. (Captured and eager runs agree to float rounding,
-    not to the last digit: tests/unit/test_compile.py.)"""
+    not to the last digit: tests/unit/test_compile.py.) Its training canvases are placed anew each
+    epoch and its learning rate follows a one-cycle schedule: the resumed run sees the canvases and
+    the learning rate of the uninterrupted one (a small training split: val_fraction 0.9)."""
     import pipeline.steps.train as train_step
 
-    config = dict(dataset="fake", weights="none", device="cpu", batch_size=32, image_size=32, epochs=2,
-                  activation="scaled_tanh", seed=5, compile="graphs")
+    config = dict(dataset="cluttered-digits", weights="none", device="cpu", batch_size=32, image_size=32, epochs=2,
+                  activation="scaled_tanh", seed=5, compile="graphs", canvases="fresh", lr_schedule="onecycle",
+                  val_fraction=0.9, attention_images=0)
     reference = histories(run_train(TrainConfig(**config)).run_id)
     calls, real = [], train_step.train_one_epoch
 
+    seen = []
+
     def interrupted_in_the_second_epoch(*args, **kwargs):
         calls.append(1)
+        seen.append(args[1])  # the epoch's training images
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
@@ -275,7 +281,14 @@ def test_same_seed_same_device_gives_identical_metrics_captured_and_resumed_too(
     assert client.get_run(resumed.run_id).data.params["compile"] == "graphs"
     got = histories(resumed.run_id)
     assert set(got) == set(reference) and "gate_scale" in reference and reference["train_loss"].keys() == {1, 2}
+    assert reference["lr"][1] > reference["lr"][2] > 0  # one cycle: annealed by the end of the last epoch
     for key in reference:
         assert got[key] == reference[key], key  # to the last digit
     other = histories(run_train(TrainConfig(**{**config, "seed": 6, "compile": "false"})).run_id)
     assert other["train_loss"] != reference["train_loss"]
+    # the first epoch trained on the canvases placed for (seed 5, epoch 1) from the training split alone
+    from pipeline.data import fresh_canvases, load_dataset, split_validation
+
+    split = split_validation(load_dataset("cluttered-digits"), 0.9, 5)
+    assert torch.equal(seen[0].images, fresh_canvases(split.train, split.placement, 5, 1).images)
+    assert not torch.equal(seen[0].images, split.train.images)  # not the fixed canvases

@@ -198,6 +198,10 @@ def test_gate_norms_is_a_sweep_axis_for_sum_to_one_gates_only():
     ({"spatial_gate": "tanh"}, "unknown spatial_gate 'tanh'; valid: sigmoid, softmax, sparsemax"),
     ({"backbone": "vgg16"}, "unknown backbone 'vgg16'; valid: resnet18, resnet34, resnet50"),
     ({"attention": "eca", "spatial_gate": "softmax"}, "spatial_gate softmax needs attention cbam: eca has no spatial"),
+    ({"canvases": "fresh"}, "canvases fresh places a cluttered dataset's images anew each epoch; dataset cifar10 has "
+                            "no canvases (placed datasets: cluttered-digits, cluttered-cifar10)"),
+    ({"canvases": "new"}, "unknown canvases 'new'; valid: fixed, fresh"),
+    ({"lr_schedule": "cosine"}, "unknown lr_schedule 'cosine'; valid: constant, onecycle"),
 ])
 def test_bad_design_values_are_one_line_errors(options, message):
     with pytest.raises(PipelineError) as info:

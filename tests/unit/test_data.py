@@ -64,6 +64,28 @@ def test_cifar10_labels_out_of_range_and_too_small_cluttered_splits_are_one_line
         load_dataset("cluttered-cifar10", tmp_path / "one")
 
 
+def test_fresh_canvases_are_the_same_for_a_seed_and_epoch_and_differ_across_epochs():
+    from pipeline.data import fresh_canvases, split_validation
+    from pipeline.placement import place_on_canvas
+
+    split = split_validation(load_dataset("cluttered-digits"), 0.1, 0)
+    train, placement = split.train, split.placement
+    assert train.sources.shape == (len(train), 3, 8, 8) and placement.canvas == 64
+    one, again, two = (fresh_canvases(train, placement, 0, 1), fresh_canvases(train, placement, 0, 1),
+                       fresh_canvases(train, placement, 0, 2))
+    assert torch.equal(one.images, again.images) and torch.equal(one.masks, again.masks)
+    assert not torch.equal(one.images, two.images) and not torch.equal(one.images, train.images)
+    assert not torch.equal(one.images, fresh_canvases(train, placement, 1, 1).images)  # another seed
+    torch.testing.assert_close(one.labels, train.labels)  # each canvas keeps its target's label
+    # independently: the training split's own digits placed with the seed (seed, epoch, 1), so no
+    # validation digit is ever a target or a distractor on a training canvas
+    placed = place_on_canvas(train.sources.numpy(), placement, [0, 2, 1])
+    np.testing.assert_array_equal(two.images.numpy(), placed.images)
+    assert placed.sources.max() < len(train)
+    with pytest.raises(PipelineError, match="fresh canvases need a placed dataset"):
+        fresh_canvases(load_dataset("digits").train, placement, 0, 1)
+
+
 def test_digits_is_real_offline_and_split_as_documented():
     ds = load_dataset("digits")
     assert len(ds.train) == 1797 - DIGITS_TEST_SIZE == 1437 and len(ds.test) == 360

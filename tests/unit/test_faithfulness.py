@@ -208,6 +208,17 @@ def test_a_decision_on_the_top_ranked_pixels_is_deleted_first(images):
     assert summary["deletion_advantage_acc"] > 0 and summary["insertion_advantage_acc"] > 0
     assert summary["deletion_advantage_acc"] == pytest.approx(summary["deletion_random_acc_area"]
                                                               - summary["deletion_cbam_acc_area"])
+    assert "deletion_normalised_acc" not in summary  # no ceiling map given: no normalised score
+    # the map that is the decision's own region is its ceiling: normalised 1; a random-grid map sits near 0
+    both = spatial_deletion(model, data, SIZE, {"cbam": corner, "ceiling": corner}, fractions, draws=3, seed=0,
+                            imputation="mean").summaries()
+    assert both["deletion_normalised_acc"] == pytest.approx(1.0) and both["insertion_normalised_acc"] == pytest.approx(1.0)
+    flat = spatial_deletion(model, data, SIZE, {"cbam": random_maps((4, 4), len(data), 7, 1), "ceiling": corner},
+                            fractions, draws=3, seed=0, imputation="mean").summaries()
+    assert flat["deletion_normalised_acc"] == pytest.approx(
+        (flat["deletion_cbam_acc_area"] - flat["deletion_random_acc_area"])
+        / (flat["deletion_ceiling_acc_area"] - flat["deletion_random_acc_area"]))
+    assert abs(flat["deletion_normalised_acc"]) < 0.5
 
 
 def test_spatial_random_draws_are_reproducible_and_batch_free(images):

@@ -160,13 +160,46 @@ def test_judge_maps_names_every_map_and_the_chance_levels():
         boxes[i] = (x, y, x + 5, y + 5)
     spatial = masks.astype(np.float16)  # maps on the object, bilinear to 32 px
     scores = L.judge_maps(spatial, None, masks, boxes, native=16, size=32)
-    assert set(scores) == {"cbam", "uniform", "centre"}  # no CAM recorded: none judged
+    assert set(scores) == {"cbam", "ceiling", "random", "uniform", "centre"}  # no CAM recorded: none judged
     assert scores["uniform"]["pxap"] == pytest.approx(100.0 * masks.mean())
     assert scores["uniform"]["maxboxacc"] == 0.0  # the whole image never overlaps a 5 x 5 box by 0.3
     assert scores["cbam"]["pxap"] > 90.0 and scores["cbam"]["pointing_mask"] == 1.0
     assert scores["cbam"]["maxboxacc"] == 100.0 and scores["cbam"]["energy_box"] > 0.9
     assert set(scores["cbam"]) == {"pxap", "maxboxacc", "boxacc_iou30", "boxacc_iou50", "boxacc_iou70",
                                    "pointing_mask", "pointing_box", "energy_box"}
+
+
+def test_the_ceiling_of_a_grid_and_its_floor_and_the_score_between_them():
+    # closed form: a mask made of whole grid cells (the top 3 of 8 rows of cells, 64 px) pooled to the
+    # 8 x 8 grid and upsampled is above 1/2 on the object and below it off it: PxAP 100
+    masks = np.zeros((3, 64, 64), bool)
+    masks[:, :24, :] = True
+    boxes = np.tile([0, 0, 64, 24], (3, 1))
+    ceiling = L.ceiling_maps(masks, (8, 8), 64)
+    np.testing.assert_array_equal(ceiling[0], np.repeat([[1.0]] * 3 + [[0.0]] * 5, 8, axis=1))
+    assert L.pxap(L.upsample_maps(ceiling, 64), masks) == pytest.approx(100.0)
+    # a 20-pixel object on a 2 x 2 grid: its ceiling is far below 100 (the resolution limit)
+    small = np.zeros((1, 64, 64), bool)
+    small[0, 10:30, 12:32] = True
+    coarse = L.ceiling_maps(small, (2, 2), 64)
+    np.testing.assert_allclose(coarse[0], [[400 / 1024, 0], [0, 0]])
+    assert L.pxap(L.upsample_maps(coarse, 64), small) < 60.0
+    # the score between the floor (random maps of the grid) and the ceiling: 1 for the ceiling map, 0 at the floor
+    rng = np.random.default_rng(3)
+    spatial = rng.random((3, 8, 8)).astype(np.float32)
+    scores = L.judge_maps(ceiling, None, masks, boxes, native=64, size=64)
+    assert scores["ceiling"] == scores["cbam"] and scores["ceiling"]["pxap"] == pytest.approx(100.0)
+    assert all(v == pytest.approx(1.0) for k, v in L.normalised_scores(scores).items()
+               if scores["ceiling"][k] > scores["random"][k])
+    floor = {**scores, "cbam": scores["random"]}
+    assert all(v == pytest.approx(0.0) or np.isnan(v) for v in L.normalised_scores(floor).values())
+    mid = L.judge_maps(spatial, None, masks, boxes, native=64, size=64)
+    expected = (mid["cbam"]["pxap"] - mid["random"]["pxap"]) / (mid["ceiling"]["pxap"] - mid["random"]["pxap"])
+    assert L.normalised_scores(mid)["pxap"] == pytest.approx(expected)
+    # a 1 x 1 grid: ceiling and floor are both constant maps, nothing to read between them
+    one = L.judge_maps(np.ones((3, 1, 1), np.float32), None, masks, boxes, native=64, size=64)
+    assert np.isnan(L.normalised_scores(one)["pxap"])
+    np.testing.assert_array_equal(L.random_grid_maps(3, (2, 2), seed=1), L.random_grid_maps(3, (2, 2), seed=1))
 
 
 def test_threads_and_a_shared_prior_give_the_serial_result():
