@@ -302,16 +302,16 @@ def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: 
     nearest neighbour and boxes to match (from ``native`` px to ``size`` px), ``chunk`` images at
     a time; ``progress`` wraps the chunks' iterator."""
     n = np.asarray(masks).shape[0]
-    sources = {}
+    sources, bounds = {}, {}
     if spatial_maps is not None and np.asarray(spatial_maps).size:
         sources["cbam"] = spatial_maps
         grid = tuple(np.asarray(spatial_maps).shape[1:])
-        sources["ceiling"] = ceiling_maps(masks, grid, size)
-        sources["random"] = random_grid_maps(n, grid, seed)
+        bounds = {"ceiling": ceiling_maps(masks, grid, size), "random": random_grid_maps(n, grid, seed)}
     if cams is not None and np.asarray(cams).size:
         sources["cam"] = cams
     prior = centre_prior(size)
-    scores = {name: MapScores() for name in (*sources, "uniform", "centre")}
+    scores = {name: MapScores() for name in (*sources, "uniform", "centre", *bounds)}
+    sources.update(bounds)
     starts = range(0, n, chunk)
     for start in progress(starts, len(starts)):
         end = min(start + chunk, n)

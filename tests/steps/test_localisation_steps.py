@@ -103,7 +103,10 @@ def test_compute_metrics_logs_localisation_checked_independently(store, tmp_path
     import pandas as pd
 
     rows = pd.read_csv(table).set_index("map")
-    assert list(rows.index) == ["cbam", "cam", "uniform", "centre"]
+    assert list(rows.index) == ["cbam", "cam", "uniform", "centre", "ceiling", "random"]
+    # the CBAM map between the floor and the ceiling of its grid
+    assert logged["loc/cbam_pxap_normalised"] == pytest.approx(
+        (logged["loc/cbam_pxap"] - logged["loc/random_pxap"]) / (logged["loc/ceiling_pxap"] - logged["loc/random_pxap"]))
     assert rows.loc["cam", "pxap"] == pytest.approx(logged["loc/cam_pxap"])
 
 
