@@ -159,6 +159,16 @@ def test_localisation_family_table_chance_and_presence():
     assert rows["sigmoid"][3] == "n/a"  # MaxBoxAccV2 not logged by these records
     # the chance levels stated under the table, not as rows
     assert "Chance on the same images: uniform map: PxAP 4.8, pointing 0.048; centre prior: PxAP 8.9." in md
+    assert "Floor and ceiling" not in md  # runs made before them: nothing said
+    bounded = summary_table([_localised("sigmoid", 0, 20.0, 10.0, **{"loc/random_pxap": 4.5, "loc/ceiling_pxap": 80.5,
+                                                                      "loc/cbam_pxap_normalised": 15.5 / 76.0})],
+                            FAMILIES)
+    md = to_markdown(bounded, "test", LOCALISATION, first=False)
+    assert ("Floor and ceiling of the CBAM map's grid on the same images: floor (random maps of the grid): PxAP 4.5; "
+            "ceiling (the mask pooled to the grid): PxAP 80.5; normalised: (CBAM − floor) / (ceiling − floor)") in md
+    import re
+
+    assert re.search(r"\|\s+0\.20 \|\s+n/a \|$", md, re.M)  # the normalised PxAP column, two decimals
     comparisons = paired_comparisons(records, "sigmoid", FAMILIES)
     cbam = comparisons[(comparisons["metric"] == "loc/cbam_pxap") & (comparisons["gate"] == "sparsemax")]
     assert cbam["mean_diff"].item() == pytest.approx(20.0) and cbam["pairs"].item() == 2
