@@ -101,13 +101,16 @@ LABELS = "attention/labels.npy"  # probe-attention: int64 (N,)
 LOGITS = "attention/logits.npy"  # probe-attention: float32 (N, K)
 GRID_IMAGES = "attention/grid_images.npy"  # probe-attention: uint8 (k, 3, h, w), the report's spatial-map grid
 GRID_SIZE = 6  # the images of that grid: the first probed ones
+RANDOMISED_SPATIAL_MAPS = "attention/randomised_spatial_maps.npy"  # probe-attention: float16, the re-initialised network's
+RANDOMISED_CAMS = "attention/randomised_cam.npy"  # probe-attention: float16, the re-initialised network's CAM
 CAMS = "attention/cam.npy"  # probe-attention: float16 (N, h, w), CAM of the true class on the last feature map
 MASKS = "attention/masks.npy"  # probe-attention, datasets with ground truth: bool (N, H, W) at native size
 BOXES = "attention/boxes.npy"  # probe-attention, datasets with ground truth: int64 (N, 4) half-open x0, y0, x1, y1
 #: Metric-key prefix of compute-metrics' localisation metrics (``loc/cbam_pxap``, ``loc/cam_pointing_mask``).
 LOCALISATION_PREFIX = "loc/"
-#: The maps localisation judges: the CBAM spatial map, the CAM, two chance references, and the CBAM grid's ceiling and floor.
-LOCALISED_MAPS = ("cbam", "cam", "uniform", "centre", "ceiling", "random")
+#: The maps localisation judges: the CBAM spatial map, the CAM, two chance references, the CBAM grid's ceiling and
+#: floor, and the CBAM map and CAM of the same network re-initialised (the floor of a network that knows nothing).
+LOCALISED_MAPS = ("cbam", "cam", "uniform", "centre", "ceiling", "random", "cbam_randomised", "cam_randomised")
 ATTENTION_META = "attention/meta.json"  # probe-attention: what was probed, with which model
 PER_CLASS_ACCURACY = "tables/per_class_accuracy.csv"  # probe-attention
 #: probe-attention (with CBAM and faithfulness_images != 0): one row per point of every

@@ -293,14 +293,16 @@ def random_grid_maps(n: int, grid: tuple[int, int], seed: int = 0) -> np.ndarray
 
 
 def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: int = CHUNK_IMAGES,
-               progress=lambda chunks, total: chunks, seed: int = 0) -> dict[str, dict[str, float]]:
+               progress=lambda chunks, total: chunks, seed: int = 0,
+               more: dict | None = None) -> dict[str, dict[str, float]]:
     """The localisation metrics of each map a probe recorded, and of the references, at the
     model's input size: ``cbam`` (the spatial maps, when the model has CBAM), ``cam`` (when
     recorded), ``uniform`` (a constant map) and ``centre`` (:func:`centre_prior`), and on the
     CBAM map's grid its ceiling (``ceiling``: :func:`ceiling_maps`) and floor (``random``:
     :func:`random_grid_maps`, seeded by ``seed``). Maps are upsampled bilinearly, masks by
     nearest neighbour and boxes to match (from ``native`` px to ``size`` px), ``chunk`` images at
-    a time; ``progress`` wraps the chunks' iterator."""
+    a time; ``progress`` wraps the chunks' iterator. ``more``: further maps by name (the same
+    network's maps with its weights re-initialised), scored last."""
     n = np.asarray(masks).shape[0]
     sources, bounds = {}, {}
     if spatial_maps is not None and np.asarray(spatial_maps).size:
@@ -310,8 +312,10 @@ def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: 
     if cams is not None and np.asarray(cams).size:
         sources["cam"] = cams
     prior = centre_prior(size)
-    scores = {name: MapScores() for name in (*sources, "uniform", "centre", *bounds)}
+    more = {k: v for k, v in (more or {}).items() if v is not None and np.asarray(v).size}
+    scores = {name: MapScores() for name in (*sources, "uniform", "centre", *bounds, *more)}
     sources.update(bounds)
+    sources.update(more)
     starts = range(0, n, chunk)
     for start in progress(starts, len(starts)):
         end = min(start + chunk, n)

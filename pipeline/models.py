@@ -347,3 +347,14 @@ def check_weights_fit(weights: str, backbones) -> None:
 
 def build_model(config: ModelConfig, weights: str = "none") -> CBAMResNet18:
     return CBAMResNet18(config, load_backbone(weights, config.backbone))
+
+
+def initial_model(config: ModelConfig, seed: int) -> CBAMResNet18:
+    """The architecture of ``config`` with the weights a train run of ``seed`` started from when
+    its weights were none (torch seeded with ``seed``, as training seeds it before building):
+    every layer re-initialised, the full cascade of Adebayo et al.'s model-parameter
+    randomisation ("Sanity Checks for Saliency Maps", NeurIPS 2018), the network that knows
+    nothing. This process's random state is left as it was. In eval mode, on the CPU."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(config, "none").eval()

@@ -47,6 +47,8 @@ from pipeline.contracts import (
     LOCALISATION_TABLE,
     PER_IMAGE_METRICS,
     PROBE_ATTENTION,
+    RANDOMISED_CAMS,
+    RANDOMISED_SPATIAL_MAPS,
     REUSE_KEY_TAG,
     SPATIAL_MAPS,
     TRAIN,
@@ -74,6 +76,8 @@ class Probed:
     cams: np.ndarray | None = None  # (N, h, w); None: a probe made before it recorded CAMs
     masks: np.ndarray | None = None  # (N, H, W) bool; None: no ground truth
     boxes: np.ndarray | None = None  # (N, 4) int64
+    randomised_spatial_maps: np.ndarray | None = None  # the re-initialised network's; None: not recorded
+    randomised_cams: np.ndarray | None = None
 
 
 def load_probed(probe_run_id: str) -> Probed:
@@ -87,7 +91,8 @@ def load_probed(probe_run_id: str) -> Probed:
                       np.load(download_artifact(probe_run_id, SPATIAL_MAPS, tmp)),
                       np.load(download_artifact(probe_run_id, LABELS, tmp)),
                       json.loads(Path(download_artifact(probe_run_id, ATTENTION_META, tmp)).read_text()),
-                      optional(CAMS), optional(MASKS), optional(BOXES))
+                      optional(CAMS), optional(MASKS), optional(BOXES), optional(RANDOMISED_SPATIAL_MAPS),
+                      optional(RANDOMISED_CAMS))
 
 
 def localisation_of(probed: Probed) -> dict[str, dict[str, float]]:
@@ -103,7 +108,10 @@ def localisation_of(probed: Probed) -> dict[str, dict[str, float]]:
     cams = probed.cams.astype(np.float32) if probed.cams is not None else None
     return judge_maps(spatial, cams, probed.masks, probed.boxes, int(meta.get("native_size", probed.masks.shape[-1])),
                       int(meta["image_size"]),
-                      progress=lambda chunks, total: progress(chunks, total=total, desc="localisation", unit="chunk"))
+                      progress=lambda chunks, total: progress(chunks, total=total, desc="localisation", unit="chunk"),
+                      more={name: None if m is None else m.astype(np.float32)
+                            for name, m in (("cbam_randomised", probed.randomised_spatial_maps),
+                                            ("cam_randomised", probed.randomised_cams))})
 
 
 def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,

@@ -9,7 +9,10 @@ weakly-supervised localisation baseline), ``attention/grid_images.npy`` (uint8, 
 six probed images, which the report's spatial-map grid draws), ``attention/meta.json`` and
 ``tables/per_class_accuracy.csv``; for a dataset with localisation ground truth also
 ``attention/masks.npy`` (bool, [N, H, W]) and ``attention/boxes.npy`` (int64, [N, 4], half-open
-x0, y0, x1, y1), at the images' native size (compute-metrics resizes them as the images are). Metrics: ``test_acc``, ``test_top5`` (percent) and
+x0, y0, x1, y1), at the images' native size (compute-metrics resizes them as the images are),
+and ``attention/randomised_spatial_maps.npy`` / ``attention/randomised_cam.npy`` (float16): the
+maps of the same architecture re-initialised as training started (the floor of a network that
+knows nothing; metric ``randomised_test_acc``). Metrics: ``test_acc``, ``test_top5`` (percent) and
 ``test_map`` (macro one-vs-rest average precision, scikit-learn) of the probed images.
 The probed images are the first ``num_images`` of the test set, in order, so row 0 is the
 notebook's single image. A train run without CBAM (position none, the baseline) has no
@@ -52,6 +55,8 @@ from pipeline.contracts import (
     PER_CLASS_ACCURACY,
     PREPARE_DATA,
     PROBE_ATTENTION,
+    RANDOMISED_CAMS,
+    RANDOMISED_SPATIAL_MAPS,
     REUSE_KEY_TAG,
     SPATIAL_MAPS,
     TRAIN,
@@ -83,6 +88,8 @@ class ProbeResult(StepResult):
     cams: np.ndarray | None = None  # (N, h, w) float16
     masks: np.ndarray | None = None  # (N, H, W) bool, native size; None: no ground truth
     boxes: np.ndarray | None = None  # (N, 4) int64
+    randomised_spatial_maps: np.ndarray | None = None  # (N, H, W) float16: the re-initialised network's
+    randomised_cams: np.ndarray | None = None  # (N, h, w) float16
 
 
 def per_class_accuracy(labels: np.ndarray, logits: np.ndarray, classes) -> pd.DataFrame:
@@ -242,10 +249,23 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         np.save(root / LOGITS, attention.logits.astype(np.float32))
         np.save(root / CAMS, attention.cams.astype(np.float16))
         masks = boxes = None
+        randomised_maps = randomised_cams = None
         if probed.has_ground_truth:
             masks, boxes = probed.masks.numpy().astype(bool), probed.boxes.numpy().astype(np.int64)
             np.save(root / MASKS, masks)
             np.save(root / BOXES, boxes)
+            if model.cbam is not None:  # the floor of a network that knows nothing: the same maps, re-initialised
+                from pipeline.models import initial_model
+
+                seed = train_config.get("seed", 0)
+                randomised = read_attention(initial_model(model.config, int(seed) if str(seed).isdigit() else 0)
+                                            .to(device), probed, image_size, config.batch_size, desc="randomised")
+                randomised_maps = randomised.spatial_maps.astype(np.float16)
+                randomised_cams = randomised.cams.astype(np.float16)
+                np.save(root / RANDOMISED_SPATIAL_MAPS, randomised_maps)
+                np.save(root / RANDOMISED_CAMS, randomised_cams)
+                mlflow.log_metric("randomised_test_acc", score_logits(
+                    torch.from_numpy(randomised.logits), torch.from_numpy(labels)).acc)
         # the images the report's spatial-map grid draws under the maps: it needs no dataset
         np.save(root / GRID_IMAGES, probed.images[:GRID_SIZE].cpu().numpy().astype(np.uint8))
         meta = {
@@ -283,4 +303,4 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         return ProbeResult(run.info.run_id, attention.channel_weights.astype(np.float32),
                            attention.spatial_maps.astype(np.float16), labels.astype(np.int64),
                            attention.logits.astype(np.float32), meta, attention.cams.astype(np.float16),
-                           masks, boxes)
+                           masks, boxes, randomised_maps, randomised_cams)

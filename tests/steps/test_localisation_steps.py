@@ -69,12 +69,22 @@ def test_probe_stores_ground_truth_and_the_cam_of_the_true_class(store, tmp_path
         expected = (f * w[:, :, None, None]).sum(dim=1).numpy()
     assert arrays["cam"].shape == (PROBED, 4, 4) and arrays["cam"].dtype == np.float16
     np.testing.assert_allclose(arrays["cam"], expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+    # the floor of a network that knows nothing: the same architecture as its train run started, its maps
+    from pipeline.attention_hooks import read_attention
+    from pipeline.models import initial_model
+
+    again = read_attention(initial_model(model.config, 0), test.subset(torch.arange(PROBED)), IMAGE_SIZE)
+    np.testing.assert_array_equal(arrays["randomised_spatial_maps"], again.spatial_maps.astype(np.float16))
+    np.testing.assert_array_equal(arrays["randomised_cam"], again.cams.astype(np.float16))
+    # this store's "trained" model is the seeded, untrained one: re-initialised, it is itself
+    np.testing.assert_array_equal(arrays["randomised_spatial_maps"], arrays["spatial_maps"])
 
 
 def test_compute_metrics_logs_localisation_checked_independently(store, tmp_path):
     metrics_id = run_compute_metrics(MetricsConfig(probe_run_id=store["probe"].run_id)).run_id
     logged = mlflow.MlflowClient().get_run(metrics_id).data.metrics
-    expected = {f"loc/{kind}_{m}" for kind in ("cbam", "cam", "uniform", "centre")
+    expected = {f"loc/{kind}_{m}" for kind in ("cbam", "cam", "uniform", "centre", "ceiling", "random",
+                                                "cbam_randomised", "cam_randomised")
                 for m in ("pxap", "maxboxacc", "boxacc_iou30", "boxacc_iou50", "boxacc_iou70", "pointing_mask",
                           "pointing_box", "energy_box")}
     assert expected <= set(logged)
@@ -103,7 +113,8 @@ def test_compute_metrics_logs_localisation_checked_independently(store, tmp_path
     import pandas as pd
 
     rows = pd.read_csv(table).set_index("map")
-    assert list(rows.index) == ["cbam", "cam", "uniform", "centre", "ceiling", "random"]
+    assert list(rows.index) == ["cbam", "cam", "uniform", "centre", "ceiling", "random", "cbam_randomised",
+                                "cam_randomised"]
     # the CBAM map between the floor and the ceiling of its grid
     assert logged["loc/cbam_pxap_normalised"] == pytest.approx(
         (logged["loc/cbam_pxap"] - logged["loc/random_pxap"]) / (logged["loc/ceiling_pxap"] - logged["loc/random_pxap"]))

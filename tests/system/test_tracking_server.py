@@ -147,7 +147,8 @@ def check_chain_on_server(uri: str, env: dict, main_run, report_run_id: str, dst
                 "val_fraction": "0.1", "device": "auto", "amp": "false", "channels_last": "auto", "fused_adam": "auto",
                 "compile": "false",
                 "keep_last_checkpoint": "true", "gate_norm": "none", "attention": "cbam", "spatial_gate": "sigmoid",
-                "backbone": "resnet18", "attention_images": "256", "data_dir": "data", "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "288",
+                "backbone": "resnet18", "attention_images": "256", "canvases": "fixed", "lr_schedule": "constant",
+                "data_dir": "data", "prepare_run_id": by_step["prepare-data"].info.run_id, "train_size": "288",
                 "val_size": "32", "test_size": "80", "num_classes": "10"}
     assert train.data.params == expected
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):

@@ -164,3 +164,19 @@ def test_gate_norm_leaves_gates_that_do_not_sum_to_one_unchanged():
     assert torch.equal(outputs[0], outputs[1])
     with pytest.raises(PipelineError, match="unknown gate_norm 'mean'"):
         ModelConfig("softmax", "late", num_classes=10, gate_norm="mean")
+
+
+def test_the_initial_model_is_what_training_starts_from_and_leaves_the_random_state_alone():
+    from pipeline.models import initial_model
+    from pipeline.training import seed_everything
+
+    config = ModelConfig("sigmoid", "middle", 10)
+    seed_everything(7)
+    started = build_model(config, "none").state_dict()  # as the train step builds it
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    again = initial_model(config, 7)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in started.items())
+    assert not torch.equal(initial_model(config, 8).layer1[0].conv1.weight, again.layer1[0].conv1.weight)
+
