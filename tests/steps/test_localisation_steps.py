@@ -74,8 +74,9 @@ def test_probe_stores_ground_truth_and_the_cam_of_the_true_class(store, tmp_path
     from pipeline.models import initial_model
 
     again = read_attention(initial_model(model.config, 0), test.subset(torch.arange(PROBED)), IMAGE_SIZE)
-    np.testing.assert_array_equal(arrays["randomised_spatial_maps"], again.spatial_maps.astype(np.float16))
-    np.testing.assert_array_equal(arrays["randomised_cam"], again.cams.astype(np.float16))
+    # to float16 rounding: another batch size may take other kernels (the probe's batches were 12)
+    np.testing.assert_allclose(arrays["randomised_spatial_maps"], again.spatial_maps, rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(arrays["randomised_cam"], again.cams, rtol=2e-3, atol=2e-3 * np.abs(again.cams).max())
     # this store's "trained" model is the seeded, untrained one: re-initialised, it is itself
     np.testing.assert_array_equal(arrays["randomised_spatial_maps"], arrays["spatial_maps"])
 
