@@ -9,6 +9,7 @@ hook on them captures the channel weights (B, C, 1, 1) and the spatial map (B, 1
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -341,8 +342,18 @@ def check_weights_fit(weights: str, backbones) -> None:
     backbone of ``backbones``: a file fits one architecture."""
     if weights in WEIGHTS:
         return
+    check_weights(weights)
+    stat = Path(weights).stat()
     for backbone in dict.fromkeys(backbones):
-        backbone_state(weights, backbone)
+        _checked_fit(weights, str(Path(weights).resolve()), stat.st_mtime_ns, stat.st_size, backbone)
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_fit(weights: str, path: str, mtime_ns: int, size: int, backbone: str) -> None:
+    """:func:`backbone_state`'s check, once per file version (its resolved ``path``, time and size)
+    and backbone in a process (a sweep's driver and each of its inline configurations would read
+    the same file again); errors name the file as given; the state itself is not kept."""
+    backbone_state(weights, backbone)
 
 
 def build_model(config: ModelConfig, weights: str = "none") -> CBAMResNet18:

@@ -111,7 +111,7 @@ def params_config(params: dict[str, str]) -> dict:
 
 
 def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int, n: int, config: ProbeConfig,
-                         seed, seconds_per_image: float) -> tuple[pd.DataFrame, dict[str, str]]:
+                         seed: int, seconds_per_image: float) -> tuple[pd.DataFrame, dict[str, str]]:
     """Channel ablation and pixel deletion / insertion on the first ``n`` probed images
     (:func:`pipeline.faithfulness.judge_faithfulness`, maps: the CBAM spatial map and the CAM):
     logs its cost first (passes, and seconds at ``seconds_per_image``, the probe's own speed),
@@ -120,7 +120,6 @@ def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int
     from pipeline.console import progress
     from pipeline.faithfulness import forward_passes, judge_faithfulness
 
-    draw_seed = int(seed) if str(seed).isdigit() else 0  # the train run's seed: each seed its own draws
     maps = {"cam": attention.cams[:n].astype(np.float32)}
     if attention.spatial_maps.size:  # SE and ECA have no spatial map: channel ablation only
         maps["cbam"] = attention.spatial_maps[:n].astype(np.float32)
@@ -135,7 +134,7 @@ def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int
              passes["partial"], passes["full"], (passes["partial"] + passes["full"]) * seconds_per_image)
     started = time.perf_counter()
     judged = judge_faithfulness(
-        model, probed.subset(torch.arange(n)), image_size, maps, draws=config.faithfulness_draws, seed=draw_seed,
+        model, probed.subset(torch.arange(n)), image_size, maps, draws=config.faithfulness_draws, seed=seed,
         fill=config.ablation_fill, imputation=config.deletion_imputation, batch_size=config.batch_size,
         progress=lambda steps, total, desc: progress(steps, total=total, desc=desc, unit="curve"))
     seconds = time.perf_counter() - started
@@ -229,6 +228,8 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
     with step_run(PROBE_ATTENTION, params, config.to_dict(), run_name=run_name or f"{model.config.activation} · probe-attention",
                   tags=tags, experiment=experiment_of(train_run)) as run, \
             tempfile.TemporaryDirectory() as tmp:
+        # the train run's seed: each seed its own faithfulness draws, and its re-initialised network
+        seed = int(train_config.get("seed", 0)) if str(train_config.get("seed", 0)).isdigit() else 0
         probe_started = time.perf_counter()
         attention = read_attention(model.to(device), probed, image_size, config.batch_size)
         seconds_per_image = (time.perf_counter() - probe_started) / max(n, 1)
@@ -257,9 +258,8 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
             if model.cbam is not None:  # the floor of a network that knows nothing: the same maps, re-initialised
                 from pipeline.models import initial_model
 
-                seed = train_config.get("seed", 0)
-                randomised = read_attention(initial_model(model.config, int(seed) if str(seed).isdigit() else 0)
-                                            .to(device), probed, image_size, config.batch_size, desc="randomised")
+                randomised = read_attention(initial_model(model.config, seed).to(device), probed, image_size,
+                                            config.batch_size, desc="randomised")
                 randomised_maps = randomised.spatial_maps.astype(np.float16)
                 randomised_cams = randomised.cams.astype(np.float16)
                 np.save(root / RANDOMISED_SPATIAL_MAPS, randomised_maps)
@@ -285,8 +285,7 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         table.to_csv(table_path, index=False)
         if faithful_n:
             curves, undefined_faith = measure_faithfulness(model, probed, attention, image_size, faithful_n, config,
-                                                           seed=train_config.get("seed", 0),
-                                                           seconds_per_image=seconds_per_image)
+                                                           seed=seed, seconds_per_image=seconds_per_image)
             undefined.update(undefined_faith)
             curves.to_csv(root / FAITHFULNESS_CURVES, index=False)
         mlflow.log_artifacts(tmp)
