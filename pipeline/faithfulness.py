@@ -381,13 +381,15 @@ class Faithfulness:
     notes: list[str] = field(default_factory=list)  # caveats of what is defined
 
 
-def forward_passes(images: int, channels: int, draws: int, maps: int, steps: int = 8) -> dict[str, int]:
+def forward_passes(images: int, channels: int, draws: int, maps: int, steps: int = 8,
+                   randomised: bool = False) -> dict[str, int]:
     """Image passes the protocol costs (what ``faithfulness_draws`` multiplies): ``partial``, the
     rest of the network after the block (two passes to read the features and their channel
-    means, then every order and k of the ablation grid), and ``full``, the whole network (the
-    two shared end points of deletion and insertion, then every interior fraction of both, per
-    ranked map and random draw; ``maps`` = 0: no pixel ranking)."""
-    partial = images * (2 + (2 + draws) * len(ablation_grid(channels)))
+    means, then every order and k of the ablation grid; twice with ``randomised``, the
+    re-initialised network's ablation), and ``full``, the whole network (the two shared end
+    points of deletion and insertion, then every interior fraction of both, per ranked map and
+    random draw; ``maps`` = 0: no pixel ranking)."""
+    partial = images * (2 + (2 + draws) * len(ablation_grid(channels))) * (2 if randomised else 1)
     full = images * (2 + (maps + draws) * 2 * (steps - 1)) if maps else 0
     return {"partial": partial, "full": full}
 
@@ -413,11 +415,18 @@ def split_informative(maps: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray
 
 def judge_faithfulness(model, data: ImageSet, image_size: int, maps: dict[str, np.ndarray], draws: int = 3,
                        seed: int = 0, fill: str = "mean", imputation: str = "mean", batch_size: int = 128,
-                       progress=lambda batches, total, desc: batches) -> Faithfulness:
+                       progress=lambda batches, total, desc: batches, randomised=None) -> Faithfulness:
     """Channel ablation and spatial deletion / insertion on ``data``: the summaries, keyed
     ``channel_<summary>`` (:meth:`AblationCurves.summaries`) and ``deletion_*`` / ``insertion_*``
     (:meth:`DeletionCurves.summaries`; only where ``maps`` has the block's own ``cbam`` map), and
     the curves' rows (:func:`curve_rows`).
+
+    ``randomised``, the same architecture re-initialised (:func:`pipeline.models.initial_model`),
+    gives channel ablation its floor: the same protocol on it, its own gate ordering its own
+    channels, as ``channel_randomised_advantage_{acc,prob}`` (and their ``_std``). A network
+    whose weights carry nothing has no channel its decision depends on more than another, so
+    its advantage sits near 0 (within its random draws' spread). Channel ablation has no
+    ceiling here: the best order of C channels is a search over C! orders, not computed.
 
     A map that orders no pixel (constant for every image: a 1 x 1 map after layer4 at 32 px, the
     CAM there too) gets no deletion or insertion curve: its areas and the advantages that need it
@@ -426,6 +435,12 @@ def judge_faithfulness(model, data: ImageSet, image_size: int, maps: dict[str, n
     channel = channel_ablation(model, data, image_size, draws=draws, seed=seed, fill=fill, batch_size=batch_size,
                                progress=lambda b, total: progress(b, total, "channel ablation"))
     summaries = {f"channel_{k}": v for k, v in channel.summaries().items()}
+    if randomised is not None:
+        floor = channel_ablation(randomised, data, image_size, draws=draws, seed=seed, fill=fill,
+                                 batch_size=batch_size,
+                                 progress=lambda b, total: progress(b, total, "channel ablation, re-initialised"))
+        summaries.update({f"channel_randomised_{k}": v for k, v in floor.summaries().items()
+                          if k.startswith("advantage_")})
     if "cbam" not in maps:  # a block without a spatial map (SE, ECA): no pixel ranking of its own
         return Faithfulness(summaries, curve_rows(channel, None))
     grid = tuple(maps["cbam"].shape[1:])

@@ -165,6 +165,8 @@ FAITHFULNESS_SUMMARIES = tuple(
 #: where a dataset has masks: the deletion and insertion areas of the ceiling map and the normalised scores
 FAITHFULNESS_CEILING = tuple([f"{fam}_ceiling_{m}_area" for fam in ("deletion", "insertion") for m in ("acc", "prob")]
                              + [f"{fam}_normalised_{m}" for fam in ("deletion", "insertion") for m in ("acc", "prob")])
+#: the floor of channel ablation: the same protocol on the network re-initialised (Adebayo et al. 2018)
+FAITHFULNESS_FLOOR = tuple(f"channel_randomised_advantage_{m}{s}" for m in ("acc", "prob") for s in ("", "_std"))
 FAITHFULNESS = Family(
     name="faithfulness",
     title="Faithfulness",
@@ -172,13 +174,16 @@ FAITHFULNESS = Family(
         _faith("channel_most_acc_area"): Column("ablation: top first", 1.0, 1),
         _faith("channel_random_acc_area"): Column("ablation: random", 1.0, 1),
         _faith("channel_advantage_acc"): Column("ablation advantage", 1.0, 1),
+        _faith("channel_randomised_advantage_acc"): Column("ablation advantage, re-initialised", 1.0, 1),
         _faith("deletion_cbam_acc_area"): Column("deletion: CBAM", 1.0, 1),
         _faith("deletion_cam_acc_area"): Column("deletion: CAM", 1.0, 1),
         _faith("deletion_advantage_acc"): Column("deletion advantage", 1.0, 1),
+        _faith("deletion_normalised_acc"): Column("deletion, normalised", 1.0, 2),
         _faith("insertion_cbam_acc_area"): Column("insertion: CBAM", 1.0, 1),
         _faith("insertion_advantage_acc"): Column("insertion advantage", 1.0, 1),
+        _faith("insertion_normalised_acc"): Column("insertion, normalised", 1.0, 2),
     },
-    csv_metrics=tuple(_faith(s) for s in (*FAITHFULNESS_SUMMARIES, *FAITHFULNESS_CEILING)),
+    csv_metrics=tuple(_faith(s) for s in (*FAITHFULNESS_SUMMARIES, *FAITHFULNESS_CEILING, *FAITHFULNESS_FLOOR)),
     figure_metrics=(_faith("channel_advantage_acc"), _faith("deletion_advantage_acc"),
                     _faith("insertion_advantage_acc")),
     footnote=("Mean ± half-width of the 95 % confidence interval over seeds. Areas under accuracy curves (%, "
@@ -188,7 +193,11 @@ FAITHFULNESS = Family(
               "blank image), "
               "fraction 0 to 1 (Petsiuk et al. 2018). Advantage: how much more the attention's order matters "
               "than a random one (random − top first; random − CBAM for deletion; CBAM − random for insertion); "
-              "above 0: the attention picks what the decision depends on. The random draws' spread, the "
+              "above 0: the attention picks what the decision depends on. Floors and ceilings: the ablation "
+              "advantage of the same network re-initialised (Adebayo et al. 2018; near 0: a network that knows "
+              "nothing depends on no channel more than another); deletion and insertion normalised between the "
+              "random maps of the CBAM map's grid (0) and the ceiling map, the mask pooled to that grid (1), n/a "
+              "without masks. The random draws' spread, the "
               "probability areas and least-first ablation: summary.csv; definitions: docs/metrics.md."),
     caption="Faithfulness of channel weights and spatial maps by gate",
     figure_level=(0.0, "0: no better than a random order"),

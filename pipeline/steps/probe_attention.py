@@ -111,9 +111,11 @@ def params_config(params: dict[str, str]) -> dict:
 
 
 def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int, n: int, config: ProbeConfig,
-                         seed: int, seconds_per_image: float) -> tuple[pd.DataFrame, dict[str, str]]:
+                         seed: int, seconds_per_image: float,
+                         randomised: CBAMResNet18 | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
     """Channel ablation and pixel deletion / insertion on the first ``n`` probed images
-    (:func:`pipeline.faithfulness.judge_faithfulness`, maps: the CBAM spatial map and the CAM):
+    (:func:`pipeline.faithfulness.judge_faithfulness`, maps: the CBAM spatial map and the CAM;
+    ``randomised``: the network re-initialised, whose channel ablation is the floor),
     logs its cost first (passes, and seconds at ``seconds_per_image``, the probe's own speed),
     then the defined summaries as ``faith/<name>`` on the active run; returns the curves' rows
     and the undefined measures with why (not logged: the report shows them as n/a)."""
@@ -127,7 +129,8 @@ def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int
             from pipeline.localisation import ceiling_maps
 
             maps["ceiling"] = ceiling_maps(probed.masks[:n].numpy(), maps["cbam"].shape[1:], image_size)
-    passes = forward_passes(n, model.cbam.channels, config.faithfulness_draws, len(maps) if "cbam" in maps else 0)
+    passes = forward_passes(n, model.cbam.channels, config.faithfulness_draws, len(maps) if "cbam" in maps else 0,
+                            randomised=randomised is not None)
     log.info("faithfulness of %d images, %d random draws: %d image passes through part of the network (up to the "
              "block, or from it) and %d through the whole of it, at most about %.0f s at this probe's speed", n,
              config.faithfulness_draws,
@@ -136,7 +139,8 @@ def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int
     judged = judge_faithfulness(
         model, probed.subset(torch.arange(n)), image_size, maps, draws=config.faithfulness_draws, seed=seed,
         fill=config.ablation_fill, imputation=config.deletion_imputation, batch_size=config.batch_size,
-        progress=lambda steps, total, desc: progress(steps, total=total, desc=desc, unit="curve"))
+        progress=lambda steps, total, desc: progress(steps, total=total, desc=desc, unit="curve"),
+        randomised=randomised)
     seconds = time.perf_counter() - started
     summaries = judged.summaries
     logged = {f"{FAITHFULNESS_PREFIX}{k}": v for k, v in summaries.items() if math.isfinite(v)}
@@ -149,9 +153,11 @@ def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int
 
     spatial = (f", deletion advantage {shown('deletion_advantage_acc')}, insertion advantage "
                f"{shown('insertion_advantage_acc')}") if "cbam" in maps else " (no spatial map)"
-    log.info("faithfulness of %d images in %.1f s: channel advantage %.2f (random draws' std %.2f)%s "
+    floor = (f"; re-initialised {summaries['channel_randomised_advantage_acc']:.2f}"
+             if "channel_randomised_advantage_acc" in summaries else "")
+    log.info("faithfulness of %d images in %.1f s: channel advantage %.2f (random draws' std %.2f%s)%s "
              "(accuracy areas, percent)", n, seconds, summaries["channel_advantage_acc"],
-             summaries["channel_advantage_acc_std"], spatial)
+             summaries["channel_advantage_acc_std"], floor, spatial)
     return pd.DataFrame(judged.rows), {f"{FAITHFULNESS_PREFIX}{what}": why for what, why in judged.undefined.items()}
 
 
@@ -251,15 +257,19 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         np.save(root / CAMS, attention.cams.astype(np.float16))
         masks = boxes = None
         randomised_maps = randomised_cams = None
+        # the floor of a network that knows nothing: the same architecture re-initialised, its maps
+        # (where there is ground truth to score them) and its channel ablation (where faithfulness runs)
+        initial = None
+        if model.cbam is not None and (probed.has_ground_truth or faithful_n):
+            from pipeline.models import initial_model
+
+            initial = initial_model(model.config, seed).to(device)
         if probed.has_ground_truth:
             masks, boxes = probed.masks.numpy().astype(bool), probed.boxes.numpy().astype(np.int64)
             np.save(root / MASKS, masks)
             np.save(root / BOXES, boxes)
-            if model.cbam is not None:  # the floor of a network that knows nothing: the same maps, re-initialised
-                from pipeline.models import initial_model
-
-                randomised = read_attention(initial_model(model.config, seed).to(device), probed, image_size,
-                                            config.batch_size, desc="randomised")
+            if initial is not None:
+                randomised = read_attention(initial, probed, image_size, config.batch_size, desc="randomised")
                 randomised_maps = randomised.spatial_maps.astype(np.float16)
                 randomised_cams = randomised.cams.astype(np.float16)
                 np.save(root / RANDOMISED_SPATIAL_MAPS, randomised_maps)
@@ -285,7 +295,8 @@ def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: D
         table.to_csv(table_path, index=False)
         if faithful_n:
             curves, undefined_faith = measure_faithfulness(model, probed, attention, image_size, faithful_n, config,
-                                                           seed=seed, seconds_per_image=seconds_per_image)
+                                                           seed=seed, seconds_per_image=seconds_per_image,
+                                                           randomised=initial)
             undefined.update(undefined_faith)
             curves.to_csv(root / FAITHFULNESS_CURVES, index=False)
         mlflow.log_artifacts(tmp)

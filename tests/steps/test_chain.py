@@ -49,7 +49,7 @@ def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_
     assert main.data.metrics["gini"] == kids["compute-metrics"].data.metrics["gini"]
     # faithfulness: measured by the probe on 40 images, carried by compute-metrics onto main
     assert kids["probe-attention"].data.params["faithfulness_images_used"] == "40"
-    for key in ("faith/channel_advantage_acc", "faith/channel_random_prob_area"):
+    for key in ("faith/channel_advantage_acc", "faith/channel_random_prob_area", "faith/channel_randomised_advantage_acc"):
         assert main.data.metrics[key] == kids["compute-metrics"].data.metrics[key] == kids["probe-attention"].data.metrics[key]
     # the late map at 32 px is 1 x 1: deletion and insertion are undefined, never an advantage of noise
     assert not [k for k in main.data.metrics if k.startswith(("faith/deletion", "faith/insertion"))]

@@ -97,6 +97,29 @@ def test_a_decision_on_the_top_weighted_channel_drops_at_k1(images):
     assert zero.accuracy["most"][0] == 100.0 and zero.accuracy["most"][1] < 100.0
 
 
+def test_the_network_re_initialised_depends_on_no_channel_the_hand_built_one_on_one(images):
+    """The floor of channel ablation (Adebayo et al.'s model randomisation): the one-channel
+    network above has a large advantage; the same architecture with the weights a train run
+    starts from has none (its decision does not depend on the channel its gate weights
+    highest: a near-constant output, every order's curve the same)."""
+    from pipeline.models import initial_model
+
+    model, data = _one_channel_model(images, 7)
+    ks = [0, 1, 4, 64, 512]
+    trained = channel_ablation(model, data, SIZE, ks=ks, draws=3, seed=0).summaries()
+    again = initial_model(model.config, seed=0)
+    assert not torch.equal(again.fc.weight, model.fc.weight)
+    randomised = channel_ablation(again, data, SIZE, ks=ks, draws=3, seed=0).summaries()
+    assert trained["advantage_acc"] > 10.0 + 3 * trained["advantage_acc_std"]
+    assert abs(randomised["advantage_acc"]) <= max(1.0, 3 * randomised["advantage_acc_std"])
+    # judged together: the floor under its own keys, beside the trained network's
+    judged = judge_faithfulness(model, data.subset(torch.arange(8)), SIZE, {}, draws=2, seed=0, randomised=again)
+    direct = channel_ablation(again, data.subset(torch.arange(8)), SIZE, draws=2, seed=0).summaries()
+    for key in ("advantage_acc", "advantage_prob", "advantage_acc_std"):
+        assert judged.summaries[f"channel_randomised_{key}"] == pytest.approx(direct[key], nan_ok=True)
+    assert "channel_randomised_most_acc_area" not in judged.summaries
+
+
 def _gate_weights(model, data):
     captured = []
     hook = model.cbam.channel.gate.register_forward_hook(lambda m, i, out: captured.append(out.flatten(1)))
@@ -287,6 +310,9 @@ def test_the_cost_line_counts_the_passes_the_protocol_makes(images):
     # closed form: 11 ablation sizes for 128 channels, 7 interior fractions
     assert forward_passes(6, 128, draws=3, maps=2) == {"partial": 6 * (2 + 5 * 11), "full": 6 * (2 + 5 * 2 * 7)}
     assert forward_passes(6, 128, draws=3, maps=0)["full"] == 0
+    # the re-initialised network's ablation (the floor) doubles the partial passes, not the full ones
+    assert forward_passes(6, 128, draws=3, maps=2, randomised=True) == {"partial": 2 * 6 * (2 + 5 * 11),
+                                                                        "full": 6 * (2 + 5 * 2 * 7)}
 
 
 def test_faithfulness_benchmark_records_settings_and_every_repeat(tmp_path):
