@@ -209,17 +209,25 @@ def _grid_images_from_dataset(train_config: dict, indices: list[int]) -> np.ndar
     return images[indices].numpy()
 
 
+#: metrics the report reads from the probe-attention run: the re-initialised network's accuracy
+PROBE_ONLY_METRICS = ("randomised_test_acc",)
+
+
 def read_record(run, tmp: Path) -> Record:
     """The record of one finished compute-metrics run."""
     metrics_id = run.info.run_id
     train_id = run.data.tags[UPSTREAM_TAGS[TRAIN]]
     probe_id = run.data.tags[UPSTREAM_TAGS[PROBE_ATTENTION]]
-    train = get_run(train_id)
-    config, seed, train_config = _config(run, train, get_run(probe_id), tmp)
+    train, probe = get_run(train_id), get_run(probe_id)
+    config, seed, train_config = _config(run, train, probe, tmp)
     histories = {k: metric_history(train_id, k) for k in train.data.metrics  # what the run logged per epoch
                  if k in CURVES or k in GATE_PARAMETERS or k.startswith(EPOCH_ATTENTION_PREFIX)}
     flow = _json(train_id, GRAD_FLOW, tmp)  # None: a train run older than the artefact
-    record = Record(config, seed, dict(run.data.metrics), train_id, probe_id,
+    metrics = dict(run.data.metrics)
+    for key in PROBE_ONLY_METRICS:  # logged by the probe alone, not carried by compute-metrics
+        if key in probe.data.metrics:
+            metrics.setdefault(key, probe.data.metrics[key])
+    record = Record(config, seed, metrics, train_id, probe_id,
                     metrics_id, run.info.start_time or 0, histories,
                     (flow["layers"], flow["mean_abs_grad"][-1]) if flow else None)
     record.channel_weights = np.load(_required(probe_id, CHANNEL_WEIGHTS, tmp))

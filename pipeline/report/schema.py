@@ -127,7 +127,8 @@ LOCALISATION = Family(
         _loc("cbam", "pointing_mask_normalised"): Column("CBAM pointing, normalised", 1.0, 2),
     },
     csv_metrics=(*(_loc(kind, m) for kind in LOCALISED_MAPS for m in LOCALISATION_METRICS),
-                 *(_loc("cbam", f"{m}_normalised") for m in LOCALISATION_METRICS)),
+                 *(_loc("cbam", f"{m}_normalised") for m in LOCALISATION_METRICS),
+                 "randomised_test_acc"),  # the accuracy of the re-initialised network whose maps are a floor
     figure_metrics=(_loc("cbam", "pxap"), _loc("cam", "pxap"), _loc("cbam", "pointing_mask"),
                     _loc("cam", "pointing_mask")),
     footnote=("Mean ± half-width of the 95 % confidence interval over seeds. Each gate's CBAM spatial map and the "

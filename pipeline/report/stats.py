@@ -81,6 +81,20 @@ def summary_table(records: list[Record], families: tuple[Family, ...] = FAMILIES
     return pd.DataFrame(rows)
 
 
+def runs_table(records: list[Record], families: tuple[Family, ...] = FAMILIES) -> pd.DataFrame:
+    """One row per record (configuration and seed), in the summary's order: the grouping keys,
+    the seed, its runs' ids and every metric of ``summary.csv`` as logged (NaN where not), the
+    values each row of :func:`summary_table` summarises, for statistics of one's own."""
+    rows = []
+    for r in ordered(records):
+        row: dict[str, Any] = {**{k: r.config.get(k, "") for k in GROUP_KEYS}, "seed": r.seed,
+                               "metrics_run_id": r.metrics_run_id, "probe_run_id": r.probe_run_id,
+                               "train_run_id": r.train_run_id}
+        row.update({col: r.metrics.get(col, np.nan) for col in csv_metrics(families)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def varying_keys(table: pd.DataFrame) -> list[str]:
     """The configuration keys (gate aside) that differ between rows: the table's columns; a
     block key (design, spatial gate) counts only over the rows that have a block."""

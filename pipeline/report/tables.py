@@ -88,6 +88,12 @@ def chance_text(table: pd.DataFrame, family: Family) -> str:
     differ: another image size, another dataset)."""
     chance = levels_text(table, family, family.chance)
     bounds = levels_text(table, family, family.bounds)
+    if bounds and "randomised_test_acc" in family.csv_metrics and "randomised_test_acc" in table:
+        accuracy = table["randomised_test_acc"].to_numpy(dtype=float)
+        accuracy = accuracy[np.isfinite(accuracy)]
+        if accuracy.size:
+            low, high = f"{accuracy.min():.1f}", f"{accuracy.max():.1f}"
+            bounds += f" (the re-initialised network's test accuracy {low if low == high else f'{low}–{high}'} %)"
     return ((f" Chance on the same images: {chance}." if chance else "")
             + (f" Floor and ceiling of the CBAM map's grid on the same images: {bounds}; normalised: (CBAM − floor) / "
                "(ceiling − floor), 0 at the floor, 1 at the ceiling, n/a where the ceiling does not exceed the floor."

@@ -31,6 +31,7 @@ def write_records(records: list[Record], out: str | Path, title: str = "report",
 
     (out / "summary.csv").write_text(tables.csv_text(table))
     (out / "comparison.csv").write_text(tables.csv_text(comparisons))
+    (out / "runs.csv").write_text(tables.csv_text(stats.runs_table(records, families)))
     markdown = "".join(tables.to_markdown(table, title, f, first=i == 0) for i, f in enumerate(families))
     markdown += "".join(tables.comparison_markdown(table, comparisons, reference, f, first=i == 0)
                         for i, f in enumerate(families))

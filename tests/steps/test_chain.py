@@ -4,6 +4,7 @@ import logging
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.config import MainConfig, MetricsConfig, SweepConfig
@@ -61,6 +62,9 @@ def test_main_runs_nested_steps_then_reuses_them_and_reruns_on_request(tracking_
     assert {k.info.run_name for k in kids.values()} == {f"softmax · {step} · seed0" for step in CHAIN}
     folder = tmp_path / "out" / "cbam-gates-fake" / "softmax_late_fake_32px_1ep_seed0"
     first_summary = (folder / "summary.md").read_text()
+    runs = pd.read_csv(folder / "runs.csv")  # the per-seed values beside the summary
+    assert list(runs["metrics_run_id"]) == [kids["compute-metrics"].info.run_id] and list(runs["seed"]) == [0]
+    assert runs.loc[0, "gini"] == pytest.approx(main.data.metrics["gini"])
     (folder / "stale.png").write_text("")  # from an older report of this configuration
 
     # again: all four reused, no new step run

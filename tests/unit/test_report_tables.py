@@ -55,6 +55,23 @@ def test_summary_table_ci_over_seeds_and_compact_formats():
     assert tex.splitlines()[0] == "% source: sweep run abc"
 
 
+def test_runs_table_holds_the_values_each_summary_row_summarises():
+    from pipeline.report.stats import runs_table
+
+    results = [result("swish", 1, gini=0.7, test_acc=92.0), result("sigmoid", 0, gini=0.3, test_acc=89.0),
+               result("swish", 0, gini=0.5, test_acc=90.0)]
+    runs = runs_table(results)
+    assert list(zip(runs["activation"], runs["seed"])) == [("sigmoid", "0"), ("swish", "0"), ("swish", "1")]
+    assert list(runs["gini"]) == [0.3, 0.5, 0.7] and np.isnan(runs["entropy"]).all()
+    assert list(runs.columns[:len(GROUP_KEYS)]) == list(GROUP_KEYS) and runs["metrics_run_id"].eq("m").all()
+    # the summary's mean and interval, recomputed from the runs with scipy
+    swish = runs[runs["activation"] == "swish"]["test_acc"].to_numpy()
+    low, high = stats.t.interval(0.95, len(swish) - 1, loc=swish.mean(), scale=stats.sem(swish))
+    row = summary_table(results).set_index("activation").loc["swish"]
+    assert row["test_acc"] == pytest.approx(swish.mean())
+    assert (row["test_acc_ci95_low"], row["test_acc_ci95_high"]) == (pytest.approx(low), pytest.approx(high))
+
+
 def test_unlike_runs_are_never_pooled_and_a_seed_counts_once():
     results = [result("swish", 0, gini=0.5), result("swish", 0, gini=0.9, dataset="fake", image_size="32", epochs="1"),
                result("swish", 1, gini=0.7), result("swish", 1, start=5, gini=0.8)]  # a rerun of seed 1: newest counts
