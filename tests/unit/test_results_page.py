@@ -85,9 +85,12 @@ def test_the_checker_recomputes_a_table_it_is_given():
     runs = pd.DataFrame({"activation": ["sigmoid"] * 3 + ["softmax"] * 2, "gate_norm": ["none"] * 3 + ["mean_one"] * 2,
                          "seed": [0, 1, 2, 0, 1], "test_acc": [90.0, 91.0, 92.5, 88.0, np.nan],
                          "gini": [0.3, 0.31, 0.35, 0.5, 0.52]})
-    half = stats.t.ppf(0.975, 2) * np.std([90.0, 91.0, 92.5], ddof=1) / np.sqrt(3)
+    def half(values):  # closed form: t(0.975, n - 1) s / sqrt(n)
+        return stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
+
     page = ("## Summary\n\n| gate | seeds | test acc. (%) | Gini |\n|:--|--:|--:|--:|\n"
-            f"| sigmoid | 3 | 91.2 ± {half:.1f} | 0.320 ± 0.032 |\n| softmax · mean_one | 2 | 88.0 | 0.510 ± 0.127 |\n")
+            f"| sigmoid | 3 | 91.2 ± {half([90.0, 91.0, 92.5]):.1f} | 0.320 ± {half([0.3, 0.31, 0.35]):.3f} |\n"
+            "| softmax · mean_one | 2 | 88.0 | 0.510 ± 0.127 |\n")
     assert check_tables(page, runs) == 4
     with pytest.raises(AssertionError, match="Summary / sigmoid / test acc"):
         check_tables(page.replace("91.2 ±", "91.3 ±"), runs)
