@@ -1,4 +1,4 @@
-"""The report's figures: records and their statistics in, :mod:`pipeline.plots` calls out.
+"""The report's figures: records and their statistics in, :mod:`pipeline.report.plots` calls out.
 
 Nothing here computes a statistic: intervals, means over seeds and pooled weights come from
 :func:`pipeline.report.stats.group_stats`; the images of the spatial-map grid are those the
@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline import plots
 from pipeline.contracts import NO_CBAM
+from pipeline.report import plots
 from pipeline.report.schema import FAMILIES, GRID_SIZE, Family, Record
 from pipeline.report.stats import GroupStats
 
@@ -45,9 +45,10 @@ def family_figure(g: GroupStats, family: Family, title: str, reference: str):
     chance = {m: g.chance[m] for m in family.figure_metrics if m in g.chance}
     if family.figure_level is not None:
         level, label = family.figure_level
-        return plots.plot_gate_metrics(values, intervals, title, reference=reference,
+        return plots.plot_gate_metrics(values, intervals, family.figure_metrics, title, reference=reference,
                                        chance={m: level for m in family.figure_metrics}, chance_label=label)
-    return plots.plot_gate_metrics(values, intervals, title, reference=reference, chance=chance or None)
+    return plots.plot_gate_metrics(values, intervals, family.figure_metrics, title, reference=reference,
+                                   chance=chance or None)
 
 
 def spatial_grid(g: GroupStats):

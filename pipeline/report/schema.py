@@ -4,12 +4,14 @@ configurations apart, and the metric families its tables and figures iterate ove
 Pure: imports neither MLflow nor torch (the tests of stats and tables run without them).
 
 Adding a metric family: declare a :class:`Family` in :data:`FAMILIES` (its metrics with their
-column labels and formats, the metrics of its figure) and make the compute step log those
-metrics; the summary table, ``summary.csv``, the paired comparison and the figure then cover it.
+column labels and formats, the metrics of its figure each with its :class:`Axis`) and make the
+compute step log those metrics; the summary table, ``summary.csv``, the paired comparison and
+the figure then cover it: a figure metric is declared here and nowhere else.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -59,6 +61,16 @@ class Column:
     decimals: int = 3
 
 
+class Axis(NamedTuple):
+    """A figure metric's panel: its axis label and whole range (``lower``..``upper`` after
+    ``scale``, so panels of different reports compare; ``scale`` turns fractions into percent)."""
+
+    label: str
+    lower: float
+    upper: float
+    scale: float = 1.0
+
+
 @dataclass(frozen=True)
 class Family:
     """A family of metrics declared once: its table columns (also the metrics of the paired
@@ -69,7 +81,7 @@ class Family:
     title: str
     columns: dict[str, Column]
     csv_metrics: tuple[str, ...]
-    figure_metrics: tuple[str, ...]
+    figure_metrics: dict[str, Axis]  # metric -> its panel, in drawing order
     footnote: str
     caption: str
     #: reference levels stated under the table: (label, metric prefix), each read with ``chance_metrics``
@@ -96,7 +108,15 @@ ATTENTION = Family(
     },
     csv_metrics=("test_acc", "test_top5", "test_map", "gini", "entropy", "sparsity", "focus_pct",
                  "focus_area_ratio", "avg_score", "near_zero_pct", "negative_pct"),
-    figure_metrics=("test_acc", "test_map", "gini", "entropy", "sparsity", "focus_pct", "focus_area_ratio"),
+    figure_metrics={
+        "test_acc": Axis("test accuracy (%)", 0.0, 100.0),
+        "test_map": Axis("test mAP", 0.0, 1.0),
+        "gini": Axis("Gini of |w|", 0.0, 1.0),
+        "entropy": Axis("entropy of |w| / log C", 0.0, 1.0),
+        "sparsity": Axis("weights exactly 0 (%)", 0.0, 100.0, 100.0),
+        "focus_pct": Axis("channels above mean (%)", 0.0, 100.0),
+        "focus_area_ratio": Axis("focus area (%)", 0.0, 100.0, 100.0),
+    },
     footnote=("Mean ± half-width of the 95 % confidence interval over seeds (Student t); one seed: the mean alone. "
               "Gini and entropy (/ log C) of the channel weights' magnitudes; sparsity: channel weights exactly 0 "
               "(for bounded gates: float underflow); near 0: below 10^-3 of the image's largest weight; "
@@ -129,8 +149,12 @@ LOCALISATION = Family(
     csv_metrics=(*(_loc(kind, m) for kind in LOCALISED_MAPS for m in LOCALISATION_METRICS),
                  *(_loc("cbam", f"{m}_normalised") for m in LOCALISATION_METRICS),
                  "randomised_test_acc"),  # the accuracy of the re-initialised network whose maps are a floor
-    figure_metrics=(_loc("cbam", "pxap"), _loc("cam", "pxap"), _loc("cbam", "pointing_mask"),
-                    _loc("cam", "pointing_mask")),
+    figure_metrics={
+        _loc("cbam", "pxap"): Axis("CBAM map PxAP", 0.0, 100.0),
+        _loc("cam", "pxap"): Axis("CAM PxAP", 0.0, 100.0),
+        _loc("cbam", "pointing_mask"): Axis("CBAM map pointing game", 0.0, 1.0),
+        _loc("cam", "pointing_mask"): Axis("CAM pointing game", 0.0, 1.0),
+    },
     footnote=("Mean ± half-width of the 95 % confidence interval over seeds. Each gate's CBAM spatial map and the "
               "same network's CAM (class activation map of the true class, Zhou et al. 2016), upsampled to the "
               "input, against the target's mask and box: PxAP (pixel average precision, pixels pooled over the "
@@ -185,8 +209,11 @@ FAITHFULNESS = Family(
         _faith("insertion_normalised_acc"): Column("insertion, normalised", 1.0, 2),
     },
     csv_metrics=tuple(_faith(s) for s in (*FAITHFULNESS_SUMMARIES, *FAITHFULNESS_CEILING, *FAITHFULNESS_FLOOR)),
-    figure_metrics=(_faith("channel_advantage_acc"), _faith("deletion_advantage_acc"),
-                    _faith("insertion_advantage_acc")),
+    figure_metrics={
+        _faith("channel_advantage_acc"): Axis("channel ablation advantage (pp)", -100.0, 100.0),
+        _faith("deletion_advantage_acc"): Axis("deletion advantage (pp)", -100.0, 100.0),
+        _faith("insertion_advantage_acc"): Axis("insertion advantage (pp)", -100.0, 100.0),
+    },
     footnote=("Mean ± half-width of the 95 % confidence interval over seeds. Areas under accuracy curves (%, "
               "normalised to [0, 1] on x): ablation replaces the k block output channels the gate weights highest "
               "(top first) or k random ones by their mean over the probed images, k from 0 to C; deletion "

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.plots import EPOCH_PANELS
 from pipeline.report import figures, stats, tables
+from pipeline.report.plots import EPOCH_PANELS
 from pipeline.report.gather import gather
 from pipeline.report.schema import FAMILIES, Record, present_families
 

@@ -2,8 +2,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline import plots
+from pipeline.report import plots
+from pipeline.report.schema import ATTENTION, Axis
 from pipeline.report.stats import interval
+
+AXES = ATTENTION.figure_metrics
 
 
 def labelled_lines(ax):
@@ -51,7 +54,7 @@ def test_gate_metric_panels_have_fixed_ranges_and_drop_constant_metrics():
                     "entropy": [0.99, 0.99, 0.99], "focus_pct": [50.0] * 3},
     }
     intervals = {g: {m: interval(v) for m, v in mv.items()} for g, mv in values.items()}
-    fig = plots.plot_gate_metrics(values, intervals, reference="sigmoid")
+    fig = plots.plot_gate_metrics(values, intervals, AXES, reference="sigmoid")
     panels = [ax for ax in fig.axes if ax.get_visible()]
     # the reference's CI shaded across each panel
     patch = panels[0].patches[0]  # axvspan: a rectangle in data x, axes y
@@ -76,13 +79,18 @@ def test_gate_metric_panels_have_fixed_ranges_and_drop_constant_metrics():
     means = [ln.get_xdata()[0] for ln in sparsity.get_lines() if ln.get_marker() == "D"]
     assert max(means) == pytest.approx(100 * np.mean([0.99, 0.98, 0.99]))
     one_metric = {"a": {"gini": [0.5]}, "b": {"gini": [0.5]}}
-    assert plots.plot_gate_metrics(one_metric, {}) is None  # equal for every gate: nothing to draw
+    assert plots.plot_gate_metrics(one_metric, {}, AXES) is None  # equal for every gate: nothing to draw
     # a metric only one gate has (faith/* measured for one gate of two) is drawn, not called equal for every gate
     one_gate = {"a": {"gini": [0.5, 0.6]}, "b": {"gini": [np.nan, np.nan]}}
-    assert plots.metric_values(one_gate) == (["gini"], [])
-    fig = plots.plot_gate_metrics(one_gate, {}, reference="b")
+    assert plots.metric_values(one_gate, AXES) == (["gini"], [])
+    fig = plots.plot_gate_metrics(one_gate, {}, AXES, reference="b")
     title = fig._suptitle.get_text().replace("\n", " ")
     assert "not measured: b" in title and "shaded" not in title
+    # a figure metric is declared once, with its axis, in its family: nothing else to register
+    new = {"a": {"loc/new": [0.2, 0.3]}, "b": {"loc/new": [0.6, 0.7]}}
+    fig = plots.plot_gate_metrics(new, {}, {"loc/new": Axis("a new measure (%)", 0.0, 100.0, 100.0)})
+    panel = next(ax for ax in fig.axes if ax.get_visible())
+    assert panel.get_xlabel() == "a new measure (%)" and panel.get_xlim() == (-3, 103)
 
 
 def test_curves_gate_parameters_gradient_flow_and_grid(tmp_path):

@@ -222,7 +222,7 @@ def _curves(seed, shift):
 
 
 def test_faithfulness_family_curves_over_seeds_and_figure(tmp_path):
-    from pipeline import plots
+    from pipeline.report import plots
     from pipeline.report.schema import FAITHFULNESS, FAMILIES, present_families
     from pipeline.report.stats import faithfulness_curves, group_stats
 

@@ -31,26 +31,6 @@ FAMILIES = {
 }
 UNBOUNDED_GATES = ("swish",)
 
-#: metric panels: metric -> (label, lower, upper, scale). Fixed ranges (the metric's whole
-#: range), so panels of different reports compare; ``scale`` turns fractions into percent.
-METRIC_AXES = {
-    "test_acc": ("test accuracy (%)", 0.0, 100.0, 1.0),
-    "test_map": ("test mAP", 0.0, 1.0, 1.0),
-    "gini": ("Gini of |w|", 0.0, 1.0, 1.0),
-    "entropy": ("entropy of |w| / log C", 0.0, 1.0, 1.0),
-    "sparsity": ("weights exactly 0 (%)", 0.0, 100.0, 100.0),
-    "focus_pct": ("channels above mean (%)", 0.0, 100.0, 1.0),
-    "focus_area_ratio": ("focus area (%)", 0.0, 100.0, 100.0),
-    "loc/cbam_pxap": ("CBAM map PxAP", 0.0, 100.0, 1.0),
-    "loc/cam_pxap": ("CAM PxAP", 0.0, 100.0, 1.0),
-    "loc/cbam_pointing_mask": ("CBAM map pointing game", 0.0, 1.0, 1.0),
-    "loc/cam_pointing_mask": ("CAM pointing game", 0.0, 1.0, 1.0),
-    "faith/channel_advantage_acc": ("channel ablation advantage (pp)", -100.0, 100.0, 1.0),
-    "faith/deletion_advantage_acc": ("deletion advantage (pp)", -100.0, 100.0, 1.0),
-    "faith/insertion_advantage_acc": ("insertion advantage (pp)", -100.0, 100.0, 1.0),
-}
-
-
 def _colours(names):
     """One colour per gate, the same in every figure (the registry's order); the baseline
     without CBAM in grey."""
@@ -168,12 +148,12 @@ def plot_weight_distributions(weights_by_gate: dict[str, np.ndarray], title: str
     return fig
 
 
-def metric_values(values: dict[str, dict[str, list[float]]]) -> tuple[list[str], list[str]]:
-    """The metrics of :data:`METRIC_AXES` worth a panel (``values``: gate -> metric -> one value
-    per seed), and those left out because every gate has the same mean. A metric no gate has
-    (the attention metrics of the baseline without CBAM) is in neither list."""
+def metric_values(values: dict[str, dict[str, list[float]]], axes) -> tuple[list[str], list[str]]:
+    """The metrics of ``axes`` worth a panel (``values``: gate -> metric -> one value per seed),
+    and those left out because every gate has the same mean. A metric no gate has (the
+    attention metrics of the baseline without CBAM) is in neither list."""
     shown, constant = [], []
-    for metric in METRIC_AXES:
+    for metric in axes:
         means = [np.nanmean(v[metric]) for v in values.values() if np.isfinite(v.get(metric, [np.nan])).any()]
         if not means:
             continue
@@ -185,18 +165,20 @@ def metric_values(values: dict[str, dict[str, list[float]]]) -> tuple[list[str],
 
 
 def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
-                      intervals: dict[str, dict[str, tuple[float, float] | None]],
+                      intervals: dict[str, dict[str, tuple[float, float] | None]], metric_axes,
                       title: str = "Metrics per gate", reference: str | None = None,
                       chance: dict[str, float] | None = None,
                       chance_label: str = "chance (a uniform map)") -> Figure | None:
-    """Small multiples, one panel per metric on its fixed, whole range (:data:`METRIC_AXES`):
+    """Small multiples, one panel per metric of ``metric_axes`` (metric -> (label, lower, upper,
+    scale): the metric's whole range, so panels of different reports compare; ``scale`` turns
+    fractions into percent; :attr:`pipeline.report.schema.Family.figure_metrics`):
     each seed as a dot, the mean as a diamond, and the 95 % CI given in ``intervals`` (gate ->
     metric -> (low, high) in the metric's own units, None below two seeds; computed by the
     report's statistics, not here) as a bar; the ``reference`` gate's CI shaded across the
     panel, so a gate's mean outside the band stands out; ``chance`` (metric -> value, e.g. a
     uniform map's score) drawn as a dashed line. Metrics equal for every gate are left out and
     named under the title."""
-    shown, constant = metric_values(values)
+    shown, constant = metric_values(values, metric_axes)
     if not shown:
         return None
     gates = list(values)
@@ -207,7 +189,7 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
     colours = _colours(gates)
     y = np.arange(len(gates))[::-1]
     for ax, metric in zip(axes.ravel(), shown):
-        label, lower, upper, scale = METRIC_AXES[metric]
+        label, lower, upper, scale = metric_axes[metric]
         band = intervals.get(reference, {}).get(metric) if reference in values else None
         if band is not None:
             ax.axvspan(band[0] * scale, band[1] * scale, color=colours[reference], alpha=0.15, zorder=0, linewidth=0)
