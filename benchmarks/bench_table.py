@@ -25,7 +25,7 @@ import torch
 
 from pipeline.data import ImageSet
 from pipeline.devices import configure, resolve_device
-from pipeline.models import CBAMResNet18, ModelConfig
+from pipeline.models import AttentionResNet, ModelConfig
 from pipeline.training import evaluate, train_one_epoch
 
 from pipeline.contracts import NOTEBOOK_GATES  # noqa: E402
@@ -54,7 +54,7 @@ def run(args) -> dict:
     table_start = time.perf_counter()
     for gate in args.gates.split(","):
         torch.manual_seed(0)
-        model = CBAMResNet18(ModelConfig(gate, args.position, num_classes=10))
+        model = AttentionResNet(ModelConfig(gate, args.position, num_classes=10))
         model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
         generator = torch.Generator().manual_seed(0)

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from pipeline.data import ImageSet
 from pipeline.devices import resolve_device
-from pipeline.models import CBAMResNet18, ModelConfig
+from pipeline.models import AttentionResNet, ModelConfig
 from pipeline.training import predict, train_one_epoch
 
 
@@ -137,7 +137,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    initial = CBAMResNet18(ModelConfig("sigmoid", "late", num_classes=10))
+    initial = AttentionResNet(ModelConfig("sigmoid", "late", num_classes=10))
     n_train = config.batch_size * config.train_steps
     n_warm = config.batch_size * config.warmup_steps
     train_data = synthetic_images(n_train, config.seed)

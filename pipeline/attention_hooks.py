@@ -8,7 +8,7 @@ import torch
 
 from pipeline.console import progress
 from pipeline.data import ImageSet, iterate_batches, to_model_input
-from pipeline.models import CBAMResNet18
+from pipeline.models import AttentionResNet
 
 
 @dataclass
@@ -28,7 +28,7 @@ def class_activation_maps(features: torch.Tensor, fc: torch.nn.Linear, labels: t
 
 
 @torch.inference_mode()
-def read_attention(model: CBAMResNet18, data: ImageSet, image_size: int, batch_size: int = 256,
+def read_attention(model: AttentionResNet, data: ImageSet, image_size: int, batch_size: int = 256,
                     desc: str = "probe") -> Attention:
     """Pass ``data`` through ``model`` in batches and collect what its two gates output, and the
     CAM of each image's true class (:func:`class_activation_maps`). A model without a block

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.models import CBAMResNet18, ModelConfig
+from pipeline.models import AttentionResNet, ModelConfig
 
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, model: CBAMResNet18, **extra: Any) -> dict[str, torch.Tensor]:
+def save_checkpoint(path: str | Path, model: AttentionResNet, **extra: Any) -> dict[str, torch.Tensor]:
     """Write the checkpoint; returns the weights it holds (a CPU copy), for use in memory."""
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     torch.save({"format_version": FORMAT_VERSION, "model_config": model.config.to_dict(),
@@ -35,12 +35,12 @@ def read_checkpoint(path: str | Path, name: str | None = None) -> dict[str, Any]
     return ckpt
 
 
-def load_model(path: str | Path, name: str | None = None) -> tuple[CBAMResNet18, dict[str, Any]]:
+def load_model(path: str | Path, name: str | None = None) -> tuple[AttentionResNet, dict[str, Any]]:
     """Rebuild the model stored at ``path``; returns it (in eval mode, on CPU) and the checkpoint."""
     name = name or f"checkpoint {str(path)!r}"
     ckpt = read_checkpoint(path, name)
     try:
-        model = CBAMResNet18(ModelConfig(**ckpt["model_config"]))
+        model = AttentionResNet(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as exc:
         raise PipelineError(f"{name} does not fit its model config ({type(exc).__name__})") from None

@@ -254,7 +254,7 @@ class TrainConfig(StepConfig):
             raise PipelineError("activation none is the baseline without CBAM: give position none for it, "
                                 f"or a gate ({', '.join(contracts.GATE_NAMES)})")
         else:
-            check_choice("activation", self.activation, contracts.GATE_NAMES)
+            contracts.check_gate(self.activation)
         if self.position != contracts.NO_CBAM:
             check_design(self.attention, self.spatial_gate)
         check_choice("dataset", self.dataset, contracts.DATASET_NAMES)
@@ -288,10 +288,8 @@ class TrainConfig(StepConfig):
                              seed=self.seed)
 
     def model_config(self, num_classes: int):
-        """The :class:`~pipeline.models.ModelConfig` this run trains (the baseline has no block:
-        its model config keeps the design defaults)."""
-        from pipeline.models import ModelConfig
-
+        """The :class:`ModelConfig` this run trains (the baseline has no block: its model config
+        keeps the design defaults)."""
         block = self.position != contracts.NO_CBAM
         return ModelConfig(self.activation, self.position, num_classes=num_classes, gate_norm=self.gate_norm,
                            attention=self.attention if block else "cbam",
@@ -364,6 +362,31 @@ def check_design(attention: str, spatial_gate: str) -> None:
     check_choice("spatial_gate", spatial_gate, contracts.SPATIAL_GATES)
     if spatial_gate != "sigmoid" and attention != "cbam":
         raise PipelineError(f"spatial_gate {spatial_gate} needs attention cbam: {attention} has no spatial branch")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model from a checkpoint, without the CLI."""
+
+    activation: str
+    position: str
+    num_classes: int
+    reduction: int = 16
+    gate_norm: str = "none"  # checkpoints from before the option hold none
+    attention: str = "cbam"  # checkpoints from before the designs hold CBAM ...
+    spatial_gate: str = "sigmoid"  # ... with the notebook's spatial sigmoid ...
+    backbone: str = "resnet18"  # ... on a ResNet18
+
+    def __post_init__(self):
+        check_choice("position", self.position, contracts.POSITIONS)
+        if not (self.position == contracts.NO_CBAM and self.activation == contracts.NO_GATE):
+            contracts.check_gate(self.activation)
+        check_choice("gate_norm", self.gate_norm, contracts.GATE_NORMS)
+        check_design(self.attention, self.spatial_gate)
+        check_choice("backbone", self.backbone, contracts.BACKBONES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def check_faithfulness_images(n: int) -> None:
@@ -470,6 +493,8 @@ class SweepConfig(StepConfig):
             for value in values:
                 if valid is None:
                     check_seed("seed", value)
+                elif name == "activations":
+                    contracts.check_gate(value)
                 else:
                     check_choice(name.rstrip("s"), value, valid)
         spatial = [g for g in self.spatial_gates if g != "sigmoid"]

@@ -130,7 +130,7 @@ def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | Non
     """The curves of ablating the CBAM block's output channels of ``model`` on ``data``, ordered
     by the channel weights its gate gives each image (:func:`channel_orders`). For
     ``fill="mean"`` a first pass takes the channel means over the images; then every order and
-    k, batch by batch, through the rest of the network (:meth:`CBAMResNet18.from_attended`);
+    k, batch by batch, through the rest of the network (:meth:`AttentionResNet.from_attended`);
     memory: one batch of features at a time. ``progress(steps, total)`` wraps the iterator of its
     steps (one per batch and order)."""
     if fill not in FILLS:

@@ -30,8 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.contracts import NOTEBOOK_GATES  # noqa: F401 - the names live in contracts
-from pipeline.errors import PipelineError
+from pipeline.contracts import NOTEBOOK_GATES, check_gate  # noqa: F401 - the names live in contracts
 
 
 class Gate(nn.Module):
@@ -166,11 +165,7 @@ GATES: dict[str, Callable[[], Gate]] = {
 
 
 def create_gate(name: str) -> Gate:
-    """Build the gate called ``name``; unknown names fail with the list of valid ones."""
-    try:
-        factory = GATES[name]
-    except KeyError:
-        raise PipelineError(
-            f"unknown activation {name!r}; valid: {', '.join(GATES)}"
-        ) from None
-    return factory()
+    """Build the gate called ``name``; unknown names fail with the list of valid ones
+    (:func:`pipeline.contracts.check_gate`)."""
+    check_gate(name)
+    return GATES[name]()

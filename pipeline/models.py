@@ -1,5 +1,7 @@
-"""CBAM (Woo et al. 2018, "CBAM: Convolutional Block Attention Module") on a torchvision
-ResNet18, with the channel gate chosen by name (:mod:`pipeline.gates`).
+"""A torchvision ResNet (18, 34 or 50) with one attention block after a stage
+(:class:`AttentionResNet`): CBAM (Woo et al. 2018, "CBAM: Convolutional Block Attention
+Module", the notebook's), squeeze-and-excitation or ECA, with the channel gate chosen by name
+(:mod:`pipeline.gates`).
 
 As in the reference notebook: channel attention passes the average- and max-pooled
 descriptors through one shared 1x1-conv MLP (reduction 16, no bias), sums them and applies
@@ -11,14 +13,12 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.config import check_design, check_weights
+from pipeline.config import ModelConfig, check_weights  # noqa: F401  (ModelConfig re-exported: checkpoints name it)
 from pipeline.contracts import (  # noqa: F401  (re-exported: the registries of this module)
     ATTENTIONS,
     BACKBONES,
@@ -30,7 +30,7 @@ from pipeline.contracts import (  # noqa: F401  (re-exported: the registries of 
     stage_channels,
 )
 from pipeline.errors import PipelineError, one_line
-from pipeline.gates import GATES, create_gate
+from pipeline.gates import create_gate
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -172,36 +172,7 @@ class AttentionBlock(nn.Module):
 CBAM = AttentionBlock  # the notebook's block: AttentionBlock(design="cbam"), its default
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a model from a checkpoint, without the CLI."""
-
-    activation: str
-    position: str
-    num_classes: int
-    reduction: int = 16
-    gate_norm: str = "none"  # checkpoints from before the option hold none
-    attention: str = "cbam"  # checkpoints from before the designs hold CBAM ...
-    spatial_gate: str = "sigmoid"  # ... with the notebook's spatial sigmoid ...
-    backbone: str = "resnet18"  # ... on a ResNet18
-
-    def __post_init__(self):
-        if self.position not in POSITIONS:
-            raise PipelineError(f"unknown position {self.position!r}; valid: {', '.join(POSITIONS)}")
-        no_cbam = POSITIONS[self.position][0] is None
-        if self.activation not in GATES and not (no_cbam and self.activation == NO_GATE):
-            raise PipelineError(f"unknown activation {self.activation!r}; valid: {', '.join(GATES)}")
-        if self.gate_norm not in GATE_NORMS:
-            raise PipelineError(f"unknown gate_norm {self.gate_norm!r}; valid: {', '.join(GATE_NORMS)}")
-        check_design(self.attention, self.spatial_gate)
-        if self.backbone not in BACKBONES:
-            raise PipelineError(f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONES)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class CBAMResNet18(nn.Module):
+class AttentionResNet(nn.Module):
     """A torchvision ResNet (``config.backbone``, ResNet18 by default) with one attention block
     (:class:`AttentionBlock`: CBAM by default, or SE or ECA) after ``position``'s stage and a
     new head. The block is the attribute ``cbam`` whatever its design (the checkpoints' keys)."""
@@ -253,6 +224,10 @@ class CBAMResNet18(nn.Module):
     def gate(self):
         """The channel gate module, or None without CBAM."""
         return self.cbam.channel.gate if self.cbam is not None else None
+
+
+#: The class's name before it built SE, ECA and ResNet34/50 too; its checkpoints' keys are the same.
+CBAMResNet18 = AttentionResNet
 
 
 def load_backbone(weights: str, backbone: str = "resnet18") -> nn.Module:
@@ -356,11 +331,11 @@ def _checked_fit(weights: str, path: str, mtime_ns: int, size: int, backbone: st
     backbone_state(weights, backbone)
 
 
-def build_model(config: ModelConfig, weights: str = "none") -> CBAMResNet18:
-    return CBAMResNet18(config, load_backbone(weights, config.backbone))
+def build_model(config: ModelConfig, weights: str = "none") -> AttentionResNet:
+    return AttentionResNet(config, load_backbone(weights, config.backbone))
 
 
-def initial_model(config: ModelConfig, seed: int) -> CBAMResNet18:
+def initial_model(config: ModelConfig, seed: int) -> AttentionResNet:
     """The architecture of ``config`` with the weights a train run of ``seed`` started from when
     its weights were none (torch seeded with ``seed``, as training seeds it before building):
     every layer re-initialised, the full cascade of Adebayo et al.'s model-parameter

@@ -1,10 +1,12 @@
-"""Processes that never outlive the one that started them (Linux's parent-death signal), and
-the members of a process group."""
+"""Processes that never outlive the one that started them (Linux's parent-death signal), the
+members of a process group, and signals held while a block that must not be cut runs."""
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -44,3 +46,23 @@ def group_members(pgid: int) -> list[int]:
             except OSError:
                 continue
     return members
+
+
+@contextmanager
+def deferred_interrupts():
+    """Hold SIGINT and SIGTERM while the block runs, then deliver one that came (as the handler
+    in place before, e.g. the CLI's KeyboardInterrupt): an epoch's checkpoint and metrics are
+    stored whole or not at all. Outside the main thread (signals cannot be handled there) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])

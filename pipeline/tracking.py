@@ -18,7 +18,8 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from pipeline import contracts
-from pipeline.contracts import CONFIG_JSON, REUSE_KEY_TAG, STEP_TAG, code_version
+from pipeline.contracts import CONFIG_JSON, REUSE_KEY_TAG, STEP_TAG
+from pipeline.reuse import STEP_MODULES, code_version
 from pipeline.errors import PipelineError
 from pipeline.outbox import end_run_quietly
 
@@ -256,7 +257,7 @@ def step_run(
     try:
         if not nested and not parent_run_id:  # a sweep's workers: the sweep prepared it
             prepare_experiment(run.info.experiment_id)
-        version = {contracts.CODE_VERSION_TAG: code_version(step)} if step in contracts.STEP_MODULES else {}
+        version = {contracts.CODE_VERSION_TAG: code_version(step)} if step in STEP_MODULES else {}
         where = {contracts.HOST_TAG: socket.gethostname(), contracts.PID_TAG: str(os.getpid())}
         mlflow.set_tags({STEP_TAG: step, **version, **where, **(tags or {})})
         if run_name:  # also when continuing the run that `mlflow run` created

@@ -5,10 +5,8 @@ loop, so the host never waits for the device between steps.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -16,12 +14,6 @@ from torch.nn import functional as F
 from pipeline.console import progress
 from pipeline.data import ImageSet, batch_bounds, iterate_batches, to_model_input
 from pipeline.devices import autocast, eval_batch_size
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
 
 STAGE_ORDER = ("stem", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
 

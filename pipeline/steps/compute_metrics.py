@@ -53,8 +53,8 @@ from pipeline.contracts import (
     SPATIAL_MAPS,
     TRAIN,
     UPSTREAM_TAGS,
-    reuse_key,
 )
+from pipeline.reuse import reuse_key
 from pipeline.metrics import class_means, gini, notebook_gini, per_image_metrics, summarise
 from pipeline.results import StepResult
 from pipeline.tracking import artifact_names, download_artifact, experiment_of, get_step_run, step_run

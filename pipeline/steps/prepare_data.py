@@ -20,7 +20,8 @@ import mlflow
 import numpy as np
 
 from pipeline.config import PrepareConfig, default_experiment
-from pipeline.contracts import DATASET_DIGEST_TAG, DATASET_JSON, PREPARE_DATA, REUSE_KEY_TAG, VAL_INDICES, reuse_key
+from pipeline.contracts import DATASET_DIGEST_TAG, DATASET_JSON, PREPARE_DATA, REUSE_KEY_TAG, VAL_INDICES
+from pipeline.reuse import reuse_key
 from pipeline.data import Dataset, Splits, content_digest, load_dataset, split_validation
 from pipeline.tracking import step_run
 from pipeline.results import StepResult

@@ -62,12 +62,12 @@ from pipeline.contracts import (
     TRAIN,
     UNDEFINED_TAG,
     UPSTREAM_TAGS,
-    reuse_key,
 )
+from pipeline.reuse import reuse_key
 from pipeline.data import Dataset, content_digest, load_dataset
 from pipeline.devices import resolve_device
 from pipeline.metrics import mean_average_precision
-from pipeline.models import CBAMResNet18
+from pipeline.models import AttentionResNet
 from pipeline.tracking import download_artifact, experiment_of, get_step_run, read_config, step_run
 from pipeline.results import StepResult
 from pipeline.training import score_logits
@@ -110,9 +110,9 @@ def params_config(params: dict[str, str]) -> dict:
             "image_size": int(float(params.get("image_size", 224))), "seed": params.get("seed", "")}
 
 
-def measure_faithfulness(model: CBAMResNet18, probed, attention, image_size: int, n: int, config: ProbeConfig,
+def measure_faithfulness(model: AttentionResNet, probed, attention, image_size: int, n: int, config: ProbeConfig,
                          seed: int, seconds_per_image: float,
-                         randomised: CBAMResNet18 | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
+                         randomised: AttentionResNet | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
     """Channel ablation and pixel deletion / insertion on the first ``n`` probed images
     (:func:`pipeline.faithfulness.judge_faithfulness`, maps: the CBAM spatial map and the CAM;
     ``randomised``: the network re-initialised, whose channel ablation is the floor),
@@ -194,7 +194,7 @@ def check_trained_data(train_run, dataset: Dataset, data_dir: str) -> None:
                             "data")
 
 
-def run_probe(config: ProbeConfig, model: CBAMResNet18 | None = None, dataset: Dataset | None = None,
+def run_probe(config: ProbeConfig, model: AttentionResNet | None = None, dataset: Dataset | None = None,
               run_name: str | None = None, train_config: dict | None = None) -> ProbeResult:
     """Run the step. ``model`` / ``dataset`` / ``train_config``: the train run's best model, its
     data and its typed configuration when the caller (``main``) holds them already; otherwise

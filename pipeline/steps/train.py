@@ -12,10 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-import signal
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,25 +38,27 @@ from pipeline.contracts import (
     TRAIN,
     UPSTREAM_TAGS,
     VAL_INDICES,
-    reuse_key,
 )
+from pipeline.reuse import reuse_key
 from pipeline.data import (Dataset, Splits, batch_bounds, content_digest, fresh_canvases, load_dataset, split_validation,
                            splits_from_val_indices)
 from pipeline.devices import compiled, configure, flag_on, memory_format, resolve_device
 from pipeline.errors import PipelineError, one_line
-from pipeline.models import CBAMResNet18, build_model
+from pipeline.models import AttentionResNet, build_model
 from pipeline.disk import DiskFullError, disk_full, is_disk_full
 from pipeline.outbox import Outbox, deliver_kept
 from pipeline.results import StepResult
 from pipeline.tracking import delete_artifact, download_artifact, get_step_run, metric_steps, step_run
-from pipeline.training import Evaluation, GradientFlow, evaluate, seed_everything, train_one_epoch
+from pipeline.processes import deferred_interrupts
+from pipeline.randomness import restore_rng_state, rng_state, seed_everything
+from pipeline.training import Evaluation, GradientFlow, evaluate, train_one_epoch
 
 log = logging.getLogger("pipeline")
 
 
 @dataclass
 class TrainResult(StepResult):
-    model: CBAMResNet18  # the best checkpoint's model, in eval mode, on the training device
+    model: AttentionResNet  # the best checkpoint's model, in eval mode, on the training device
     test: Evaluation
 
 
@@ -80,30 +79,6 @@ def splits_from_prepare_run(config: TrainConfig, dataset: Dataset) -> Splits:
             f"{config.prepare_run_id!r} recorded (content digest mismatch)"
         )
     return splits_from_val_indices(dataset, val_indices)
-
-
-def rng_state(generator: torch.Generator) -> dict:
-    """Every random state training consumes, as plain data (loads with weights_only=True)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    version, internal, _ = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-        "python": list(internal) + [version],
-        "batch_order": generator.get_state(),
-    }
-
-
-def restore_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    *internal, version = state["python"]
-    random.setstate((version, tuple(internal), None))
-    generator.set_state(state["batch_order"])
 
 
 #: The per-epoch attention metrics, logged as ``attention/<name>`` with step = epoch.
@@ -161,26 +136,6 @@ def resume_point(run_id: str, force: bool = False) -> tuple[TrainConfig, dict]:
     return TrainConfig(**{k: typed[k] for k in TrainConfig.field_names() if k in typed}), ckpt
 
 
-@contextmanager
-def deferred_interrupts():
-    """Hold SIGINT and SIGTERM while the block runs, then deliver one that came (as the handler
-    in place before, e.g. the CLI's KeyboardInterrupt): an epoch's checkpoint and metrics are
-    stored whole or not at all. Outside the main thread (signals cannot be handled there) a no-op."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if received:
-            signal.raise_signal(received[0])
-
-
 def checkpoint_bytes(model) -> int:
     """About what ``last.pt`` takes: the weights and Adam's two moments of each."""
     return 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -233,7 +188,7 @@ class Training:
     weights on the test set and delivers the rest. ``stored`` is the last epoch whose checkpoint
     is in the run (0: none), what an interrupt or a full disk leaves to resume from."""
 
-    def __init__(self, config: TrainConfig, ckpt: dict | None, splits: Splits, model: CBAMResNet18,
+    def __init__(self, config: TrainConfig, ckpt: dict | None, splits: Splits, model: AttentionResNet,
                  device: torch.device, run_id: str, tmp: str):
         self.config, self.device, self.run_id, self.tmp = config, device, run_id, Path(tmp)
         configure(device)

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import MetricsConfig, ProbeConfig
 from pipeline.metrics import gini
-from pipeline.models import CBAMResNet18, ModelConfig
+from pipeline.models import AttentionResNet, ModelConfig
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
 from helpers import store_in, untrained_train_run
@@ -22,7 +22,7 @@ IMAGE_SIZE = 64
 def _train_run(attention: str, backbone: str = "resnet18", activation: str = "softmax") -> str:
     """A finished train run of a seeded, untrained model of this design."""
     torch.manual_seed(0)
-    model = CBAMResNet18(ModelConfig(activation=activation, position="late", num_classes=10, attention=attention,
+    model = AttentionResNet(ModelConfig(activation=activation, position="late", num_classes=10, attention=attention,
                                      backbone=backbone))
     return untrained_train_run(model, {"dataset": "fake", "data_dir": "data", "image_size": IMAGE_SIZE, "seed": 0,
                                        "activation": activation, "position": "late", "attention": attention,

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score
 from pipeline.config import MetricsConfig, ProbeConfig
 from pipeline.contracts import BEST_CHECKPOINT
 from pipeline.data import load_dataset, to_model_input
-from pipeline.models import CBAMResNet18, ModelConfig
+from pipeline.models import AttentionResNet, ModelConfig
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
 from helpers import store_in, untrained_train_run
@@ -29,7 +29,7 @@ def _train_run(dataset: str, position: str, seed: int = 0) -> str:
     """A finished train run of a seeded, untrained model (what probe-attention reads: the best
     checkpoint and the typed config), logged through the step layer's own run helper."""
     torch.manual_seed(seed)
-    model = CBAMResNet18(ModelConfig(activation="sigmoid", position=position, num_classes=10))
+    model = AttentionResNet(ModelConfig(activation="sigmoid", position=position, num_classes=10))
     return untrained_train_run(model, {"dataset": dataset, "data_dir": "data", "image_size": IMAGE_SIZE, "seed": seed,
                                        "activation": "sigmoid", "position": position})
 

@@ -11,7 +11,7 @@ from pipeline.checkpoint import load_model
 from pipeline.cli import main
 from pipeline.data import load_dataset, to_model_input
 from pipeline.faithfulness import ablation_grid, area
-from pipeline.report.schema import FAITHFULNESS_SUMMARIES
+from pipeline.report.schema import FAITHFULNESS_FLOOR, FAITHFULNESS_SUMMARIES
 from pipeline.config import MetricsConfig, ProbeConfig
 from pipeline.steps.compute_metrics import run_compute_metrics
 from pipeline.steps.probe_attention import run_probe
@@ -76,7 +76,7 @@ def test_probe_logs_documented_arrays_and_scores(store, tmp_path):
     # what the report's family reads, and the time; the CAM at 32 px is 1 x 1, constant for every image: it
     # orders no pixel, so its deletion and insertion areas are undefined (not logged, the reason kept on the run)
     cam_areas = {f"{family}_cam_{m}_area" for family in ("deletion", "insertion") for m in ("acc", "prob")}
-    assert logged == {*FAITHFULNESS_SUMMARIES, "seconds"} - cam_areas
+    assert logged == {*FAITHFULNESS_SUMMARIES, *FAITHFULNESS_FLOOR, "seconds"} - cam_areas  # floor: re-initialised
     assert "deletion/insertion of the cam map: every probed image's cam map is constant on its 1 x 1 grid" in \
         run.data.tags["pipeline.undefined"]
     curves = pd.read_csv(mlflow.artifacts.download_artifacts(

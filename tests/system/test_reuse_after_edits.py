@@ -28,7 +28,7 @@ def test_editing_plots_reuses_train_and_editing_gates_retrains(tmp_path):
     first, _ = run_main(checkout, uri, tmp_path / "out")
     assert first.data.tags["pipeline.reused_steps"] == "none"
 
-    plots = checkout / "pipeline" / "plots.py"
+    plots = checkout / "pipeline" / "report" / "plots.py"
     plots.write_text(plots.read_text().replace('"""', '"""An edited docstring. ', 1))
     second, log = run_main(checkout, uri, tmp_path / "out")
     assert second.data.tags["pipeline.reused_steps"] == "prepare-data,train,probe-attention,compute-metrics"

@@ -8,7 +8,7 @@ import yaml
 
 from pipeline import config as cfg
 from pipeline.cli import cli
-from pipeline.contracts import code_version, reuse_key, step_sources
+from pipeline.reuse import code_version, reuse_key, step_sources
 from pipeline.errors import PipelineError
 from helpers import REPO
 
@@ -155,12 +155,12 @@ def test_the_reuse_key_changes_with_config_and_upstream_run():
 
 
 def test_each_step_depends_on_the_code_it_imports_and_no_more():
-    assert "plots.py" not in step_sources("train") and "steps/report.py" not in step_sources("train")
+    assert "report/plots.py" not in step_sources("train") and "steps/report.py" not in step_sources("train")
     assert {"gates.py", "models.py", "training.py", "steps/train.py", "data.py"} <= set(step_sources("train"))
     assert "gates.py" in step_sources("probe-attention")
     assert "gates.py" not in step_sources("compute-metrics") and "metrics.py" in step_sources("compute-metrics")
     assert "gates.py" not in step_sources("prepare-data")
-    assert "plots.py" in step_sources("report")
+    assert "report/plots.py" in step_sources("report")
 
 
 def test_editing_a_plot_keeps_the_train_code_version_and_editing_a_gate_changes_it(tmp_path):
@@ -169,7 +169,7 @@ def test_editing_a_plot_keeps_the_train_code_version_and_editing_a_gate_changes_
     before = {step: code_version(step, package) for step in ("train", "report", "compute-metrics")}
     assert before["train"] == code_version("train")  # the copy is the same code
 
-    plots = package / "plots.py"
+    plots = package / "report" / "plots.py"
     plots.write_text(plots.read_text().replace('"""', '"""Edited docstring. ', 1))
     after_plot = {step: code_version(step, package) for step in before}
     assert after_plot["train"] == before["train"] and after_plot["compute-metrics"] == before["compute-metrics"]

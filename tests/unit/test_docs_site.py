@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.report.schema import ATTENTION, FAITHFULNESS, LOCALISATION, LOCALISATION_METRICS
+from pipeline.report.schema import ATTENTION, FAITHFULNESS, LOCALISATION_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from pipeline.data import ImageSet, load_dataset, to_model_input
 from pipeline.faithfulness import (ablation_grid, area, baseline_of, channel_ablation, channel_orders, constant_maps,
                                   deletion_fractions, forward_passes, judge_faithfulness, pixel_ranks, random_maps,
                                   spatial_deletion)
-from pipeline.models import CBAMResNet18, ModelConfig
+from pipeline.models import AttentionResNet, ModelConfig
 
 SIZE = 32
 
@@ -23,7 +23,7 @@ def images():
 
 def _model(position="late", activation="sigmoid", seed=0):
     torch.manual_seed(seed)
-    return CBAMResNet18(ModelConfig(activation=activation, position=position, num_classes=10)).eval()
+    return AttentionResNet(ModelConfig(activation=activation, position=position, num_classes=10)).eval()
 
 
 @pytest.mark.parametrize("position", ["early", "middle", "late"])

@@ -5,7 +5,7 @@ from torchvision.models import resnet18
 from pipeline.checkpoint import load_model, save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.gates import GATES
-from pipeline.models import CBAMResNet18, ModelConfig, build_model, load_backbone
+from pipeline.models import AttentionResNet, ModelConfig, build_model, load_backbone
 
 # (stage, channels, map side at 64 px, map side at 224 px): the ResNet18 stem divides by 4,
 # each later stage by 2 more.
@@ -14,7 +14,7 @@ EXPECTED = {"early": (64, 16, 56), "middle": (128, 8, 28), "late": (512, 2, 7)}
 
 def make(activation, position, seed=0):
     torch.manual_seed(seed)
-    return CBAMResNet18(ModelConfig(activation, position, num_classes=10)).eval()
+    return AttentionResNet(ModelConfig(activation, position, num_classes=10)).eval()
 
 
 @pytest.mark.parametrize("position", ["early", "middle", "late"])
@@ -65,7 +65,7 @@ def test_changing_the_gate_changes_the_output(position):
 
 def test_position_none_has_no_cbam_and_matches_the_plain_resnet():
     torch.manual_seed(0)
-    model = CBAMResNet18(ModelConfig("sigmoid", "none", num_classes=10)).eval()
+    model = AttentionResNet(ModelConfig("sigmoid", "none", num_classes=10)).eval()
     assert model.cbam is None and model.gate is None
     plain = resnet18(weights=None)
     plain.fc = torch.nn.Linear(512, 10)
@@ -140,7 +140,7 @@ def test_gate_norm_mean_one_makes_sum_to_one_weights_average_one(activation):
     seen = {}
     for norm in ("none", "mean_one"):
         torch.manual_seed(0)
-        model = CBAMResNet18(ModelConfig(activation, "late", num_classes=10, gate_norm=norm)).eval()
+        model = AttentionResNet(ModelConfig(activation, "late", num_classes=10, gate_norm=norm)).eval()
         hook = model.gate.register_forward_hook(lambda m, i, out, norm=norm: seen.__setitem__(norm, out.flatten(1)))
         with torch.no_grad():
             model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
@@ -158,7 +158,7 @@ def test_gate_norm_leaves_gates_that_do_not_sum_to_one_unchanged():
     outputs = []
     for norm in ("none", "mean_one"):
         torch.manual_seed(0)
-        model = CBAMResNet18(ModelConfig("sigmoid", "late", num_classes=10, gate_norm=norm)).eval()
+        model = AttentionResNet(ModelConfig("sigmoid", "late", num_classes=10, gate_norm=norm)).eval()
         with torch.no_grad():
             outputs.append(model(torch.ones(1, 3, 64, 64)))
     assert torch.equal(outputs[0], outputs[1])
@@ -168,7 +168,7 @@ def test_gate_norm_leaves_gates_that_do_not_sum_to_one_unchanged():
 
 def test_the_initial_model_is_what_training_starts_from_and_leaves_the_random_state_alone():
     from pipeline.models import initial_model
-    from pipeline.training import seed_everything
+    from pipeline.randomness import seed_everything
 
     config = ModelConfig("sigmoid", "middle", 10)
     seed_everything(7)
