@@ -22,6 +22,7 @@ from pipeline.data import ImageSet
 from pipeline.devices import compiled, configure, resolve_device
 from pipeline.models import ModelConfig, build_model
 from pipeline.training import GradientFlow, train_one_epoch
+from benchjson import write_json
 
 
 def main() -> None:
@@ -76,9 +77,7 @@ def main() -> None:
     result = {"settings": vars(args), "device": str(device), "torch": torch.__version__,
               "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "modes": modes}
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=1)
-        fh.write("\n")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

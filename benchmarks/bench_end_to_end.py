@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchjson import write_json
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOK_GATES = "sigmoid,softmax,sparsemax,scaled_tanh,parametric_sigmoid,swish"
@@ -137,7 +138,7 @@ def main() -> None:
         else:
             print(f"kept {work}")
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_json(result, args.out)
     print(json.dumps({k: v for k, v in result.items() if k not in ("commands", "settings")}, indent=1))
 
 

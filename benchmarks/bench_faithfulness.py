@@ -21,6 +21,7 @@ import torch
 from pipeline.data import load_dataset, to_model_input
 from pipeline.faithfulness import channel_ablation, spatial_deletion
 from pipeline.models import ModelConfig, build_model
+from benchjson import write_json
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -82,8 +83,7 @@ def main(argv=None) -> dict:
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__}
     print(json.dumps(result, indent=1))
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+        write_json(result, args.out)
     return result
 
 

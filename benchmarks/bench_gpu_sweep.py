@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from benchjson import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_GATES = "sigmoid,softmax,sparsemax,scaled_tanh,parametric_sigmoid,swish"
@@ -207,7 +208,7 @@ def main() -> None:
     log_tail = (work / "sweep.log").read_text().splitlines()[-15:]
     if code != 0 or not out.strip():
         result["sweep_log_tail"] = log_tail
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(result, args.out)
         raise SystemExit(f"the sweep failed ({code}): see {work / 'sweep.log'}\n" + "\n".join(log_tail))
     sweep_id = out.strip().splitlines()[-1]
     detail = phases(uri, sweep_id, launched_ms, exited_ms)
@@ -232,8 +233,7 @@ def main() -> None:
     reports = sorted(out_dir.rglob("summary.md"))
     result["report"] = {"folder": str(reports[0].parent.relative_to(out_dir)) if reports else None,
                         "files": len(list(reports[0].parent.iterdir())) if reports else 0}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_json(result, args.out)
     print(json.dumps({"sweep_s": result["phases_s"]["sweep"], "train_img_per_s": result["train"]["img_per_s"],
                       "notebook_img_per_s": result.get("notebook", {}).get("train_img_per_s")}))
     if not args.work:

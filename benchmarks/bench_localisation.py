@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.localisation import judge_maps
 from pipeline.placement import Placement, place_on_canvas
+from benchjson import write_json
 
 
 def main(argv=None) -> dict:
@@ -51,8 +52,7 @@ def main(argv=None) -> dict:
               "machine": platform.processor() or platform.machine(), "numpy": np.__version__}
     print(json.dumps(result, indent=1))
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+        write_json(result, args.out)
     return result
 
 

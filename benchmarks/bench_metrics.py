@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from pipeline.metrics import per_image_metrics, summarise
+from benchjson import write_json
 
 
 def main() -> None:
@@ -38,8 +39,7 @@ def main() -> None:
               "machine": platform.processor() or platform.machine(), "numpy": np.__version__}
     print(json.dumps(result, indent=1))
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+        write_json(result, args.out)
 
 
 if __name__ == "__main__":

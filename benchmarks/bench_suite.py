@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench_end_to_end import git_commit  # benchmarks/ is on the path: the script's folder
+from benchjson import write_json
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = "bench_suite_plugin"  # benchmarks/bench_suite_plugin.py, loaded with -p
@@ -104,8 +105,7 @@ def main() -> None:
         "modules": by_module(tests, key),
         "tests": tests,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
     print(f"{summary_line.strip('= ')}; wall {wall:.1f} s; sum of {key} {result[f'sum_{key}']}; wrote {args.out}",
           file=sys.stderr)
     if done.returncode != 0:

@@ -29,6 +29,7 @@ from pipeline.models import AttentionResNet, ModelConfig
 from pipeline.training import evaluate, train_one_epoch
 
 from pipeline.contracts import NOTEBOOK_GATES  # noqa: E402
+from benchjson import write_json
 
 
 def synthetic(n: int, seed: int, device: torch.device) -> ImageSet:
@@ -118,8 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.amp = args.amp == "true"
     result = run(args)
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_json(result, args.out)
     print(json.dumps({k: result[k] for k in ("device_name", "measured_seconds", "seconds_per_later_epoch",
                                              "projected_table_seconds", "peak_device_memory_mb")}, indent=1))
 

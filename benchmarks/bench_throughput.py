@@ -12,7 +12,6 @@ Both train the same initial CBAM-ResNet18 (CBAM after layer4, sigmoid gate) with
 the settings, the device, every repeat, the median and the spread, and the ratios.
 
     python benchmarks/bench_throughput.py --device cpu --image-size 64 --out result.json
-    python -m pipeline benchmark ...   (the same, from the project checkout)
 """
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -33,6 +31,7 @@ from pipeline.data import ImageSet
 from pipeline.devices import resolve_device
 from pipeline.models import AttentionResNet, ModelConfig
 from pipeline.training import predict, train_one_epoch
+from benchjson import write_json
 
 
 @dataclass(frozen=True)
@@ -214,11 +213,6 @@ def data_preparation_memory(n_images: int = 50_000, image_size: int = 224, batch
             "resized_float_copy_would_be_mb": n_images * 3 * image_size**2 * 4 / 2**20,
             "rss_before_mb": before, "rss_holding_data_and_batch_mb": current_rss_mb(),
             "rss_growth_mb": current_rss_mb() - before}
-
-
-def write_json(result: dict, path: str) -> None:
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=1, default=lambda o: float(o) if isinstance(o, np.floating) else str(o))
 
 
 def main(argv: list[str] | None = None) -> None:

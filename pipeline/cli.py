@@ -104,7 +104,7 @@ class StepCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
-NO_TRACKING_COMMANDS = {"server", "benchmark"}
+NO_TRACKING_COMMANDS = {"server"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -263,25 +263,6 @@ def server(port: int, store: str, host: str, backend_store_uri: str, workers: in
     from pipeline.server import serve
 
     serve(port, store, host, backend_store_uri, workers)
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def benchmark(ctx: click.Context) -> None:
-    """Images/s of the notebook's data path and ours (benchmarks/bench_throughput.py in the
-    project checkout; its options pass through: --help lists them)."""
-    import runpy
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_throughput.py"
-    if not script.is_file():
-        raise PipelineError(f"the benchmark lives in the project checkout ({script} is missing)")
-    sys.argv = [str(script), *ctx.args]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as exc:
-        if exc.code:
-            raise
 
 
 @cli.command("mlflow-run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
