@@ -31,7 +31,7 @@ def class_activation_maps(features: torch.Tensor, fc: torch.nn.Linear, labels: t
 def read_attention(model: AttentionResNet, data: ImageSet, image_size: int, batch_size: int = 256,
                     desc: str = "probe") -> Attention:
     """Pass ``data`` through ``model`` in batches and collect what its two gates output, and the
-    CAM of each image's true class (:func:`class_activation_maps`). A model without a block
+    CAM of each image's true class (``class_activation_maps``). A model without a block
     (position none, the baseline) has no gates: its channel weights come back with shape (N, 0)
     and its spatial maps (N, 0, 0), beside its logits; an SE or ECA block has no spatial branch:
     its maps come back (N, 0, 0) beside its channel weights."""

@@ -1,6 +1,6 @@
 """Command-line interface: one click command per step, named as the MLproject entry points.
 
-Each step's options are derived from its config's fields (:mod:`pipeline.config`): the MLflow
+Each step's options are derived from its config's fields (``pipeline.config``): the MLflow
 parameter name spelled with dashes (``--image-size``), its default and its help text.
 Errors in the input print one line (``Error: ...``) and exit non-zero, with no traceback.
 """

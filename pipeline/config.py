@@ -1,13 +1,13 @@
 """Every step's configuration: frozen, validated dataclasses, composed rather than inherited.
 
-Building one validates it: a bad value raises :class:`~pipeline.errors.PipelineError` with the
+Building one validates it: a bad value raises ``PipelineError`` with the
 valid values or range, before any MLflow run starts. The click options of each command and
-the parameters each run logs are derived from the fields (:func:`flat_fields`), so a field's
+the parameters each run logs are derived from the fields (``flat_fields``), so a field's
 name, default and help live here only; ``tests/unit/test_config.py`` checks the MLproject
 entry points against these classes.
 
-Composition: :class:`MainConfig` holds a :class:`TrainConfig` (less ``prepare_run_id``: main
-prepares its own data) plus the probe's ``num_images``; :class:`SweepConfig` holds the lists it
+Composition: ``MainConfig`` holds a ``TrainConfig`` (less ``prepare_run_id``: main
+prepares its own data) plus the probe's ``num_images``; ``SweepConfig`` holds the lists it
 sweeps over and a ``MainConfig`` template whose ``activation``, ``position`` and ``seed`` it
 leaves out (a sweep logs ``activations``, never a single ``activation``).
 """
@@ -91,7 +91,7 @@ def check_device(device: str) -> None:
 
 
 def check_weights(weights: str) -> None:
-    """A weights name from :data:`~pipeline.contracts.WEIGHTS` or the path of an existing file;
+    """A weights name from ``WEIGHTS`` or the path of an existing file;
     one-line error else."""
     if weights in contracts.WEIGHTS:
         return
@@ -288,7 +288,7 @@ class TrainConfig(StepConfig):
                              seed=self.seed)
 
     def model_config(self, num_classes: int):
-        """The :class:`ModelConfig` this run trains (the baseline has no block: its model config
+        """The ``ModelConfig`` this run trains (the baseline has no block: its model config
         keeps the design defaults)."""
         block = self.position != contracts.NO_CBAM
         return ModelConfig(self.activation, self.position, num_classes=num_classes, gate_norm=self.gate_norm,

@@ -2,7 +2,7 @@
 
 A log redirected to a file (a cluster job, ``nohup``, CI) gets no bar fragments: there each
 epoch's one-line summary (the ``pipeline`` logger) is the progress, and a loop that runs longer
-than :data:`LOG_EVERY_S` seconds logs one line every so often (done, elapsed, left).
+than ``LOG_EVERY_S`` seconds logs one line every so often (done, elapsed, left).
 ``PIPELINE_PROGRESS=1`` forces bars, ``0`` turns them off on a terminal too (and the lines)."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ LOG_EVERY_S = 30.0
 
 def progress(iterable, **kwargs):
     """``tqdm(iterable, **kwargs)`` on a terminal; elsewhere the iterable, logging a line every
-    :data:`LOG_EVERY_S` seconds when ``total`` is known (unless ``PIPELINE_PROGRESS=0``)."""
+    ``LOG_EVERY_S`` seconds when ``total`` is known (unless ``PIPELINE_PROGRESS=0``)."""
     if bars_on():
         return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
     if kwargs.get("total") and os.environ.get("PIPELINE_PROGRESS", "").strip().lower() not in ("0", "false", "no", "off"):
@@ -38,7 +38,7 @@ def progress(iterable, **kwargs):
 
 
 def logged_progress(iterable, total: int, desc: str, unit: str, every: float | None = None):
-    """Yield from ``iterable``; each time ``every`` seconds (default :data:`LOG_EVERY_S`) have
+    """Yield from ``iterable``; each time ``every`` seconds (default ``LOG_EVERY_S``) have
     passed since the last line, log ``desc: batch i of total, elapsed, about N s left``."""
     log = logging.getLogger("pipeline")
     every = LOG_EVERY_S if every is None else every

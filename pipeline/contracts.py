@@ -173,7 +173,7 @@ EPOCH_ATTENTION_PREFIX = "attention/"
 
 def check_gate(name: str) -> None:
     """The one check of a gate name (configs, model configs and the gate factory call it):
-    one of :data:`GATE_NAMES`, else a one-line error listing them."""
+    one of ``GATE_NAMES``, else a one-line error listing them."""
     from pipeline.errors import PipelineError
 
     if name not in GATE_NAMES:

@@ -2,7 +2,7 @@
 
 Images stay ``uint8`` (N, 3, H, W) tensors, on the training device if it has room; resizing
 to ``image_size`` and normalising (mean = std = 0.5, as in the notebook) happen per batch in
-:func:`to_model_input`, so no resized float copy of a dataset ever exists (CIFAR-10 at
+``to_model_input``, so no resized float copy of a dataset ever exists (CIFAR-10 at
 224 px in float32 would be 30 GB).
 
 - ``cifar10``: torchvision's CIFAR-10 in the python format under ``data_dir``
@@ -12,7 +12,7 @@ to ``image_size`` and normalising (mean = std = 0.5, as in the notebook) happen 
   Fixed split: a stratified 80/20 split with ``random_state=0`` (1,437 train, 360 test).
 - ``cluttered-digits``: each digit of ``digits`` (same split) on a 64x64 black canvas at a
   seeded random position and side 16..24 px, among four 8-px fragments of other digits of the
-  same split (:mod:`pipeline.placement`, after the cluttered MNIST of Jaderberg et al. 2015),
+  same split (``pipeline.placement``, after the cluttered MNIST of Jaderberg et al. 2015),
   with the target's stroke mask and box as localisation ground truth. At ``image_size`` 128
   the CBAM map after layer1 / layer2 / layer4 is 32 / 16 / 4 pixels.
 - ``cluttered-cifar10``: CIFAR-10 placed the same way (side 32..48 px on a 96x96 canvas,
@@ -54,14 +54,14 @@ DIGITS_SPLIT_SEED = 0
 class ImageSet:
     """Images (N, 3, H, W) uint8 and labels (N,) int64; for a dataset with localisation ground
     truth also ``masks`` (N, H, W) bool (the object's pixels) and ``boxes`` (N, 4) int64 (its
-    half-open bounds x0, y0, x1, y1), at the images' native size (:mod:`pipeline.placement`)."""
+    half-open bounds x0, y0, x1, y1), at the images' native size (``pipeline.placement``)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     masks: torch.Tensor | None = None
     boxes: torch.Tensor | None = None
     #: a placed dataset's unplaced image behind each canvas (N, 3, h, w) uint8, on the CPU: what
-    #: fresh canvases are placed from (:func:`fresh_canvases`); None for other datasets
+    #: fresh canvases are placed from (``fresh_canvases``); None for other datasets
     sources: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -378,7 +378,7 @@ def iterate_batches(
     no_single: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images uint8, labels) batches; a seeded permutation when ``shuffle``; see
-    :func:`batch_bounds` for ``no_single``."""
+    ``batch_bounds`` for ``no_single``."""
     n = len(data)
     bounds = batch_bounds(n, batch_size, no_single)
     if shuffle:

@@ -57,7 +57,7 @@ def autocast(device: torch.device, amp: bool):
 
 
 def compiled(model: torch.nn.Module, mode: str, device: torch.device):
-    """How the training step's model runs (:data:`~pipeline.contracts.COMPILE_MODES`): ``false``
+    """How the training step's model runs (``COMPILE_MODES``): ``false``
     eagerly, op by op; ``graphs`` captured once by TorchDynamo/AOTAutograd and replayed as CUDA
     graphs on a GPU (the same kernels as eager, no code generation; on a CPU the captured graph
     runs op by op, which is how the suite checks the capture: eager's numbers to float

@@ -1,21 +1,21 @@
 """How a sweep runs its configurations: a small interface, three executors, each handed the
 chain to run (``run_main``, by the sweep step) so nothing here imports a step.
 
-- :class:`InlineExecutor` (``inline``, the default): in the sweep's own process, one
+- ``InlineExecutor`` (``inline``, the default): in the sweep's own process, one
   configuration after another, each ``main`` run nested under the sweep run, datasets loaded
   once for all of them. The fastest on one GPU or a CPU: nothing is imported or loaded twice.
-- :class:`ProcessExecutor` (``process``): ``jobs`` worker processes on this host, each running
+- ``ProcessExecutor`` (``process``): ``jobs`` worker processes on this host, each running
   ``python -m pipeline main --parent-run-id <sweep run>`` for one configuration at a time,
   spread over the visible GPUs (``CUDA_VISIBLE_DEVICES``) or sharing the CPU cores
   (``OMP_NUM_THREADS``). Workers die with the sweep: the parent-death signal ends them if the
   sweep process dies, and an interrupted sweep stops them and marks their runs KILLED.
 
-- :class:`RayExecutor` (``ray``): one Ray task per configuration, on a local Ray cluster started
+- ``RayExecutor`` (``ray``): one Ray task per configuration, on a local Ray cluster started
   for the sweep or on a cluster given by ``ray_address`` / ``RAY_ADDRESS``; Ray places each task
   on a node with the CPUs and GPUs it asks for and sets its ``CUDA_VISIBLE_DEVICES``. A task
   whose worker dies is retried and resumes its train run from the last checkpoint.
 
-An executor takes the configurations and reports one :class:`Outcome` per configuration as it
+An executor takes the configurations and reports one ``Outcome`` per configuration as it
 lands (``progress.done``), calling ``progress.tick()`` while it waits.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Executor(Protocol):
 
 
 #: What an executor runs for each configuration: ``chain(config, datasets=..., parent_run_id=...,
-#: report=False, adopt=...)`` returns the main run's id (:func:`pipeline.steps.main.run_main`).
+#: report=False, adopt=...)`` returns the main run's id (``pipeline.steps.main.run_main``).
 Chain = Callable[..., str]
 
 
@@ -115,7 +115,7 @@ class Worker:
 
 class ProcessExecutor:
     """``jobs`` worker processes; with ``gpus`` visible, slot i runs on GPU i mod gpus (several
-    share one when jobs > gpus: :func:`pipeline.sharing.plan_process_workers` checked they fit)."""
+    share one when jobs > gpus: ``pipeline.sharing.plan_process_workers`` checked they fit)."""
 
     def __init__(self, jobs: int, gpus: int = 0):
         self.jobs, self.gpus = jobs, gpus
@@ -358,9 +358,9 @@ FORWARDED_ENV = ("PIPELINE_OFFLINE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKIN
 
 
 def make_executor(config, chain: Chain, workers: int = 0, gpus: int = 0) -> Executor:
-    """The executor a :class:`~pipeline.config.SweepConfig` names, running ``chain`` for each
+    """The executor a ``SweepConfig`` names, running ``chain`` for each
     configuration (the process executor runs it as ``python -m pipeline main`` in ``workers``
-    processes, default ``jobs``, over ``gpus`` GPUs: :func:`pipeline.sharing.plan_process_workers`)."""
+    processes, default ``jobs``, over ``gpus`` GPUs: ``pipeline.sharing.plan_process_workers``)."""
     if config.executor == "inline":
         if config.jobs > 1:
             log.warning("jobs=%d is ignored by executor=inline (one configuration at a time); "

@@ -45,7 +45,7 @@ from pipeline.data import ImageSet, iterate_batches, to_model_input
 FILLS = ABLATION_FILLS
 IMPUTATIONS = DELETION_IMPUTATIONS
 #: the maps that rank pixels (and "random", drawn on the CBAM map's grid); ``ceiling``, the ground-truth
-#: mask pooled to that grid (:func:`pipeline.localisation.ceiling_maps`), where a dataset has masks
+#: mask pooled to that grid (``pipeline.localisation.ceiling_maps``), where a dataset has masks
 RANKED_MAPS = ("cbam", "cam", "ceiling")
 
 
@@ -128,9 +128,9 @@ def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | Non
                      seed: int = 0, fill: str = "mean", batch_size: int = 128,
                      progress=lambda batches, total: batches) -> AblationCurves:
     """The curves of ablating the CBAM block's output channels of ``model`` on ``data``, ordered
-    by the channel weights its gate gives each image (:func:`channel_orders`). For
+    by the channel weights its gate gives each image (``channel_orders``). For
     ``fill="mean"`` a first pass takes the channel means over the images; then every order and
-    k, batch by batch, through the rest of the network (:meth:`AttentionResNet.from_attended`);
+    k, batch by batch, through the rest of the network (``AttentionResNet.from_attended``);
     memory: one batch of features at a time. ``progress(steps, total)`` wraps the iterator of its
     steps (one per batch and order)."""
     if fill not in FILLS:
@@ -371,7 +371,7 @@ def curve_rows(channel: AblationCurves, spatial: DeletionCurves | None) -> list[
 
 @dataclass
 class Faithfulness:
-    """What :func:`judge_faithfulness` measured: the summaries (an undefined measure is NaN), the
+    """What ``judge_faithfulness`` measured: the summaries (an undefined measure is NaN), the
     curves' rows, and each undefined measure family with the reason (``deletion/insertion of the
     cbam map`` -> why)."""
 
@@ -417,11 +417,11 @@ def judge_faithfulness(model, data: ImageSet, image_size: int, maps: dict[str, n
                        seed: int = 0, fill: str = "mean", imputation: str = "mean", batch_size: int = 128,
                        progress=lambda batches, total, desc: batches, randomised=None) -> Faithfulness:
     """Channel ablation and spatial deletion / insertion on ``data``: the summaries, keyed
-    ``channel_<summary>`` (:meth:`AblationCurves.summaries`) and ``deletion_*`` / ``insertion_*``
-    (:meth:`DeletionCurves.summaries`; only where ``maps`` has the block's own ``cbam`` map), and
-    the curves' rows (:func:`curve_rows`).
+    ``channel_<summary>`` (``AblationCurves.summaries``) and ``deletion_*`` / ``insertion_*``
+    (``DeletionCurves.summaries``; only where ``maps`` has the block's own ``cbam`` map), and
+    the curves' rows (``curve_rows``).
 
-    ``randomised``, the same architecture re-initialised (:func:`pipeline.models.initial_model`),
+    ``randomised``, the same architecture re-initialised (``pipeline.models.initial_model``),
     gives channel ablation its floor: the same protocol on it, its own gate ordering its own
     channels, as ``channel_randomised_advantage_{acc,prob}`` (and their ``_std``). A network
     whose weights carry nothing has no channel its decision depends on more than another, so
@@ -430,7 +430,7 @@ def judge_faithfulness(model, data: ImageSet, image_size: int, maps: dict[str, n
 
     A map that orders no pixel (constant for every image: a 1 x 1 map after layer4 at 32 px, the
     CAM there too) gets no deletion or insertion curve: its areas and the advantages that need it
-    are NaN, with the reason in :attr:`Faithfulness.undefined`. Random maps on a 1 x 1 grid are
+    are NaN, with the reason in ``Faithfulness.undefined``. Random maps on a 1 x 1 grid are
     constant too, so there the whole pixel protocol is undefined."""
     channel = channel_ablation(model, data, image_size, draws=draws, seed=seed, fill=fill, batch_size=batch_size,
                                progress=lambda b, total: progress(b, total, "channel ablation"))

@@ -19,7 +19,7 @@ swish          x * sigmoid(x)    (unbounded, negative for x < 0)
 
 Every gate computes in float32, also under autocast: bf16 sort/where/sigmoid
 would change which channels sparsemax zeroes. Learnable values are reported by
-:meth:`Gate.learnable_values` under the names logged to MLflow.
+``Gate.learnable_values`` under the names logged to MLflow.
 """
 from __future__ import annotations
 
@@ -166,6 +166,6 @@ GATES: dict[str, Callable[[], Gate]] = {
 
 def create_gate(name: str) -> Gate:
     """Build the gate called ``name``; unknown names fail with the list of valid ones
-    (:func:`pipeline.contracts.check_gate`)."""
+    (``pipeline.contracts.check_gate``)."""
     check_gate(name)
     return GATES[name]()

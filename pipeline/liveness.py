@@ -1,13 +1,13 @@
 """Is a RUNNING run alive? Every step run records where it runs (tags ``pipeline.host``,
 ``pipeline.pid``) and, while it runs, a heartbeat (tag ``pipeline.heartbeat``: Unix time,
-refreshed every :data:`pipeline.tracking.HEARTBEAT_S` seconds by a background thread,
-:class:`pipeline.tracking.Heartbeat`).
+refreshed every ``pipeline.tracking.HEARTBEAT_S`` seconds by a background thread,
+``pipeline.tracking.Heartbeat``).
 
 A RUNNING run is *stale* (its process is gone and nothing will end it) when, on this host,
 its pid is dead; on another host, when its heartbeat is older than ``stale_after`` seconds
 (a run from before heartbeats: its start time). ``python -m pipeline runs --stale`` lists
 them and ``--mark killed`` ends them KILLED; resuming a run whose process is alive is refused,
-and so is resuming a run another process is starting to resume (:func:`claim_for_resume`).
+and so is resuming a run another process is starting to resume (``claim_for_resume``).
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def claim_for_resume(run_id: str, force: bool = False) -> None:
     when another live process resumes it already or claims it at the same moment (two resumes
     of one KILLED run started together: each sees no live process, and both would train it).
     The claim (tag ``pipeline.resumer`` = host:pid:time:nonce) is written, then read back after
-    :data:`CLAIM_WAIT_S`: of two claimants the later writer wins. ``force`` claims regardless."""
+    ``CLAIM_WAIT_S``: of two claimants the later writer wins. ``force`` claims regardless."""
     import uuid
 
     from pipeline.tracking import get_run, set_run_tag

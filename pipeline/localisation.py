@@ -98,7 +98,7 @@ def pixel_histograms(scores, masks, thresholds: np.ndarray = PXAP_THRESHOLDS) ->
 
 
 def pxap_from_histograms(on: np.ndarray, off: np.ndarray) -> float:
-    """PxAP (percent) from pooled :func:`pixel_histograms` (wsolevaluation ``MaskEvaluator.compute``)."""
+    """PxAP (percent) from pooled ``pixel_histograms`` (wsolevaluation ``MaskEvaluator.compute``)."""
     positives = on.sum()
     if positives == 0:
         return float("nan")
@@ -187,7 +187,7 @@ def max_box_acc(maps, boxes, iou_thresholds=IOU_THRESHOLDS,
 
 
 def max_box_acc_from_ious(ious: np.ndarray, iou_thresholds=IOU_THRESHOLDS) -> dict:
-    """MaxBoxAcc per δ and their mean from :func:`best_ious` (N, T) of all images."""
+    """MaxBoxAcc per δ and their mean from ``best_ious`` (N, T) of all images."""
     out: dict = {delta: float((ious >= delta).mean(axis=0).max() * 100.0) for delta in iou_thresholds}
     out["mean"] = float(np.mean([out[d] for d in iou_thresholds]))
     return out
@@ -262,7 +262,7 @@ class MapScores:
 
 def localisation_metrics(maps, masks, boxes) -> dict[str, float]:
     """Every localisation metric of one kind of map over a set of images (maps, masks and
-    boxes at the same size): see :meth:`MapScores.result`."""
+    boxes at the same size): see ``MapScores.result``."""
     scores = MapScores()
     scores.add(np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool), np.asarray(boxes, dtype=np.int64))
     return scores.result()
@@ -297,9 +297,9 @@ def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: 
                more: dict | None = None) -> dict[str, dict[str, float]]:
     """The localisation metrics of each map a probe recorded, and of the references, at the
     model's input size: ``cbam`` (the spatial maps, when the model has CBAM), ``cam`` (when
-    recorded), ``uniform`` (a constant map) and ``centre`` (:func:`centre_prior`), and on the
-    CBAM map's grid its ceiling (``ceiling``: :func:`ceiling_maps`) and floor (``random``:
-    :func:`random_grid_maps`, seeded by ``seed``). Maps are upsampled bilinearly, masks by
+    recorded), ``uniform`` (a constant map) and ``centre`` (``centre_prior``), and on the
+    CBAM map's grid its ceiling (``ceiling``: ``ceiling_maps``) and floor (``random``:
+    ``random_grid_maps``, seeded by ``seed``). Maps are upsampled bilinearly, masks by
     nearest neighbour and boxes to match (from ``native`` px to ``size`` px), ``chunk`` images at
     a time; ``progress`` wraps the chunks' iterator. ``more``: further maps by name (the same
     network's maps with its weights re-initialised), scored last."""

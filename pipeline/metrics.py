@@ -8,10 +8,10 @@ Conventions shared by all:
 
 - Gates like swish give negative weights. Gini and entropy are defined for non-negative
   mass, so they use magnitudes |w|; the share of negative weights is reported on its own
-  (:func:`negative_pct`). For non-negative weights this changes nothing.
+  (``negative_pct``). For non-negative weights this changes nothing.
 - A row whose magnitudes are all zero has no distribution: Gini, entropy and
   ``near_zero_pct`` are NaN for it, never a number.
-- Aggregates over images (:func:`summarise`) ignore NaN rows and count them.
+- Aggregates over images (``summarise``) ignore NaN rows and count them.
 
 References: Hurley & Rickard (2009), "Comparing Measures of Sparsity", IEEE Trans. Inf.
 Theory 55(10) for the Gini index; Shannon entropy with 0 log 0 = 0 (``scipy.special.xlogy``).
@@ -91,7 +91,7 @@ def avg_score(weights) -> np.ndarray:
 
 def focus_pct(weights) -> np.ndarray:
     """Percent of channels whose weight is strictly above the row's mean weight (the
-    notebook's ``focus_%``), by more than :data:`FOCUS_TOLERANCE` of the row's largest
+    notebook's ``focus_%``), by more than ``FOCUS_TOLERANCE`` of the row's largest
     magnitude. One-hot of length n -> 100/n; constant row -> 0. NaN row -> NaN.
     Shape (N, C) -> (N,)."""
     w = _as_2d(weights)

@@ -1,7 +1,7 @@
 """A torchvision ResNet (18, 34 or 50) with one attention block after a stage
-(:class:`AttentionResNet`): CBAM (Woo et al. 2018, "CBAM: Convolutional Block Attention
+(``AttentionResNet``): CBAM (Woo et al. 2018, "CBAM: Convolutional Block Attention
 Module", the notebook's), squeeze-and-excitation or ECA, with the channel gate chosen by name
-(:mod:`pipeline.gates`).
+(``pipeline.gates``).
 
 As in the reference notebook: channel attention passes the average- and max-pooled
 descriptors through one shared 1x1-conv MLP (reduction 16, no bias), sums them and applies
@@ -93,7 +93,7 @@ def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
 
 class ECAChannel(nn.Module):
     """ECA (Wang, Wu, Zhu, Li, Zuo & Hu, CVPR 2020, "ECA-Net"): the average-pooled descriptor,
-    a 1-D convolution of size :func:`eca_kernel_size` across the channels (no MLP, no
+    a 1-D convolution of size ``eca_kernel_size`` across the channels (no MLP, no
     reduction), then the gate. The logits are laid out (B, C, 1, 1) before the gate, so a gate
     that normalises over channels normalises over channels here too (timm's EcaModule gates a
     (B, 1, C) tensor: a softmax over its dim 1 would normalise a single value)."""
@@ -128,7 +128,7 @@ class SpatialGate(nn.Module):
 
 class SpatialAttention(nn.Module):
     """CBAM's spatial attention: channel mean and max stacked, a 7 x 7 conv, then the gate: the
-    notebook's sigmoid per position (``nn.Sigmoid``), or a :class:`SpatialGate`."""
+    notebook's sigmoid per position (``nn.Sigmoid``), or a ``SpatialGate``."""
 
     def __init__(self, kernel_size: int = 7, gate: str = "sigmoid"):
         super().__init__()
@@ -174,7 +174,7 @@ CBAM = AttentionBlock  # the notebook's block: AttentionBlock(design="cbam"), it
 
 class AttentionResNet(nn.Module):
     """A torchvision ResNet (``config.backbone``, ResNet18 by default) with one attention block
-    (:class:`AttentionBlock`: CBAM by default, or SE or ECA) after ``position``'s stage and a
+    (``AttentionBlock``: CBAM by default, or SE or ECA) after ``position``'s stage and a
     new head. The block is the attribute ``cbam`` whatever its design (the checkpoints' keys)."""
 
     def __init__(self, config: ModelConfig, backbone: nn.Module | None = None):
@@ -325,7 +325,7 @@ def check_weights_fit(weights: str, backbones) -> None:
 
 @functools.lru_cache(maxsize=32)
 def _checked_fit(weights: str, path: str, mtime_ns: int, size: int, backbone: str) -> None:
-    """:func:`backbone_state`'s check, once per file version (its resolved ``path``, time and size)
+    """``backbone_state``'s check, once per file version (its resolved ``path``, time and size)
     and backbone in a process (a sweep's driver and each of its inline configurations would read
     the same file again); errors name the file as given; the state itself is not kept."""
     backbone_state(weights, backbone)

@@ -1,6 +1,6 @@
 """Training goes on while the tracking server is away.
 
-A train run sends each epoch's checkpoints and metrics through an :class:`Outbox`: straight to
+A train run sends each epoch's checkpoints and metrics through an ``Outbox``: straight to
 MLflow while the server answers; when it does not, they are kept, in order, in a local folder
 (``$PIPELINE_OUTBOX/<run id>``, default ``~/.cache/cbam-gates/outbox/<run id>``) and sent
 before anything newer once it answers again, each exactly once, metrics with the time they

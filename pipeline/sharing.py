@@ -7,14 +7,14 @@ bound by kernel launches), so several share it; what they must not do is run out
 half-way through a sweep. What one configuration needs is estimated from its design, before
 anything runs on the GPU:
 
-- a CUDA context with its cuBLAS/cuDNN handles and workspaces (:data:`CONTEXT_BYTES`);
+- a CUDA context with its cuBLAS/cuDNN handles and workspaces (``CONTEXT_BYTES``);
 - float32 weights, gradients and Adam's two moments: 16 bytes per parameter;
 - the training split, validation and test images on the device (uint8, native size);
 - the larger of one training batch's activations saved for backward (measured: one forward of
-  two images through the real model on the CPU, with :func:`torch.autograd.graph.saved_tensors_hooks`,
+  two images through the real model on the CPU, with ``torch.autograd.graph.saved_tensors_hooks``,
   scaled to the batch) and an evaluation batch of 512 (three of its largest activations live
   at once);
-- all of it times :data:`FRAGMENTATION`, the caching allocator's rounding and reuse.
+- all of it times ``FRAGMENTATION``, the caching allocator's rounding and reuse.
 
 It is an upper bound for ``amp`` (bf16 halves most activations) and for ``compile=inductor``
 (fused kernels save fewer tensors). The GPU's free memory is read in a short child process, so
@@ -60,7 +60,7 @@ def gpu_free_memory() -> list[int]:
 
 @functools.cache
 def activation_bytes(model_config, image_size: int) -> tuple[int, int, int]:
-    """Per image: the bytes a training forward of the :class:`~pipeline.models.ModelConfig` saves
+    """Per image: the bytes a training forward of the ``ModelConfig`` saves
     for backward and the largest of them; and the model's parameter count. Measured on two
     images (BatchNorm trains on a batch)."""
     from pipeline.models import build_model
@@ -82,7 +82,7 @@ def activation_bytes(model_config, image_size: int) -> tuple[int, int, int]:
 
 
 def configuration_bytes(config) -> int:
-    """The GPU memory one :class:`~pipeline.config.MainConfig` needs, as the module docstring says."""
+    """The GPU memory one ``MainConfig`` needs, as the module docstring says."""
     from pipeline.data import DATASET_SHAPES
 
     t = config.train
@@ -138,7 +138,7 @@ def check_ray_sharing(config, configs) -> None:
     """``executor=ray``, before the sweep run starts: on a local cluster (no ``ray_address``) a
     configuration cannot ask for more GPUs or cores than this machine has; with ``gpus_per_job``
     below 1 Ray packs ``floor(1 / gpus_per_job)`` configurations on a GPU: the memory check of
-    :func:`check_sharing`. A remote cluster's GPUs cannot be read from here: that is said, not checked."""
+    ``check_sharing``. A remote cluster's GPUs cannot be read from here: that is said, not checked."""
     from pipeline.executors import ray_address
 
     free = None

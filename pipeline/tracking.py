@@ -28,7 +28,7 @@ log = logging.getLogger("pipeline")
 # what it stores and fetches in its own log lines (a user's explicit setting is kept)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-#: Seconds between two heartbeats of a running step (tag ``pipeline.heartbeat``, :mod:`pipeline.liveness`).
+#: Seconds between two heartbeats of a running step (tag ``pipeline.heartbeat``, ``pipeline.liveness``).
 HEARTBEAT_S = float(os.environ.get("PIPELINE_HEARTBEAT_S", "60"))
 
 
@@ -91,9 +91,9 @@ def ensure_experiment(default: str | None = None) -> str | None:
 
 
 def planned_experiment_id(default: str | None = None, parent_run_id: str | None = None) -> str:
-    """The experiment a step run started now would go to (as :func:`step_run` chooses it), before
+    """The experiment a step run started now would go to (as ``step_run`` chooses it), before
     it starts: the active run's, the parent's, the run `mlflow run` created, else
-    :func:`ensure_experiment`'s or MLflow's current one."""
+    ``ensure_experiment``'s or MLflow's current one."""
     from mlflow.tracking import fluent
 
     active = mlflow.active_run()
@@ -184,7 +184,7 @@ VIEW_STATE = {
 def prepare_experiment(experiment_id: str) -> None:
     """Make the experiment open well in MLflow's UI (once per change; it may have been created
     by `mlflow run --experiment-name` or by hand): marked as machine learning (runs, not GenAI
-    traces) and holding the project's shared view (:data:`VIEW_STATE`, see :func:`view_url`)."""
+    traces) and holding the project's shared view (``VIEW_STATE``, see ``view_url``)."""
     client = mlflow.MlflowClient()
     tags = client.get_experiment(experiment_id).tags
     if tags.get(EXPERIMENT_KIND_TAG) is None:
@@ -242,7 +242,7 @@ def step_run(
     (``main`` and ``sweep`` chaining in-process), under ``parent_run_id`` (a sweep's worker
     process), or continuing ``run_id`` (a resume) or the run ``mlflow run`` created.
 
-    A top-level run goes to ``experiment`` (a name; see :func:`ensure_experiment`) unless the
+    A top-level run goes to ``experiment`` (a name; see ``ensure_experiment``) unless the
     user chose one. Logs ``params`` (flat) once, ``config`` (typed; default ``params``) as ``config.json``, and
     the step and code-version tags. Exceptions end it FAILED, Ctrl-C and SIGTERM (as
     KeyboardInterrupt) KILLED; both re-raise.
@@ -281,7 +281,7 @@ def step_run(
 
 
 def tag_error_quietly(exc: BaseException) -> None:
-    """The active run's one-line error as its :data:`~pipeline.contracts.ERROR_TAG` (what a report
+    """The active run's one-line error as its ``ERROR_TAG`` (what a report
     rebuilt later lists beside a failed configuration); skipped at once when the server is away
     (ending the run matters more than its error text)."""
     from pipeline.errors import one_line
@@ -435,7 +435,7 @@ def metric_steps(run_id: str, key: str) -> list[int]:
 def child_runs(parent_run_id: str, experiment_id: str | None = None, *, status: str | None = None,
                unfinished: bool = False, name: str | None = None, newest_first: bool = False,
                limit: int | None = None) -> list:
-    """The runs directly below ``parent_run_id`` (tag :data:`~pipeline.contracts.PARENT_RUN_TAG`),
+    """The runs directly below ``parent_run_id`` (tag ``PARENT_RUN_TAG``),
     optionally only those with ``status``, not FINISHED (``unfinished``) or named ``name``."""
     client = mlflow.MlflowClient()
     if experiment_id is None:

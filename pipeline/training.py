@@ -79,7 +79,7 @@ def train_one_epoch(
     scheduler=None,
 ) -> EpochResult:
     """One epoch in seeded batch order. ``forward``: what the batch goes through, ``model`` itself
-    unless given (the graph-captured model of :func:`pipeline.devices.compiled`); ``scheduler``:
+    unless given (the graph-captured model of ``pipeline.devices.compiled``); ``scheduler``:
     a learning-rate schedule stepped after every optimizer step."""
     model.train()
     forward = model if forward is None else forward
@@ -118,7 +118,7 @@ def predict(
     desc: str | None = None,
 ) -> torch.Tensor:
     """Logits (N, num_classes) in float32, in the order of ``data``; ``batch_size`` defaults to
-    :data:`EVAL_BATCH_SIZE` of the data's device."""
+    ``EVAL_BATCH_SIZE`` of the data's device."""
     model.eval()
     device = data.labels.device
     batch_size = batch_size or eval_batch_size(device)

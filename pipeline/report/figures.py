@@ -1,7 +1,7 @@
-"""The report's figures: records and their statistics in, :mod:`pipeline.report.plots` calls out.
+"""The report's figures: records and their statistics in, ``pipeline.report.plots`` calls out.
 
 Nothing here computes a statistic: intervals, means over seeds and pooled weights come from
-:func:`pipeline.report.stats.group_stats`; the images of the spatial-map grid are those the
+``pipeline.report.stats.group_stats``; the images of the spatial-map grid are those the
 probe stored."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The only reader of MLflow in the report: which compute-metrics runs a report covers
-(:func:`metrics_runs_of`) and their typed :class:`~pipeline.report.schema.Record`\\ s
-(:func:`gather`), read from what the steps logged: each run's ``config.json``, the
+(``metrics_runs_of``) and their typed ``Record``\\ s
+(``gather``), read from what the steps logged: each run's ``config.json``, the
 compute-metrics metrics and its class arrays, the train run's metric histories and gradient
 flow, and the probe's channel weights, spatial maps and grid images. Nothing is re-derived.
 """

@@ -1,7 +1,7 @@
 """Figures for the report. Each function takes plain arrays / dicts and returns a matplotlib
 ``Figure`` sized for print (7 in: the width of a two-column page; fonts 7-9 pt at that size),
 with a title, axis labels and units; nothing here reads MLflow or writes files except
-:func:`save_figure`. A function with nothing to draw returns None rather than an empty figure."""
+``save_figure``. A function with nothing to draw returns None rather than an empty figure."""
 from __future__ import annotations
 
 import matplotlib
@@ -171,7 +171,7 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
                       chance_label: str = "chance (a uniform map)") -> Figure | None:
     """Small multiples, one panel per metric of ``metric_axes`` (metric -> (label, lower, upper,
     scale): the metric's whole range, so panels of different reports compare; ``scale`` turns
-    fractions into percent; :attr:`pipeline.report.schema.Family.figure_metrics`):
+    fractions into percent; ``pipeline.report.schema.Family.figure_metrics``):
     each seed as a dot, the mean as a diamond, and the 95 % CI given in ``intervals`` (gate ->
     metric -> (low, high) in the metric's own units, None below two seeds; computed by the
     report's statistics, not here) as a bar; the ``reference`` gate's CI shaded across the

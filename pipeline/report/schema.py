@@ -3,8 +3,8 @@ configurations apart, and the metric families its tables and figures iterate ove
 
 Pure: imports neither MLflow nor torch (the tests of stats and tables run without them).
 
-Adding a metric family: declare a :class:`Family` in :data:`FAMILIES` (its metrics with their
-column labels and formats, the metrics of its figure each with its :class:`Axis`) and make the
+Adding a metric family: declare a ``Family`` in ``FAMILIES`` (its metrics with their
+column labels and formats, the metrics of its figure each with its ``Axis``) and make the
 compute step log those metrics; the summary table, ``summary.csv``, the paired comparison and
 the figure then cover it: a figure metric is declared here and nowhere else.
 """

@@ -64,7 +64,7 @@ def ordered(records: list[Record]) -> list[Record]:
 
 
 def summary_table(records: list[Record], families: tuple[Family, ...] = FAMILIES) -> pd.DataFrame:
-    """One row per configuration (every :data:`GROUP_KEYS` value): ``seeds`` (distinct seeds),
+    """One row per configuration (every ``GROUP_KEYS`` value): ``seeds`` (distinct seeds),
     and per metric ``<m>`` (mean), ``<m>_std``, ``<m>_ci95_low``, ``<m>_ci95_high``, ``<m>_n``."""
     groups: dict[tuple, list[Record]] = {}
     for r in ordered(records):
@@ -84,7 +84,7 @@ def summary_table(records: list[Record], families: tuple[Family, ...] = FAMILIES
 def runs_table(records: list[Record], families: tuple[Family, ...] = FAMILIES) -> pd.DataFrame:
     """One row per record (configuration and seed), in the summary's order: the grouping keys,
     the seed, its runs' ids and every metric of ``summary.csv`` as logged (NaN where not), the
-    values each row of :func:`summary_table` summarises, for statistics of one's own."""
+    values each row of ``summary_table`` summarises, for statistics of one's own."""
     rows = []
     for r in ordered(records):
         row: dict[str, Any] = {**{k: r.config.get(k, "") for k in GROUP_KEYS}, "seed": r.seed,
@@ -250,7 +250,7 @@ class GroupStats:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     class_weights: dict[str, np.ndarray] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)  # figure metric -> its chance level, mean over runs
-    #: curve family (channel, deletion, insertion) -> gate -> :func:`faithfulness_curves`' arrays
+    #: curve family (channel, deletion, insertion) -> gate -> ``faithfulness_curves``' arrays
     faithfulness: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
 
     @property
@@ -269,7 +269,7 @@ ATTENTION_ORDER = {"channel": "most", "deletion": "cbam", "insertion": "cbam"}
 
 def faithfulness_curves(curves: list, family: str, metric: str = "accuracy") -> dict[str, np.ndarray] | None:
     """One gate's curves of ``family`` over its seeds (each a probe's curve table, see
-    :func:`pipeline.faithfulness.curve_rows`): ``x``, ``attention`` (the attention order's curve,
+    ``pipeline.faithfulness.curve_rows``): ``x``, ``attention`` (the attention order's curve,
     mean over seeds), ``random`` (mean over every random draw of every seed) and ``random_std``
     (their standard deviation at each x, ddof 1; 0 for a single draw). None without curves, or
     where the seeds' grids differ."""
@@ -290,7 +290,7 @@ def faithfulness_curves(curves: list, family: str, metric: str = "accuracy") -> 
 
 
 def group_stats(name: str, members: list[Record], epoch_metrics, families: tuple[Family, ...] = FAMILIES) -> GroupStats:
-    """The :class:`GroupStats` of a figure group; ``epoch_metrics``: the per-epoch attention
+    """The ``GroupStats`` of a figure group; ``epoch_metrics``: the per-epoch attention
     metrics drawn (``attention/<m>`` of the train runs)."""
     metrics = list(dict.fromkeys(m for family in families for m in family.figure_metrics))
     g = GroupStats(name, members, by_gate(members))

@@ -1,5 +1,5 @@
 """The report's tables as text: Markdown, LaTeX (booktabs) and CSV, from the statistics of
-:mod:`pipeline.report.stats`. Pure: DataFrames in, strings out; nothing here computes a
+``pipeline.report.stats``. Pure: DataFrames in, strings out; nothing here computes a
 statistic (the Student-t multiplier quoted in a caution aside)."""
 from __future__ import annotations
 

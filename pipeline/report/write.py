@@ -55,7 +55,7 @@ def write_report(metrics_run_ids: list[str], out: str | Path, title: str = "repo
                  reference: str = "sigmoid", failed: list[tuple[str, str, str]] = (),
                  configurations: int = 0) -> dict[str, Any]:
     """Write the tables and figures of these compute-metrics runs into ``out`` (``failed``,
-    ``configurations``: see :func:`write_records`)."""
+    ``configurations``: see ``write_records``)."""
     records = gather(metrics_run_ids)
     if not records:
         raise PipelineError("no finished compute-metrics runs to report on")

@@ -1,7 +1,7 @@
 """The ``compute-metrics`` step: attention metrics of a finished ``probe-attention`` run.
 
 Logs, on its own run, each metric's mean over images as ``<name>`` with ``<name>_std``
-beside it (:mod:`pipeline.metrics`, ``docs/metrics.md``); the notebook's single-image values
+beside it (``pipeline.metrics``, ``docs/metrics.md``); the notebook's single-image values
 for image 0 as ``first_image/<name>`` (and ``first_image/notebook_gini``, the notebook's
 formula on raw weights); the probe's ``test_acc``, ``test_top5`` and ``test_map``; and the
 artefacts ``metrics/per_image.csv`` (one row per image) and ``metrics/summary.csv`` /
@@ -10,7 +10,7 @@ without CBAM (channel weights of shape (N, 0)) has no attention to measure: its 
 accuracy metrics only, and its summary has no rows.
 
 For a dataset with localisation ground truth (masks and boxes in the probe), it also logs
-``loc/<map>_<metric>`` (:func:`pipeline.localisation.judge_maps`: maps ``cbam``, ``cam``,
+``loc/<map>_<metric>`` (``pipeline.localisation.judge_maps``: maps ``cbam``, ``cam``,
 ``uniform``, ``centre``; metrics ``pxap``, ``maxboxacc``, ``boxacc_iou30/50/70``,
 ``pointing_mask``, ``pointing_box``, ``energy_box``) and ``metrics/localisation.csv`` (one row
 per map). A dataset without ground truth logs none of them.
@@ -96,7 +96,7 @@ def load_probed(probe_run_id: str) -> Probed:
 
 
 def localisation_of(probed: Probed) -> dict[str, dict[str, float]]:
-    """The localisation metrics of the probe's maps (:func:`pipeline.localisation.judge_maps`);
+    """The localisation metrics of the probe's maps (``pipeline.localisation.judge_maps``);
     empty for a dataset without ground truth."""
     if probed.masks is None:
         return {}

@@ -4,7 +4,7 @@ compute-metrics, in this process, each step a nested child run of the ``main`` r
 The steps are called as functions and hand each other what they hold in memory (the loaded
 dataset and its split, the trained model, the probed arrays); each step still runs alone as a
 command from the ids of its upstream runs. A step is reused, not rerun, when a FINISHED run
-of it carries the same reuse key (:func:`pipeline.reuse.reuse_key`: the step's typed
+of it carries the same reuse key (``pipeline.reuse.reuse_key``: the step's typed
 config, which names its upstream runs, and the code version of the modules it depends on)
 and still has its artefacts; ``rerun`` forces steps (and all downstream of them) to run again.
 """

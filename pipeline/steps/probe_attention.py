@@ -114,7 +114,7 @@ def measure_faithfulness(model: AttentionResNet, probed, attention, image_size: 
                          seed: int, seconds_per_image: float,
                          randomised: AttentionResNet | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
     """Channel ablation and pixel deletion / insertion on the first ``n`` probed images
-    (:func:`pipeline.faithfulness.judge_faithfulness`, maps: the CBAM spatial map and the CAM;
+    (``pipeline.faithfulness.judge_faithfulness``, maps: the CBAM spatial map and the CAM;
     ``randomised``: the network re-initialised, whose channel ablation is the floor),
     logs its cost first (passes, and seconds at ``seconds_per_image``, the probe's own speed),
     then the defined summaries as ``faith/<name>`` on the active run; returns the curves' rows

@@ -3,7 +3,7 @@
 Sources: an experiment (every FINISHED compute-metrics run in it), a sweep run (its finished
 ``main`` runs) or a ``main`` run. Writes into a local folder and, as artefacts, into a report
 run (from ``main`` and ``sweep``, into their own run under ``report/``). What the report holds
-and how it is made: :mod:`pipeline.report`.
+and how it is made: ``pipeline.report``.
 """
 from __future__ import annotations
 

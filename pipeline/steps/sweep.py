@@ -1,5 +1,5 @@
 """``sweep``: ``main`` for every (position, activation, gate norm, seed) under one sweep run,
-through an executor (:mod:`pipeline.executors`, handed :func:`~pipeline.steps.main.run_main`),
+through an executor (``pipeline.executors``, handed ``run_main``),
 then one report of every finished configuration.
 
 The MLflow structure: sweep run -> one ``main`` run per configuration (named like

@@ -95,7 +95,7 @@ def attention_sample(val, n: int):
 
 
 def attention_metrics(model, images, image_size: int) -> dict[str, float]:
-    """Mean over ``images`` of each :data:`EPOCH_ATTENTION_METRICS` of the model's channel weights."""
+    """Mean over ``images`` of each ``EPOCH_ATTENTION_METRICS`` of the model's channel weights."""
     from pipeline.attention_hooks import read_attention
     from pipeline.metrics import per_image_metrics
 
@@ -175,7 +175,7 @@ def start_or_resume(config: TrainConfig | None, resume_run_id: str, dataset: Dat
 def learning_rate_schedule(config: TrainConfig, optimizer, train_images: int):
     """The run's schedule, stepped after every optimizer step: None for a constant rate; for
     onecycle torch's ``OneCycleLR`` peaking at ``lr`` over every step of every epoch (the batches
-    of an epoch as :func:`~pipeline.data.batch_bounds` cuts them)."""
+    of an epoch as ``batch_bounds`` cuts them)."""
     if config.lr_schedule == "constant":
         return None
     steps = len(batch_bounds(train_images, config.batch_size, no_single=True))
@@ -183,8 +183,8 @@ def learning_rate_schedule(config: TrainConfig, optimizer, train_images: int):
 
 
 class Training:
-    """One train run's state from its first epoch to its test evaluation: :meth:`epochs` trains
-    and stores each epoch (checkpoints before metrics), :meth:`finish` evaluates the best epoch's
+    """One train run's state from its first epoch to its test evaluation: ``epochs`` trains
+    and stores each epoch (checkpoints before metrics), ``finish`` evaluates the best epoch's
     weights on the test set and delivers the rest. ``stored`` is the last epoch whose checkpoint
     is in the run (0: none), what an interrupt or a full disk leaves to resume from."""
 
@@ -342,7 +342,7 @@ def run_train(config: TrainConfig | None = None, resume_run_id: str = "", datase
     the caller (``main``) has loaded already; ``splits`` must be those of ``prepare_run_id``.
 
     Phases: start or resume (config, checkpoint, splits, model), the epochs (inside
-    :meth:`Training.stopping_cleanly`), finish (test evaluation, delivery); then, once the run
+    ``Training.stopping_cleanly``), finish (test evaluation, delivery); then, once the run
     is FINISHED, ``last.pt`` is dropped if the config says so."""
     config, ckpt, device, splits, digest = start_or_resume(config, resume_run_id, dataset, splits, force)
     seed_everything(config.seed)
