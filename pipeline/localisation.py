@@ -118,6 +118,14 @@ def pxap(maps, masks, thresholds: np.ndarray = PXAP_THRESHOLDS) -> float:
     PxAP = Σ_l P(τ_l) (R(τ_l) − R(τ_{l-1})) × 100, over thresholds with tp + fp > 0
     (wsolevaluation ``MaskEvaluator.compute``). A map equal to its mask gives 100; a
     constant map gives the masks' pixel share × 100.
+
+    Args:
+        maps: maps at the masks' size, shape (N, H, W); each is min-max normalised here.
+        masks: the objects' pixels, shape (N, H, W) bool.
+        thresholds: the thresholds τ (wsolevaluation's 0, 0.001, ..., 0.999 by default).
+
+    Returns:
+        PxAP in percent; NaN if no mask has a pixel.
     """
     return pxap_from_histograms(*pixel_histograms(normalise_maps(maps), masks, thresholds))
 
@@ -180,9 +188,19 @@ def best_ious(maps, boxes, thresholds: np.ndarray = BOX_THRESHOLDS, threads: int
 
 def max_box_acc(maps, boxes, iou_thresholds=IOU_THRESHOLDS,
                 thresholds: np.ndarray = BOX_THRESHOLDS) -> dict[float, float]:
-    """MaxBoxAcc (percent) at each IoU threshold δ: max over τ of the share of images with
-    best IoU >= δ; key ``"mean"``: MaxBoxAccV2, their mean. A map equal to its box (1 inside,
-    0 outside) scores 100 at every δ."""
+    """MaxBoxAcc at each IoU threshold δ (Choe et al. 2020): the best over τ of the share of
+    images whose best box (of the 8-connected regions of "normalised score >= τ") has IoU >= δ.
+    A map equal to its box (1 inside, 0 outside) scores 100 at every δ.
+
+    Args:
+        maps: maps at the boxes' scale, shape (N, H, W).
+        boxes: half-open boxes x0, y0, x1, y1, shape (N, 4).
+        iou_thresholds: the δ (0.3, 0.5, 0.7 by default).
+        thresholds: the τ (0, 0.01, ..., 0.99 by default).
+
+    Returns:
+        δ -> MaxBoxAcc in percent, and ``"mean"`` -> MaxBoxAccV2, their mean.
+    """
     return max_box_acc_from_ious(best_ious(maps, boxes, thresholds), iou_thresholds)
 
 
@@ -194,9 +212,17 @@ def max_box_acc_from_ious(ious: np.ndarray, iou_thresholds=IOU_THRESHOLDS) -> di
 
 
 def pointing_game(maps, masks) -> np.ndarray:
-    """Per image (N,): the share of the map's maximal pixels that lie in the mask (1 or 0 when
-    the maximum is unique). NaN for an empty mask, or a map holding a NaN. A map equal to its
-    mask scores 1; a constant map the mask's pixel share."""
+    """The pointing game (Zhang et al. 2016): is each map's maximum on the object? Ties count
+    as the share of the maximal pixels that lie in the mask, so a constant map scores the mask's
+    pixel share (chance), not 1; a map equal to its mask scores 1.
+
+    Args:
+        maps: shape (N, H, W).
+        masks: shape (N, H, W) bool.
+
+    Returns:
+        Each image's score in [0, 1], shape (N,); NaN for an empty mask or a map holding a NaN.
+    """
     m = np.asarray(maps, dtype=np.float64)
     truth = np.asarray(masks, dtype=bool)
     finite = np.isfinite(m).all(axis=(1, 2))
@@ -215,8 +241,16 @@ def box_masks(boxes, size: int) -> np.ndarray:
 
 
 def energy_in_box(maps, boxes) -> np.ndarray:
-    """Per image (N,): Σ_box s / Σ s with s the min-max-normalised map; a constant map counts
-    as uniform mass (the box's area share). NaN for an empty box."""
+    """Energy in box (Wang et al. 2020): Σ_box s / Σ s with s the min-max-normalised map; a
+    constant map counts as uniform mass (the box's area share).
+
+    Args:
+        maps: shape (N, H, W).
+        boxes: half-open boxes x0, y0, x1, y1, shape (N, 4).
+
+    Returns:
+        Each image's share in [0, 1], shape (N,); NaN for an empty box.
+    """
     m = np.asarray(maps, dtype=np.float64)
     s = normalise_maps(m)
     constant = s.sum(axis=(1, 2)) == 0
@@ -277,7 +311,16 @@ def ceiling_maps(masks, grid: tuple[int, int], size: int) -> np.ndarray:
     the model's input as the masks are scored (nearest neighbour, ``size`` px), average-pooled to
     the grid (each cell: the share of its pixels on the object). Upsampled like every map, it
     scores what a perfect map of that resolution scores: a 2 x 2 map cannot outline a 20-pixel
-    digit, whatever its gate. (N, H, W) bool -> (N, h, w) float32."""
+    digit, whatever its gate.
+
+    Args:
+        masks: the objects' pixels at native size, shape (N, H, W) bool.
+        grid: the map's grid (h, w).
+        size: the model's input size in pixels.
+
+    Returns:
+        The ceiling maps, shape (N, h, w) float32.
+    """
     import torch
     from torch.nn import functional as F
 
@@ -286,8 +329,17 @@ def ceiling_maps(masks, grid: tuple[int, int], size: int) -> np.ndarray:
 
 
 def random_grid_maps(n: int, grid: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """``n`` maps of uniform random values on ``grid`` (image i's seeded by (seed, 2000, i)):
-    the floor a map of that resolution scores by chance. (n, h, w) float32."""
+    """The floor of a grid: maps of uniform random values on it, what a map of that resolution
+    scores by chance.
+
+    Args:
+        n: how many maps (one per image).
+        grid: the map's grid (h, w).
+        seed: image i's map is drawn from ``default_rng([seed, 2000, i])``.
+
+    Returns:
+        The maps, shape (n, h, w) float32.
+    """
     return np.stack([np.random.default_rng([seed, 2000, i]).random(grid) for i in range(n)]).astype(np.float32) \
         if n else np.zeros((0, *grid), np.float32)
 
@@ -302,7 +354,19 @@ def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: 
     ``random_grid_maps``, seeded by ``seed``). Maps are upsampled bilinearly, masks by
     nearest neighbour and boxes to match (from ``native`` px to ``size`` px), ``chunk`` images at
     a time; ``progress`` wraps the chunks' iterator. ``more``: further maps by name (the same
-    network's maps with its weights re-initialised), scored last."""
+    network's maps with its weights re-initialised), scored last.
+
+    Args:
+        spatial_maps: the CBAM maps (N, h, w), or None / empty for a block without one.
+        cams: the CAMs (N, h', w'), or None.
+        masks: shape (N, native, native) bool.
+        boxes: shape (N, 4) at native size.
+        native: the images' native size in pixels.
+        size: the model's input size in pixels.
+
+    Returns:
+        Map name -> metric name -> value (see ``MapScores.result``).
+    """
     n = np.asarray(masks).shape[0]
     sources, bounds = {}, {}
     if spatial_maps is not None and np.asarray(spatial_maps).size:
@@ -332,7 +396,15 @@ def normalised_scores(scores: dict[str, dict[str, float]], of: str = "cbam") -> 
     """Each metric of the map ``of`` read between its floor and its ceiling on the same grid:
     (score − random) / (ceiling − random), 0 at chance, 1 for the best map the grid can hold.
     NaN where the ceiling does not exceed the floor (a grid too coarse to localise anything:
-    nothing separates a good map from a bad one there) or where ``of`` was not scored."""
+    nothing separates a good map from a bad one there) or where ``of`` was not scored.
+
+    Args:
+        scores: what ``judge_maps`` returned (it must hold ``ceiling`` and ``random``).
+        of: the map to normalise.
+
+    Returns:
+        Metric name -> normalised score; empty without a floor and a ceiling.
+    """
     if not {of, "ceiling", "random"} <= set(scores):
         return {}
     out = {}

@@ -48,12 +48,16 @@ def gini(weights) -> np.ndarray:
     """Gini index of each row's magnitudes (Hurley & Rickard 2009).
 
     With c_(1) <= ... <= c_(n) the sorted magnitudes |w| of a row:
-    ``G = 1 - 2 * sum_k (c_(k) / ||c||_1) * (n - k + 1/2) / n``.
-    0 for a uniform row, (n - 1)/n for a one-hot row (the maximum), 1 - k/n for k equal
-    non-zeros among n, (n - 1)/(3n) for 1..n; unchanged by scaling. All-zero row -> NaN.
-    Equals the notebook's ``(n + 1 - 2 * sum(cumsum(c)) / sum(c)) / n`` for non-negative rows.
+    ``G = 1 - 2 * sum_k (c_(k) / ||c||_1) * (n - k + 1/2) / n``. 0 for a uniform row,
+    (n - 1)/n for a one-hot row (the maximum), 1 - k/n for k equal non-zeros among n,
+    (n - 1)/(3n) for 1..n; unchanged by scaling. Equals the notebook's
+    ``(n + 1 - 2 * sum(cumsum(c)) / sum(c)) / n`` for non-negative rows.
 
-    Shape: (N, C) or (C,) -> (N,).
+    Args:
+        weights: channel weights, shape (N, C) or (C,).
+
+    Returns:
+        The Gini index of each row, shape (N,); NaN for an all-zero row or one holding a NaN.
     """
     c = np.sort(np.abs(_as_2d(weights)), axis=1)
     n = c.shape[1]
@@ -68,10 +72,14 @@ def entropy(weights) -> np.ndarray:
     """Normalised Shannon entropy of each row's magnitudes.
 
     ``p = |w| / sum|w|``; ``H = -sum_c p_c log p_c / log C`` with 0 log 0 = 0. 0 when all mass
-    is on one channel, 1 for a uniform row. All-zero row -> NaN. C = 1 -> 0 (one channel
-    holds all the mass). Equals ``scipy.stats.entropy(p) / log C``.
+    is on one channel, 1 for a uniform row; C = 1 gives 0 (one channel holds all the mass).
+    Equals ``scipy.stats.entropy(p) / log C``.
 
-    Shape: (N, C) or (C,) -> (N,).
+    Args:
+        weights: channel weights, shape (N, C) or (C,).
+
+    Returns:
+        The entropy of each row in [0, 1], shape (N,); NaN for an all-zero row.
     """
     a = np.abs(_as_2d(weights))
     n = a.shape[1]
@@ -84,16 +92,30 @@ def entropy(weights) -> np.ndarray:
 
 
 def avg_score(weights) -> np.ndarray:
-    """Mean channel weight of each row (signed). Shape (N, C) -> (N,)."""
+    """Mean channel weight of each row (signed); a sum-to-one gate gives exactly 1/C.
+
+    Args:
+        weights: channel weights, shape (N, C).
+
+    Returns:
+        The mean of each row, shape (N,); NaN for a row holding a NaN.
+    """
     w = _as_2d(weights)
     return np.where(_undefined(w), np.nan, w.mean(axis=1))
 
 
 def focus_pct(weights) -> np.ndarray:
     """Percent of channels whose weight is strictly above the row's mean weight (the
-    notebook's ``focus_%``), by more than ``FOCUS_TOLERANCE`` of the row's largest
-    magnitude. One-hot of length n -> 100/n; constant row -> 0. NaN row -> NaN.
-    Shape (N, C) -> (N,)."""
+    notebook's ``focus_%``), by more than ``FOCUS_TOLERANCE`` of the row's largest magnitude.
+
+    A one-hot row of length n gives 100/n; a constant row 0.
+
+    Args:
+        weights: channel weights, shape (N, C).
+
+    Returns:
+        The percentage of each row, shape (N,); NaN for a row holding a NaN.
+    """
     w = _as_2d(weights)
     margin = FOCUS_TOLERANCE * np.abs(w).max(axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):
@@ -102,16 +124,29 @@ def focus_pct(weights) -> np.ndarray:
 
 
 def sparsity(weights) -> np.ndarray:
-    """Fraction (0..1) of channel weights exactly equal to zero (the notebook's ``sparsity``).
-    NaN row -> NaN. Shape (N, C) -> (N,)."""
+    """Fraction of channel weights exactly equal to zero (the notebook's ``sparsity``).
+
+    Args:
+        weights: channel weights, shape (N, C).
+
+    Returns:
+        The fraction (0..1) of each row, shape (N,); NaN for a row holding a NaN.
+    """
     w = _as_2d(weights)
     return np.where(_undefined(w), np.nan, (w == 0).mean(axis=1))
 
 
 def near_zero_pct(weights, relative: float = NEAR_ZERO_RELATIVE) -> np.ndarray:
-    """Percent of channels with |w| < ``relative`` * max|w| of the row (default 1e-3).
-    Catches the almost-zero weights of softmax that ``sparsity`` misses. All-zero row -> NaN.
-    Shape (N, C) -> (N,)."""
+    """Percent of channels with |w| below ``relative`` times the row's largest |w|: the
+    almost-zero weights of softmax that ``sparsity`` misses.
+
+    Args:
+        weights: channel weights, shape (N, C).
+        relative: the threshold as a share of the row's largest magnitude.
+
+    Returns:
+        The percentage of each row, shape (N,); NaN for an all-zero row.
+    """
     w = _as_2d(weights)
     a = np.abs(w)
     peak = a.max(axis=1, keepdims=True)
@@ -121,18 +156,30 @@ def near_zero_pct(weights, relative: float = NEAR_ZERO_RELATIVE) -> np.ndarray:
 
 
 def negative_pct(weights) -> np.ndarray:
-    """Percent of negative channel weights (swish can be negative). NaN row -> NaN.
-    Shape (N, C) -> (N,)."""
+    """Percent of negative channel weights (swish can be negative).
+
+    Args:
+        weights: channel weights, shape (N, C).
+
+    Returns:
+        The percentage of each row, shape (N,); NaN for a row holding a NaN.
+    """
     w = _as_2d(weights)
     with np.errstate(invalid="ignore"):
         return np.where(_undefined(w), np.nan, 100.0 * (w < 0).mean(axis=1))
 
 
 def focus_area_ratio(maps, fraction: float = FOCUS_AREA_FRACTION) -> np.ndarray:
-    """Fraction (0..1) of each spatial map's pixels strictly above ``fraction`` (default 50 %)
-    of that map's maximum: the notebook's text definition of the focus area. A constant
-    positive map -> 1; a map whose maximum is not positive -> NaN.
-    Shape (N, H, W) -> (N,)."""
+    """Fraction of each spatial map's pixels strictly above ``fraction`` of that map's
+    maximum: the notebook's text definition of the focus area. A constant positive map gives 1.
+
+    Args:
+        maps: spatial maps, shape (N, H, W) or (H, W).
+        fraction: the share of the map's maximum a pixel must exceed.
+
+    Returns:
+        The fraction (0..1) of each map, shape (N,); NaN for a map whose maximum is not positive.
+    """
     m = np.asarray(maps, dtype=np.float64)
     if m.ndim == 2:
         m = m[None]
@@ -145,7 +192,14 @@ def focus_area_ratio(maps, fraction: float = FOCUS_AREA_FRACTION) -> np.ndarray:
 
 def notebook_gini(vector) -> float:
     """The notebook's ``gini_coefficient``, verbatim in effect: raw (signed) weights, no NaN
-    guard. Kept only to reproduce the notebook's table (``first_image/notebook_gini``)."""
+    guard. Kept only to reproduce the notebook's table (``first_image/notebook_gini``).
+
+    Args:
+        vector: one image's channel weights, shape (C,).
+
+    Returns:
+        The notebook's value (not a Gini index for signed weights: [-1, 2] gives 1.5).
+    """
     x = np.sort(np.asarray(vector, dtype=np.float64))
     n = len(x)
     cumx = np.cumsum(x)
@@ -167,7 +221,15 @@ METRIC_NAMES = (*CHANNEL_METRICS, *SPATIAL_METRICS)
 
 
 def per_image_metrics(weights, maps=None) -> dict[str, np.ndarray]:
-    """Every metric per image: name -> (N,). ``maps`` may be None (no spatial metrics)."""
+    """Every metric per image.
+
+    Args:
+        weights: channel weights, shape (N, C).
+        maps: spatial maps, shape (N, H, W), or None (no spatial metrics).
+
+    Returns:
+        Metric name -> its values, shape (N,).
+    """
     out = {name: fn(weights) for name, fn in CHANNEL_METRICS.items()}
     if maps is not None:
         out.update({name: fn(maps) for name, fn in SPATIAL_METRICS.items()})
@@ -175,8 +237,17 @@ def per_image_metrics(weights, maps=None) -> dict[str, np.ndarray]:
 
 
 def class_means(weights, labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each class's mean channel-weight vector (K, C) and its number of images (K,); a class
-    without images is a row of NaN."""
+    """Each class's mean channel-weight vector.
+
+    Args:
+        weights: channel weights, shape (N, C).
+        labels: each image's class, shape (N,).
+        num_classes: K.
+
+    Returns:
+        The means, shape (K, C) (a class without images is a row of NaN), and the number of
+        images of each class, shape (K,).
+    """
     w = _as_2d(weights)
     labels = np.asarray(labels)
     counts = np.bincount(labels, minlength=num_classes)[:num_classes]
@@ -188,8 +259,14 @@ def class_means(weights, labels, num_classes: int) -> tuple[np.ndarray, np.ndarr
 
 
 def summarise(values: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Mean and (population) standard deviation over images of each metric, ignoring NaN rows:
-    name -> {"mean", "std", "n_defined"}. All rows NaN -> mean and std NaN."""
+    """Mean and (population) standard deviation over images of each metric, NaN rows left out.
+
+    Args:
+        values: metric name -> its per-image values.
+
+    Returns:
+        Metric name -> ``{"mean", "std", "n_defined"}``; mean and std NaN where no row is defined.
+    """
     summary = {}
     for name, v in values.items():
         v = np.asarray(v, dtype=np.float64)
@@ -202,12 +279,21 @@ def summarise(values: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
 
 def mean_average_precision(labels, scores, num_classes: int | None = None) -> float:
     """Macro-averaged one-vs-rest average precision (scikit-learn's ``average_precision_score``)
-    over the classes present in ``labels``; classes with no positive image have no AP and
-    are left out. labels (N,) int, scores (N, K) (logits or probabilities).
+    over the classes present in ``labels``; classes with no positive image have no AP and are
+    left out.
 
-    Undefined (NaN) when fewer than two classes are present: a class's AP needs negatives to
-    rank below its positives, and with one class every image is a positive, so its AP is 1
-    whatever the scores (one probed image, misclassified, would score mAP 1.0)."""
+    Undefined when fewer than two classes are present: a class's AP needs negatives to rank
+    below its positives, and with one class every image is a positive, so its AP is 1 whatever
+    the scores (one probed image, misclassified, would score mAP 1.0).
+
+    Args:
+        labels: each image's class, shape (N,).
+        scores: logits or probabilities, shape (N, K).
+        num_classes: K, if ``scores`` has more columns than classes.
+
+    Returns:
+        The mAP in [0, 1], or NaN below two classes.
+    """
     from sklearn.metrics import average_precision_score
 
     labels = np.asarray(labels)
@@ -223,15 +309,29 @@ def mean_average_precision(labels, scores, num_classes: int | None = None) -> fl
 # Statistics over seeds (the report's tables and figures)
 
 def stats_t(n: int) -> float:
-    """Student t's 97.5 % quantile with n - 1 degrees of freedom (the 95 % CI's multiplier)."""
+    """Student t's 97.5 % quantile with n - 1 degrees of freedom (the 95 % CI's multiplier).
+
+    Args:
+        n: the number of values.
+
+    Returns:
+        ``scipy.stats.t.ppf(0.975, n - 1)``.
+    """
     from scipy import stats
 
     return float(stats.t.ppf(0.975, n - 1))
 
 
 def ci95(values) -> tuple[int, float, float, float, float]:
-    """n, mean, sample std (ddof = 1), and the 95 % Student-t confidence interval of the mean
-    of the finite values; std and CI are NaN below two values."""
+    """The 95 % Student-t confidence interval of the mean of the finite values.
+
+    Args:
+        values: one value per seed (NaN and infinities are left out).
+
+    Returns:
+        n, mean, sample std (ddof = 1), and the interval's low and high bounds; std and bounds
+        are NaN below two values.
+    """
     from scipy import stats
 
     v = np.asarray(values, dtype=np.float64)
