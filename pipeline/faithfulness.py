@@ -50,8 +50,15 @@ RANKED_MAPS = ("cbam", "cam", "ceiling")
 
 
 def ablation_grid(channels: int, points: int = 10) -> list[int]:
-    """k = 0, then a geometric grid from 1 to ``channels`` (about ``points`` distinct integers,
-    always ending at ``channels``)."""
+    """The ablation sizes k: 0, then a geometric grid from 1 to ``channels``.
+
+    Args:
+        channels: C, the block's output channels.
+        points: about how many distinct sizes after 0.
+
+    Returns:
+        The sizes, rising, ending at ``channels``.
+    """
     if channels < 1:
         raise ValueError(f"need at least one channel, got {channels}")
     ks = np.unique(np.rint(np.geomspace(1, channels, num=max(points, 2))).astype(int))
@@ -62,8 +69,18 @@ def channel_orders(weights: np.ndarray, draws: int, seed: int, first_index: int 
     """Per image, the channels in ablation order: ``most`` (highest weight first; ties by lower
     index), ``least`` (lowest first) and ``random`` (``draws`` permutations per image, image i's
     draw d seeded by (seed, d, first_index + i), so a draw does not depend on the batching).
-    Shapes: (N, C) -> ``most``/``least`` (N, C), ``random`` (draws, N, C). Weights are compared
-    by magnitude (a swish gate's negative weights scale a channel as much as positive ones)."""
+    Weights are compared by magnitude (a swish gate's negative weights scale a channel as much
+    as positive ones).
+
+    Args:
+        weights: channel weights, shape (N, C).
+        draws: random permutations per image.
+        seed: the run's seed.
+        first_index: the index of the first row among all probed images.
+
+    Returns:
+        ``most`` and ``least``, shape (N, C), and ``random``, shape (draws, N, C).
+    """
     w = np.abs(np.asarray(weights, dtype=np.float64))
     n, c = w.shape
     most = np.argsort(-w, axis=1, kind="stable")
@@ -74,7 +91,16 @@ def channel_orders(weights: np.ndarray, draws: int, seed: int, first_index: int 
 
 
 def area(ks: list[int], values: np.ndarray, channels: int) -> float:
-    """Trapezoid area under ``values`` against k / C over [0, 1]."""
+    """Trapezoid area under a curve against k / C over [0, 1].
+
+    Args:
+        ks: the ablation sizes.
+        values: the curve's value at each size.
+        channels: C.
+
+    Returns:
+        The area (in the curve's units: percent for accuracy).
+    """
     x = np.asarray(ks, dtype=np.float64) / channels
     y = np.asarray(values, dtype=np.float64)
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
@@ -131,8 +157,22 @@ def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | Non
     by the channel weights its gate gives each image (``channel_orders``). For
     ``fill="mean"`` a first pass takes the channel means over the images; then every order and
     k, batch by batch, through the rest of the network (``AttentionResNet.from_attended``);
-    memory: one batch of features at a time. ``progress(steps, total)`` wraps the iterator of its
-    steps (one per batch and order)."""
+    memory: one batch of features at a time.
+
+    Args:
+        model: an ``AttentionResNet`` with an attention block.
+        data: the probed images and labels.
+        image_size: the model's input size in pixels.
+        ks: the ablation sizes (default ``ablation_grid``).
+        draws: random orders per image.
+        seed: the run's seed (seeds the random orders).
+        fill: ``mean`` (each channel's mean map over the images) or ``zero``.
+        batch_size: images per forward pass.
+        progress: wraps the iterator of the steps (one per batch and order), e.g. a progress bar.
+
+    Returns:
+        The accuracy and true-class probability at each k, per order.
+    """
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILLS)}")
     model.eval()
@@ -233,9 +273,21 @@ def pixel_ranks(maps: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def random_maps(shape: tuple[int, int], count: int, draw: int, seed: int, first_index: int = 0) -> np.ndarray:
-    """``count`` uniform maps of ``shape``; image i's map of draw d is seeded by
-    (seed, d, first_index + i), independent of the batching (and of the channel draws, which use
-    permutations of another length)."""
+    """Uniform random maps, the chance baseline of deletion and insertion.
+
+    Image i's map of draw d is seeded by (seed, 1000 + d, first_index + i): independent of the
+    batching and of the channel draws.
+
+    Args:
+        shape: the grid (h, w).
+        count: how many maps.
+        draw: which draw.
+        seed: the run's seed.
+        first_index: the index of the first map's image among all probed images.
+
+    Returns:
+        The maps, shape (count, h, w) float32.
+    """
     return np.stack([np.random.default_rng([seed, 1_000 + draw, first_index + i]).random(shape)
                      for i in range(count)]).astype(np.float32)
 
@@ -287,7 +339,24 @@ def spatial_deletion(model, data: ImageSet, image_size: int, maps: dict[str, np.
     (N, h, w), row i for image i) and ``draws`` random maps drawn on ``grid`` (default: the
     ``cbam`` map's grid, which is then required). Each batch is run once unperturbed and once
     fully imputed (the shared end points), then at every interior fraction for every map and
-    family. ``progress(steps, total)`` wraps the iterator of its steps (one per batch and map)."""
+    family.
+
+    Args:
+        model: an ``AttentionResNet``.
+        data: the images and labels.
+        image_size: the model's input size in pixels.
+        maps: map name -> maps, shape (N, h, w).
+        fractions: the deleted (inserted) fractions, rising from 0 to 1 (default 0, 1/8, ..., 1).
+        draws: random maps per image.
+        seed: the run's seed (seeds the random maps).
+        imputation: the baseline, ``mean`` (the mean colour) or ``blur``.
+        batch_size: images per forward pass.
+        progress: wraps the iterator of the steps (one per batch and map).
+        grid: the random maps' grid (default: the ``cbam`` map's).
+
+    Returns:
+        Accuracy and true-class probability at each fraction, per map and family.
+    """
     if grid is None and "cbam" not in maps:
         raise ValueError("spatial deletion needs the CBAM spatial maps (its grid is the random maps' grid)")
     if imputation not in IMPUTATIONS:
@@ -427,6 +496,22 @@ def judge_faithfulness(model, data: ImageSet, image_size: int, maps: dict[str, n
     whose weights carry nothing has no channel its decision depends on more than another, so
     its advantage sits near 0 (within its random draws' spread). Channel ablation has no
     ceiling here: the best order of C channels is a search over C! orders, not computed.
+
+    Args:
+        model: an ``AttentionResNet`` with an attention block.
+        data: the images and labels.
+        image_size: the model's input size in pixels.
+        maps: map name (``cbam``, ``cam``, ``ceiling``) -> maps, shape (N, h, w).
+        draws: random orders and random maps per image.
+        seed: the run's seed.
+        fill: the ablation's fill, ``mean`` or ``zero``.
+        imputation: the deletion baseline, ``mean`` or ``blur``.
+        batch_size: images per forward pass.
+        progress: ``progress(steps, total, description)`` wraps each loop's iterator.
+        randomised: the same architecture re-initialised, or None.
+
+    Returns:
+        The summaries, the curves' rows, the undefined measures with why, and notes.
 
     A map that orders no pixel (constant for every image: a 1 x 1 map after layer4 at 32 px, the
     CAM there too) gets no deletion or insertion curve: its areas and the advantages that need it

@@ -165,7 +165,16 @@ GATES: dict[str, Callable[[], Gate]] = {
 
 
 def create_gate(name: str) -> Gate:
-    """Build the gate called ``name``; unknown names fail with the list of valid ones
-    (``pipeline.contracts.check_gate``)."""
+    """Build a gate of the registry by name.
+
+    Args:
+        name: one of ``GATES`` (``pipeline.contracts.GATE_NAMES``).
+
+    Returns:
+        A new gate module.
+
+    Raises:
+        PipelineError: for an unknown name, listing the valid ones (``pipeline.contracts.check_gate``).
+    """
     check_gate(name)
     return GATES[name]()

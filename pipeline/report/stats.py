@@ -64,8 +64,17 @@ def ordered(records: list[Record]) -> list[Record]:
 
 
 def summary_table(records: list[Record], families: tuple[Family, ...] = FAMILIES) -> pd.DataFrame:
-    """One row per configuration (every ``GROUP_KEYS`` value): ``seeds`` (distinct seeds),
-    and per metric ``<m>`` (mean), ``<m>_std``, ``<m>_ci95_low``, ``<m>_ci95_high``, ``<m>_n``."""
+    """The summary over seeds, what ``summary.csv`` holds.
+
+    Args:
+        records: one per configuration and seed.
+        families: the metric families whose metrics are summarised.
+
+    Returns:
+        One row per configuration (every ``GROUP_KEYS`` value): ``seeds`` (distinct seeds),
+        ``seed_list``, and per metric ``<m>`` (mean), ``<m>_std``, ``<m>_ci95_low``,
+        ``<m>_ci95_high`` (Student t) and ``<m>_n``.
+    """
     groups: dict[tuple, list[Record]] = {}
     for r in ordered(records):
         groups.setdefault(r.key(), []).append(r)
@@ -82,9 +91,16 @@ def summary_table(records: list[Record], families: tuple[Family, ...] = FAMILIES
 
 
 def runs_table(records: list[Record], families: tuple[Family, ...] = FAMILIES) -> pd.DataFrame:
-    """One row per record (configuration and seed), in the summary's order: the grouping keys,
-    the seed, its runs' ids and every metric of ``summary.csv`` as logged (NaN where not), the
-    values each row of ``summary_table`` summarises, for statistics of one's own."""
+    """The per-seed values behind the summary, what ``runs.csv`` holds, for statistics of one's own.
+
+    Args:
+        records: one per configuration and seed.
+        families: the metric families whose metrics are listed.
+
+    Returns:
+        One row per record, in the summary's order: the grouping keys, the seed, its runs' ids
+        and every metric of ``summary.csv`` as logged (NaN where not).
+    """
     rows = []
     for r in ordered(records):
         row: dict[str, Any] = {**{k: r.config.get(k, "") for k in GROUP_KEYS}, "seed": r.seed,
@@ -104,7 +120,14 @@ def varying_keys(table: pd.DataFrame) -> list[str]:
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjustment of ``p_values`` (NaN stays NaN and does not count)."""
+    """Holm's step-down adjustment (Holm 1979) of a family of p-values.
+
+    Args:
+        p_values: the family's p-values; NaN stays NaN and does not count.
+
+    Returns:
+        The adjusted p-values, in the input's order.
+    """
     finite = [(p, i) for i, p in enumerate(p_values) if np.isfinite(p)]
     m = len(finite)
     adjusted = [math.nan] * len(p_values)
@@ -116,9 +139,17 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 def paired_difference(a, b) -> dict[str, Any]:
-    """Paired ``a - b`` over the pairs where both are finite: pairs, mean difference, its sample
-    std and 95 % t interval (two pairs or more), the paired t-test p-value (a non-zero spread)
-    and the Wilcoxon signed-rank p-value (six pairs or more, not all differences zero)."""
+    """The paired difference ``a - b`` over the pairs where both are finite.
+
+    Args:
+        a: one value per seed.
+        b: the reference's value for the same seeds.
+
+    Returns:
+        ``pairs``, ``mean_diff``, ``diff_std`` and ``ci95_low`` / ``ci95_high`` (Student t; two
+        pairs or more), ``p_ttest`` (paired t-test; a non-zero spread) and ``p_wilcoxon``
+        (signed-rank; six pairs or more, not all differences zero), NaN where undefined.
+    """
     from scipy import stats
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -145,7 +176,16 @@ def paired_comparisons(records: list[Record], reference: str,
     """Every gate against ``reference`` in each group of runs that differ only by gate and seed,
     paired over the seeds both have: per metric of the families' tables, the mean difference
     (gate - reference) with its 95 % t CI, the paired t-test p-value, the Wilcoxon signed-rank
-    p-value (n >= 6 pairs), and both p-values Holm-corrected across the group's gates."""
+    p-value (n >= 6 pairs), and both p-values Holm-corrected across the group's gates.
+
+    Args:
+        records: one per configuration and seed.
+        reference: the gate every other gate is compared with.
+        families: the families whose table columns are compared.
+
+    Returns:
+        One row per group, gate and metric, what ``comparison.csv`` holds.
+    """
     metrics = [m for family in families for m in family.columns]
     groups: dict[tuple, dict[str, dict[str, Record]]] = {}
     for r in ordered(records):
@@ -227,7 +267,14 @@ def mean_lists(lists: list[list[float]]) -> list[float]:
 
 
 def interval(values) -> tuple[float, float] | None:
-    """The 95 % Student-t CI of the mean of the finite ``values`` (None below two)."""
+    """The 95 % Student-t confidence interval of the mean.
+
+    Args:
+        values: one value per seed; NaN and infinities are left out.
+
+    Returns:
+        (low, high), or None below two finite values.
+    """
     n, _, _, low, high = ci95(values)
     return (low, high) if n >= 2 else None
 
