@@ -228,18 +228,34 @@ def channel_ablation(model, data: ImageSet, image_size: int, ks: list[int] | Non
 
 
 def deletion_fractions(steps: int = 8) -> list[float]:
-    """f = 0, 1/steps, ..., 1."""
+    """The deleted (inserted) fractions of the curves.
+
+    Args:
+        steps: intervals between 0 and 1.
+
+    Returns:
+        f = 0, 1/steps, ..., 1.
+    """
     if steps < 1:
         raise ValueError(f"need at least one deletion step, got {steps}")
     return [i / steps for i in range(steps + 1)]
 
 
 def blur_sigma(image_size: int) -> float:
+    """The blur baseline's Gaussian σ in pixels: image size / 16."""
     return image_size / 16
 
 
 def baseline_of(x: torch.Tensor, imputation: str) -> torch.Tensor:
-    """The image every pixel is deleted to: (B, 3, S, S) -> (B, 3, S, S)."""
+    """The image every pixel is deleted to.
+
+    Args:
+        x: normalised model inputs, shape (B, 3, S, S).
+        imputation: ``mean`` (0, the mean colour after normalising) or ``blur`` (σ = S / 16).
+
+    Returns:
+        The baseline images, shape (B, 3, S, S).
+    """
     if imputation == "mean":
         return torch.zeros_like(x)
     if imputation != "blur":
@@ -253,8 +269,15 @@ def baseline_of(x: torch.Tensor, imputation: str) -> torch.Tensor:
 
 
 def constant_maps(maps) -> np.ndarray:
-    """(N, h, w) -> (N,) bool: the maps whose values are all equal on their own grid (a 1 x 1 map,
-    or a gate that gave every position the same weight). Such a map orders no pixel."""
+    """The maps whose values are all equal on their own grid (a 1 x 1 map, or a gate that gave
+    every position the same weight): such a map orders no pixel.
+
+    Args:
+        maps: shape (N, h, w).
+
+    Returns:
+        One flag per map, shape (N,) bool.
+    """
     m = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
     return m.max(axis=1) == m.min(axis=1) if m.shape[1] else np.ones(len(m), dtype=bool)
 
@@ -263,7 +286,15 @@ def pixel_ranks(maps: torch.Tensor, size: int) -> torch.Tensor:
     """(B, h, w) maps -> (B, size * size) rank of each input pixel (0: the highest value of the
     bilinearly upsampled map; ties broken by the lower flat index). A map constant on its grid
     stays exactly constant (bilinear upsampling of a constant is not, to float rounding: the
-    rounding noise would otherwise order the pixels), so its ranks are the flat index order."""
+    rounding noise would otherwise order the pixels), so its ranks are the flat index order.
+
+    Args:
+        maps: shape (B, h, w).
+        size: the model's input size in pixels.
+
+    Returns:
+        Each input pixel's rank, shape (B, size * size).
+    """
     up = torch.nn.functional.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear",
                                          align_corners=False)[:, 0].flatten(1)
     flat = maps.flatten(1)
@@ -418,7 +449,15 @@ def spatial_deletion(model, data: ImageSet, image_size: int, maps: dict[str, np.
 def curve_rows(channel: AblationCurves, spatial: DeletionCurves | None) -> list[dict]:
     """Every point of every curve, one row each: family (channel, deletion, insertion), order
     (most / least / random for channels; cbam / cam / random for pixels), draw (random only,
-    else -1), x (k / C or the fraction), k (channels; -1 for pixels), accuracy, probability."""
+    else -1), x (k / C or the fraction), k (channels; -1 for pixels), accuracy, probability.
+
+    Args:
+        channel: the ablation curves.
+        spatial: the deletion and insertion curves, or None.
+
+    Returns:
+        The rows of ``tables/faithfulness_curves.csv``.
+    """
     rows = []
 
     def add(family, order, xs, ks, accuracy, probability):
@@ -457,7 +496,19 @@ def forward_passes(images: int, channels: int, draws: int, maps: int, steps: int
     means, then every order and k of the ablation grid; twice with ``randomised``, the
     re-initialised network's ablation), and ``full``, the whole network (the two shared end
     points of deletion and insertion, then every interior fraction of both, per ranked map and
-    random draw; ``maps`` = 0: no pixel ranking)."""
+    random draw; ``maps`` = 0: no pixel ranking).
+
+    Args:
+        images: probed images.
+        channels: C.
+        draws: random draws.
+        maps: ranked maps (0: none).
+        steps: the deletion grid's intervals.
+        randomised: whether the re-initialised network's ablation runs too.
+
+    Returns:
+        ``{"partial": ..., "full": ...}`` image passes.
+    """
     partial = images * (2 + (2 + draws) * len(ablation_grid(channels))) * (2 if randomised else 1)
     full = images * (2 + (maps + draws) * 2 * (steps - 1)) if maps else 0
     return {"partial": partial, "full": full}
@@ -467,7 +518,14 @@ def split_informative(maps: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray
     """The maps that order pixels, the undefined ones with why (every image's map constant on its
     grid, a 1 x 1 map among them: its deletion and insertion curves would measure the tie-break
     order, and bilinear upsampling's rounding noise before that), and the count of constant maps
-    among the kept ones (scored in flat index order, which the caller reports)."""
+    among the kept ones (scored in flat index order, which the caller reports).
+
+    Args:
+        maps: map name -> maps, shape (N, h, w).
+
+    Returns:
+        The kept maps, the undefined measures with why, and map name -> constant maps kept.
+    """
     kept, undefined, some = {}, {}, {}
     for name, m in maps.items():
         constant = constant_maps(m)

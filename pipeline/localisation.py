@@ -43,7 +43,12 @@ def normalise_maps(maps) -> np.ndarray:
     """Min-max normalise each map to [0, 1]: (m − min) / (max − min). A constant map, or one
     holding a NaN or infinity, becomes all zeros (wsolevaluation ``normalize_scoremap``).
 
-    Shape: (N, H, W) -> (N, H, W) float64."""
+    Args:
+        maps: shape (N, H, W).
+
+    Returns:
+        The normalised maps, shape (N, H, W) float64.
+    """
     m = np.asarray(maps, dtype=np.float64)
     low = m.min(axis=(1, 2), keepdims=True)
     span = m.max(axis=(1, 2), keepdims=True) - low
@@ -54,8 +59,16 @@ def normalise_maps(maps) -> np.ndarray:
 
 
 def upsample_maps(maps, size: int) -> np.ndarray:
-    """(N, h, w) -> (N, size, size) float32: bilinear, as the images are resized to the model's
-    input (``align_corners=False``); an empty set of maps stays empty."""
+    """Upsample maps bilinearly, as the images are resized to the model's input
+    (``align_corners=False``); an empty set of maps stays empty.
+
+    Args:
+        maps: shape (N, h, w).
+        size: the model's input size in pixels.
+
+    Returns:
+        The maps, shape (N, size, size) float32.
+    """
     import torch
     from torch.nn import functional as F
 
@@ -66,22 +79,46 @@ def upsample_maps(maps, size: int) -> np.ndarray:
 
 
 def resize_masks(masks, size: int) -> np.ndarray:
-    """(N, h, w) bool -> (N, size, size) bool by nearest neighbour (pixel i takes source pixel
-    floor(i·h/size), torch's ``nearest``): the ground truth resized as the images are."""
+    """Resize masks by nearest neighbour (pixel i takes source pixel floor(i·h/size), torch's
+    ``nearest``): the ground truth resized as the images are.
+
+    Args:
+        masks: shape (N, h, w) bool.
+        size: the model's input size in pixels.
+
+    Returns:
+        The masks, shape (N, size, size) bool.
+    """
     return resize_nearest(np.asarray(masks, dtype=bool), size)
 
 
 def resize_boxes(boxes, native: int, size: int) -> np.ndarray:
-    """Half-open boxes on a ``native``-px image -> the same boxes on a ``size``-px image: the
-    bounds of the nearest-neighbour resized box mask (exact for integer scale factors)."""
+    """Scale half-open boxes as their masks are resized: the bounds of the nearest-neighbour
+    resized box mask (exact for integer scale factors).
+
+    Args:
+        boxes: x0, y0, x1, y1 on a ``native``-px image, shape (N, 4).
+        native: the images' native size in pixels.
+        size: the model's input size in pixels.
+
+    Returns:
+        The boxes on a ``size``-px image, shape (N, 4) int64.
+    """
     b = np.asarray(boxes, dtype=np.int64)
     # output pixel i lies in the box iff floor(i * native / size) in [b0, b1): i in [ceil(b0 * size / native), ...)
     return -((-b * size) // native)
 
 
 def centre_prior(size: int) -> np.ndarray:
-    """(size, size): a Gaussian centred on the image, σ = size / 4; the chance reference that
-    knows only that objects tend to sit near the middle."""
+    """The centre prior: a Gaussian centred on the image, σ = size / 4, the chance reference
+    that knows only that objects tend to sit near the middle.
+
+    Args:
+        size: the model's input size in pixels.
+
+    Returns:
+        The map, shape (size, size).
+    """
     c = (np.arange(size) + 0.5) - size / 2
     sigma = size / 4
     return np.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * sigma ** 2))
@@ -89,7 +126,16 @@ def centre_prior(size: int) -> np.ndarray:
 
 def pixel_histograms(scores, masks, thresholds: np.ndarray = PXAP_THRESHOLDS) -> tuple[np.ndarray, np.ndarray]:
     """Counts of normalised scores per threshold bin, on and off the masks: what PxAP pools over
-    images (bins ``thresholds`` ∪ {1, 2, 3}: the last bins hold scores of exactly 1)."""
+    images (bins ``thresholds`` ∪ {1, 2, 3}: the last bins hold scores of exactly 1).
+
+    Args:
+        scores: normalised maps, shape (N, H, W).
+        masks: shape (N, H, W) bool.
+        thresholds: the bins' lower edges.
+
+    Returns:
+        The counts on the masks and off them.
+    """
     truth = np.asarray(masks, dtype=bool)
     if scores.shape != truth.shape:
         raise ValueError(f"maps {scores.shape} and masks {truth.shape} differ in shape")
@@ -98,7 +144,15 @@ def pixel_histograms(scores, masks, thresholds: np.ndarray = PXAP_THRESHOLDS) ->
 
 
 def pxap_from_histograms(on: np.ndarray, off: np.ndarray) -> float:
-    """PxAP (percent) from pooled ``pixel_histograms`` (wsolevaluation ``MaskEvaluator.compute``)."""
+    """PxAP from pooled ``pixel_histograms`` (wsolevaluation ``MaskEvaluator.compute``).
+
+    Args:
+        on: counts on the masks per bin, summed over images.
+        off: counts off the masks per bin.
+
+    Returns:
+        PxAP in percent; NaN without a mask pixel.
+    """
     positives = on.sum()
     if positives == 0:
         return float("nan")
@@ -165,7 +219,17 @@ def best_ious(maps, boxes, thresholds: np.ndarray = BOX_THRESHOLDS, threads: int
     """(N, T): for each image and threshold τ, the largest IoU with the image's box of any
     region of "normalised score >= τ" (0 where no region exists). Images are labelled in
     ``threads`` threads (default: the CPUs; scipy's labelling releases the GIL); a map that is
-    the same for every image (a chance prior) is labelled once."""
+    the same for every image (a chance prior) is labelled once.
+
+    Args:
+        maps: shape (N, H, W).
+        boxes: half-open boxes, shape (N, 4).
+        thresholds: the τ.
+        threads: labelling threads.
+
+    Returns:
+        The best IoU of each image at each τ, shape (N, T).
+    """
     scores = normalise_maps(maps)
     boxes = np.asarray(boxes, dtype=np.int64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
@@ -205,7 +269,15 @@ def max_box_acc(maps, boxes, iou_thresholds=IOU_THRESHOLDS,
 
 
 def max_box_acc_from_ious(ious: np.ndarray, iou_thresholds=IOU_THRESHOLDS) -> dict:
-    """MaxBoxAcc per δ and their mean from ``best_ious`` (N, T) of all images."""
+    """MaxBoxAcc per δ and their mean from the best IoUs of all images.
+
+    Args:
+        ious: ``best_ious`` of all images, shape (N, T).
+        iou_thresholds: the δ.
+
+    Returns:
+        δ -> MaxBoxAcc in percent, and ``"mean"`` -> MaxBoxAccV2.
+    """
     out: dict = {delta: float((ious >= delta).mean(axis=0).max() * 100.0) for delta in iou_thresholds}
     out["mean"] = float(np.mean([out[d] for d in iou_thresholds]))
     return out
@@ -232,7 +304,15 @@ def pointing_game(maps, masks) -> np.ndarray:
 
 
 def box_masks(boxes, size: int) -> np.ndarray:
-    """Half-open boxes (N, 4) -> (N, size, size) bool masks of their pixels."""
+    """The pixels of half-open boxes as masks.
+
+    Args:
+        boxes: x0, y0, x1, y1, shape (N, 4).
+        size: the image size in pixels.
+
+    Returns:
+        The masks, shape (N, size, size) bool.
+    """
     b = np.asarray(boxes, dtype=np.int64)
     idx = np.arange(size)
     cols = (idx[None, :] >= b[:, 0:1]) & (idx[None, :] < b[:, 2:3])  # (N, W)
@@ -295,8 +375,16 @@ class MapScores:
 
 
 def localisation_metrics(maps, masks, boxes) -> dict[str, float]:
-    """Every localisation metric of one kind of map over a set of images (maps, masks and
-    boxes at the same size): see ``MapScores.result``."""
+    """Every localisation metric of one kind of map over a set of images.
+
+    Args:
+        maps: shape (N, H, W), at the masks' size.
+        masks: shape (N, H, W) bool.
+        boxes: shape (N, 4), on the same pixels.
+
+    Returns:
+        Metric name -> value (see ``MapScores.result``).
+    """
     scores = MapScores()
     scores.add(np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool), np.asarray(boxes, dtype=np.int64))
     return scores.result()
