@@ -109,7 +109,10 @@ def test_the_mlflow_server_dies_with_the_server_command_and_a_taken_port_is_refu
     uri = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "server", "--port", str(port), "--workers", "1",
                              "--store", str(tmp_path / "store")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            # a hangup kills it as it kills a terminal's command, even when the suite runs under
+                            # nohup (which ignores SIGHUP in every process it starts)
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().strip() == f"export MLFLOW_TRACKING_URI={uri}"
         group = server_group(port)
