@@ -108,7 +108,8 @@ BOXES = "attention/boxes.npy"  # probe-attention, datasets with ground truth: in
 LOCALISATION_PREFIX = "loc/"
 #: The maps localisation judges: the CBAM spatial map, the CAM, two chance references, the CBAM grid's ceiling and
 #: floor, and the CBAM map and CAM of the same network re-initialised (the floor of a network that knows nothing).
-LOCALISED_MAPS = ("cbam", "cam", "uniform", "centre", "ceiling", "random", "cbam_randomised", "cam_randomised")
+LOCALISED_MAPS = ("cbam", "cam", "uniform", "centre", "ceiling", "random", "cam_ceiling", "cam_random",
+                  "cbam_randomised", "cam_randomised")
 ATTENTION_META = "attention/meta.json"  # probe-attention: what was probed, with which model
 PER_CLASS_ACCURACY = "tables/per_class_accuracy.csv"  # probe-attention
 #: probe-attention (with CBAM and faithfulness_images != 0): one row per point of every

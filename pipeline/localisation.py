@@ -437,9 +437,10 @@ def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: 
                more: dict | None = None) -> dict[str, dict[str, float]]:
     """The localisation metrics of each map a probe recorded, and of the references, at the
     model's input size: ``cbam`` (the spatial maps, when the model has CBAM), ``cam`` (when
-    recorded), ``uniform`` (a constant map) and ``centre`` (``centre_prior``), and on the
-    CBAM map's grid its ceiling (``ceiling``: ``ceiling_maps``) and floor (``random``:
-    ``random_grid_maps``, seeded by ``seed``). Maps are upsampled bilinearly, masks by
+    recorded), ``uniform`` (a constant map) and ``centre`` (``centre_prior``), on the CBAM
+    map's grid its ceiling (``ceiling``: ``ceiling_maps``) and floor (``random``:
+    ``random_grid_maps``, seeded by ``seed``), and on the CAM's grid the CAM's own
+    (``cam_ceiling``, ``cam_random``). Maps are upsampled bilinearly, masks by
     nearest neighbour and boxes to match (from ``native`` px to ``size`` px), ``chunk`` images at
     a time; ``progress`` wraps the chunks' iterator. ``more``: further maps by name (the same
     network's maps with its weights re-initialised), scored last.
@@ -463,6 +464,10 @@ def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: 
         bounds = {"ceiling": ceiling_maps(masks, grid, size), "random": random_grid_maps(n, grid, seed)}
     if cams is not None and np.asarray(cams).size:
         sources["cam"] = cams
+        # the CAM's own grid (layer4's: 2 x 2 at 64 px) has its own ceiling and floor
+        cam_grid = tuple(np.asarray(cams).shape[1:])
+        bounds.update({"cam_ceiling": ceiling_maps(masks, cam_grid, size),
+                       "cam_random": random_grid_maps(n, cam_grid, seed)})
     prior = centre_prior(size)
     more = {k: v for k, v in (more or {}).items() if v is not None and np.asarray(v).size}
     scores = {name: MapScores() for name in (*sources, "uniform", "centre", *bounds, *more)}
@@ -480,6 +485,10 @@ def judge_maps(spatial_maps, cams, masks, boxes, native: int, size: int, chunk: 
     return {name: s.result() for name, s in scores.items()}
 
 
+#: each normalised map with its floor and ceiling (the maps of its own grid)
+NORMALISED_BOUNDS = {"cbam": ("random", "ceiling"), "cam": ("cam_random", "cam_ceiling")}
+
+
 def normalised_scores(scores: dict[str, dict[str, float]], of: str = "cbam") -> dict[str, float]:
     """Each metric of the map ``of`` read between its floor and its ceiling on the same grid:
     (score − random) / (ceiling − random), 0 at chance, 1 for the best map the grid can hold.
@@ -487,17 +496,19 @@ def normalised_scores(scores: dict[str, dict[str, float]], of: str = "cbam") -> 
     nothing separates a good map from a bad one there) or where ``of`` was not scored.
 
     Args:
-        scores: what ``judge_maps`` returned (it must hold ``ceiling`` and ``random``).
-        of: the map to normalise.
+        scores: what ``judge_maps`` returned.
+        of: the map to normalise, ``cbam`` or ``cam`` (each against the floor and ceiling of its
+            own grid, ``NORMALISED_BOUNDS``).
 
     Returns:
         Metric name -> normalised score; empty without a floor and a ceiling.
     """
-    if not {of, "ceiling", "random"} <= set(scores):
+    low, high = NORMALISED_BOUNDS[of]
+    if not {of, low, high} <= set(scores):
         return {}
     out = {}
     for metric, value in scores[of].items():
-        floor, ceiling = scores["random"][metric], scores["ceiling"][metric]
+        floor, ceiling = scores[low][metric], scores[high][metric]
         span = ceiling - floor
         out[metric] = (value - floor) / span if np.isfinite(span) and span > 1e-9 * max(1.0, abs(ceiling)) else float("nan")
     return out

@@ -145,9 +145,10 @@ LOCALISATION = Family(
         _loc("cam", "energy_box"): Column("CAM energy in box", 1.0, 3),
         _loc("cbam", "pxap_normalised"): Column("CBAM PxAP, normalised", 1.0, 2),
         _loc("cbam", "pointing_mask_normalised"): Column("CBAM pointing, normalised", 1.0, 2),
+        _loc("cam", "pxap_normalised"): Column("CAM PxAP, normalised", 1.0, 2),
     },
     csv_metrics=(*(_loc(kind, m) for kind in LOCALISED_MAPS for m in LOCALISATION_METRICS),
-                 *(_loc("cbam", f"{m}_normalised") for m in LOCALISATION_METRICS),
+                 *(_loc(kind, f"{m}_normalised") for kind in ("cbam", "cam") for m in LOCALISATION_METRICS),
                  "randomised_test_acc"),  # the accuracy of the re-initialised network whose maps are a floor
     figure_metrics={
         _loc("cbam", "pxap"): Axis("CBAM map PxAP", 0.0, 100.0),
@@ -166,6 +167,8 @@ LOCALISATION = Family(
     chance=(("uniform map", _loc("uniform", "")), ("centre prior", _loc("centre", ""))),
     bounds=(("floor (random maps of the grid)", _loc("random", "")),
             ("ceiling (the mask pooled to the grid)", _loc("ceiling", "")),
+            ("the CAM's grid: floor", _loc("cam_random", "")),
+            ("ceiling", _loc("cam_ceiling", "")),
             ("the same network re-initialised, its CBAM map", _loc("cbam_randomised", "")),
             ("and its CAM", _loc("cam_randomised", ""))),
     figure_chance=((_loc("cbam", "pxap"), _loc("uniform", "pxap")), (_loc("cam", "pxap"), _loc("uniform", "pxap")),

@@ -95,8 +95,9 @@ def chance_text(table: pd.DataFrame, family: Family) -> str:
             low, high = f"{accuracy.min():.1f}", f"{accuracy.max():.1f}"
             bounds += f" (the re-initialised network's test accuracy {low if low == high else f'{low}–{high}'} %)"
     return ((f" Chance on the same images: {chance}." if chance else "")
-            + (f" Floor and ceiling of the CBAM map's grid on the same images: {bounds}; normalised: (CBAM − floor) / "
-               "(ceiling − floor), 0 at the floor, 1 at the ceiling, n/a where the ceiling does not exceed the floor."
+            + (f" Floor and ceiling of the CBAM map's grid on the same images: {bounds}; normalised: (map − floor) / "
+               "(ceiling − floor) on the map's own grid, 0 at the floor, 1 at the ceiling, n/a where the ceiling does "
+               "not exceed the floor."
                if bounds else ""))
 
 

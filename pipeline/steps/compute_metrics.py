@@ -144,16 +144,19 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,
                        if k in CARRIED_METRICS or k.startswith(FAITHFULNESS_PREFIX)})
         logged.update({f"{LOCALISATION_PREFIX}{kind}_{name}": value for kind, scores in localised.items()
                        for name, value in scores.items()})
-        if localised:  # the CBAM map between its floor (random maps of its grid) and its ceiling (the pooled mask)
-            from pipeline.localisation import normalised_scores
+        # the CBAM map and the CAM, each between the floor (random maps) and the ceiling (the pooled
+        # mask) of its own grid
+        from pipeline.localisation import normalised_scores
 
-            normalised = normalised_scores(localised)
-            logged.update({f"{LOCALISATION_PREFIX}cbam_{name}_normalised": v for name, v in normalised.items()
+        for kind in ("cbam", "cam"):
+            normalised = normalised_scores(localised, of=kind) if localised else {}
+            logged.update({f"{LOCALISATION_PREFIX}{kind}_{name}_normalised": v for name, v in normalised.items()
                            if math.isfinite(v)})
             undefined = sorted(name for name, v in normalised.items() if not math.isfinite(v))
             if undefined:
-                log.warning("localisation: the CBAM map's normalised %s undefined: its ceiling does not exceed its floor "
-                            "(a grid too coarse to localise)", ", ".join(undefined))
+                log.warning("localisation: the %s's normalised %s undefined: its ceiling does not exceed its floor "
+                            "(a grid too coarse to localise)", "CBAM map" if kind == "cbam" else "CAM",
+                            ", ".join(undefined))
         mlflow.log_metrics(logged)
 
         per_image = pd.DataFrame({"image_index": meta["indices"], "label": labels, **values})

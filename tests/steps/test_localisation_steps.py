@@ -84,8 +84,8 @@ def test_probe_stores_ground_truth_and_the_cam_of_the_true_class(store, tmp_path
 def test_compute_metrics_logs_localisation_checked_independently(store, tmp_path):
     metrics_id = run_compute_metrics(MetricsConfig(probe_run_id=store["probe"].run_id)).run_id
     logged = mlflow.MlflowClient().get_run(metrics_id).data.metrics
-    expected = {f"loc/{kind}_{m}" for kind in ("cbam", "cam", "uniform", "centre", "ceiling", "random",
-                                                "cbam_randomised", "cam_randomised")
+    expected = {f"loc/{kind}_{m}" for kind in ("cbam", "cam", "uniform", "centre", "ceiling", "random", "cam_ceiling",
+                                                "cam_random", "cbam_randomised", "cam_randomised")
                 for m in ("pxap", "maxboxacc", "boxacc_iou30", "boxacc_iou50", "boxacc_iou70", "pointing_mask",
                           "pointing_box", "energy_box")}
     assert expected <= set(logged)
@@ -114,12 +114,17 @@ def test_compute_metrics_logs_localisation_checked_independently(store, tmp_path
     import pandas as pd
 
     rows = pd.read_csv(table).set_index("map")
-    assert list(rows.index) == ["cbam", "cam", "uniform", "centre", "ceiling", "random", "cbam_randomised",
-                                "cam_randomised"]
+    assert list(rows.index) == ["cbam", "cam", "uniform", "centre", "ceiling", "random", "cam_ceiling", "cam_random",
+                                "cbam_randomised", "cam_randomised"]
     # the CBAM map between the floor and the ceiling of its grid
     assert logged["loc/cbam_pxap_normalised"] == pytest.approx(
         (logged["loc/cbam_pxap"] - logged["loc/random_pxap"]) / (logged["loc/ceiling_pxap"] - logged["loc/random_pxap"]))
     assert rows.loc["cam", "pxap"] == pytest.approx(logged["loc/cam_pxap"])
+    # the CAM between the floor and the ceiling of its own grid (layer4's, 4 x 4 at 128 px)
+    assert logged["loc/cam_pxap_normalised"] == pytest.approx(
+        (logged["loc/cam_pxap"] - logged["loc/cam_random_pxap"])
+        / (logged["loc/cam_ceiling_pxap"] - logged["loc/cam_random_pxap"]))
+    assert logged["loc/cam_ceiling_pxap"] < logged["loc/ceiling_pxap"]  # 4 x 4 holds less than the CBAM map's 16 x 16
 
 
 def test_dataset_without_ground_truth_logs_no_localisation(store, caplog):

@@ -160,7 +160,7 @@ def test_judge_maps_names_every_map_and_the_chance_levels():
         boxes[i] = (x, y, x + 5, y + 5)
     spatial = masks.astype(np.float16)  # maps on the object, bilinear to 32 px
     scores = L.judge_maps(spatial, None, masks, boxes, native=16, size=32)
-    assert set(scores) == {"cbam", "ceiling", "random", "uniform", "centre"}  # no CAM recorded: none judged
+    assert set(scores) == {"cbam", "ceiling", "random", "uniform", "centre"}  # no CAM recorded: no CAM bounds
     assert scores["uniform"]["pxap"] == pytest.approx(100.0 * masks.mean())
     assert scores["uniform"]["maxboxacc"] == 0.0  # the whole image never overlaps a 5 x 5 box by 0.3
     assert scores["cbam"]["pxap"] > 90.0 and scores["cbam"]["pointing_mask"] == 1.0
@@ -200,6 +200,28 @@ def test_the_ceiling_of_a_grid_and_its_floor_and_the_score_between_them():
     one = L.judge_maps(np.ones((3, 1, 1), np.float32), None, masks, boxes, native=64, size=64)
     assert np.isnan(L.normalised_scores(one)["pxap"])
     np.testing.assert_array_equal(L.random_grid_maps(3, (2, 2), seed=1), L.random_grid_maps(3, (2, 2), seed=1))
+
+
+def test_the_cam_is_read_between_the_floor_and_the_ceiling_of_its_own_grid():
+    """A CAM lives on layer4's grid (2 x 2 at 64 px): its ceiling is that grid's, not the CBAM
+    map's. A CAM equal to the mask pooled to its grid scores that ceiling, normalised 1."""
+    rng = np.random.default_rng(5)
+    masks = np.zeros((4, 64, 64), bool)
+    boxes = np.zeros((4, 4), np.int64)
+    for i, (x, y) in enumerate(rng.integers(4, 40, size=(4, 2))):
+        masks[i, y:y + 20, x:x + 20] = True
+        boxes[i] = (x, y, x + 20, y + 20)
+    cams = L.ceiling_maps(masks, (2, 2), 64)
+    scores = L.judge_maps(rng.random((4, 8, 8)).astype(np.float32), cams, masks, boxes, native=64, size=64)
+    assert {"cam_ceiling", "cam_random", "ceiling", "random"} <= set(scores)
+    assert scores["cam"] == scores["cam_ceiling"]
+    assert scores["cam_ceiling"]["pxap"] < scores["ceiling"]["pxap"]  # a 2 x 2 grid holds less than an 8 x 8 one
+    normalised = L.normalised_scores(scores, of="cam")
+    assert normalised["pxap"] == pytest.approx(1.0)
+    floor = L.random_grid_maps(4, (2, 2), seed=0)  # judge_maps's own floor draw (seed 0): normalised 0
+    again = L.judge_maps(None, floor, masks, boxes, native=64, size=64)
+    assert L.normalised_scores(again, of="cam")["pxap"] == pytest.approx(0.0, abs=1e-12)
+    assert L.normalised_scores(again, of="cbam") == {}  # no CBAM map: nothing to normalise
 
 
 def test_threads_and_a_shared_prior_give_the_serial_result():

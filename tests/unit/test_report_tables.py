@@ -182,10 +182,11 @@ def test_localisation_family_table_chance_and_presence():
                             FAMILIES)
     md = to_markdown(bounded, "test", LOCALISATION, first=False)
     assert ("Floor and ceiling of the CBAM map's grid on the same images: floor (random maps of the grid): PxAP 4.5; "
-            "ceiling (the mask pooled to the grid): PxAP 80.5; normalised: (CBAM − floor) / (ceiling − floor)") in md
+            "ceiling (the mask pooled to the grid): PxAP 80.5; normalised: (map − floor) / (ceiling − floor) on the map's "
+            "own grid") in md
     import re
 
-    assert re.search(r"\|\s+0\.20 \|\s+n/a \|$", md, re.M)  # the normalised PxAP column, two decimals
+    assert re.search(r"\|\s+0\.20 \|\s+n/a \|\s+n/a \|$", md, re.M)  # the normalised PxAP column, two decimals
     comparisons = paired_comparisons(records, "sigmoid", FAMILIES)
     cbam = comparisons[(comparisons["metric"] == "loc/cbam_pxap") & (comparisons["gate"] == "sparsemax")]
     assert cbam["mean_diff"].item() == pytest.approx(20.0) and cbam["pairs"].item() == 2
