@@ -43,12 +43,14 @@ def family_figure(g: GroupStats, family: Family, title: str, reference: str):
     values = {gate: {m: v[m] for m in family.figure_metrics} for gate, v in g.values.items()}
     intervals = {gate: {m: v[m] for m in family.figure_metrics} for gate, v in g.intervals.items()}
     chance = {m: g.chance[m] for m in family.figure_metrics if m in g.chance}
+    bounds = {m: g.bounds[m] for m in family.figure_metrics if m in g.bounds} or None
     if family.figure_level is not None:
         level, label = family.figure_level
         return plots.plot_gate_metrics(values, intervals, family.figure_metrics, title, reference=reference,
-                                       chance={m: level for m in family.figure_metrics}, chance_label=label)
+                                       chance={m: level for m in family.figure_metrics}, chance_label=label,
+                                       bounds=bounds, bounds_label=family.figure_bounds_label)
     return plots.plot_gate_metrics(values, intervals, family.figure_metrics, title, reference=reference,
-                                   chance=chance or None)
+                                   chance=chance or None, bounds=bounds, bounds_label=family.figure_bounds_label)
 
 
 def spatial_grid(g: GroupStats):

@@ -168,7 +168,9 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
                       intervals: dict[str, dict[str, tuple[float, float] | None]], metric_axes,
                       title: str = "Metrics per gate", reference: str | None = None,
                       chance: dict[str, float] | None = None,
-                      chance_label: str = "chance (a uniform map)") -> Figure | None:
+                      chance_label: str = "chance (a uniform map)",
+                      bounds: dict[str, tuple[float, float]] | None = None,
+                      bounds_label: str = "dotted: floor; dash-dot: ceiling") -> Figure | None:
     """Small multiples, one panel per metric of ``metric_axes`` (metric -> (label, lower, upper,
     scale): the metric's whole range, so panels of different reports compare; ``scale`` turns
     fractions into percent; ``pipeline.report.schema.Family.figure_metrics``):
@@ -176,8 +178,10 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
     metric -> (low, high) in the metric's own units, None below two seeds; computed by the
     report's statistics, not here) as a bar; the ``reference`` gate's CI shaded across the
     panel, so a gate's mean outside the band stands out; ``chance`` (metric -> value, e.g. a
-    uniform map's score) drawn as a dashed line. Metrics equal for every gate are left out and
-    named under the title."""
+    uniform map's score) drawn as a dashed line; ``bounds`` (metric -> (floor, ceiling), NaN where
+    a side has none) as a dotted line (floor) and a dash-dot line (ceiling), named by
+    ``bounds_label``. Metrics equal for
+    every gate are left out and named under the title."""
     shown, constant = metric_values(values, metric_axes)
     if not shown:
         return None
@@ -195,6 +199,9 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
             ax.axvspan(band[0] * scale, band[1] * scale, color=colours[reference], alpha=0.15, zorder=0, linewidth=0)
         if chance and np.isfinite(chance.get(metric, np.nan)):
             ax.axvline(chance[metric] * scale, color="0.35", linestyle="--", linewidth=0.9, zorder=1)
+        for level, style in zip((bounds or {}).get(metric, ()), (":", "-.")):
+            if np.isfinite(level):
+                ax.axvline(level * scale, color="0.15", linestyle=style, linewidth=1.0, zorder=1)
         for yi, gate in zip(y, gates):
             v = np.asarray(values[gate].get(metric, []), dtype=np.float64) * scale
             v = v[np.isfinite(v)]
@@ -224,6 +231,8 @@ def plot_gate_metrics(values: dict[str, dict[str, list[float]]],
         note += f"; not measured: {', '.join(unmeasured)}"
     if chance and any(m in chance for m in shown):
         note += f"; dashed: {chance_label}"
+    if any(np.isfinite((bounds or {}).get(m, (np.nan, np.nan))).any() for m in shown):
+        note += f"; {bounds_label}"
     if constant:
         note += f"; equal for every gate, not shown: {', '.join(constant)}"
     import textwrap

@@ -92,6 +92,9 @@ class Family:
     bounds: tuple[tuple[str, str], ...] = ()
     #: a level every figure metric's chance line sits at (an advantage over random: 0), and its legend
     figure_level: tuple[float, str] | None = None
+    #: (figure metric, the metric of its floor, the metric of its ceiling or None): drawn as lines in its panel
+    figure_bounds: tuple[tuple[str, str, str | None], ...] = ()
+    figure_bounds_label: str = ""  # what the floor (dotted) and ceiling (dash-dot) lines are
 
 
 ATTENTION = Family(
@@ -174,6 +177,9 @@ LOCALISATION = Family(
     figure_chance=((_loc("cbam", "pxap"), _loc("uniform", "pxap")), (_loc("cam", "pxap"), _loc("uniform", "pxap")),
                    (_loc("cbam", "pointing_mask"), _loc("uniform", "pointing_mask")),
                    (_loc("cam", "pointing_mask"), _loc("uniform", "pointing_mask"))),
+    figure_bounds=tuple((_loc(kind, m), _loc(floor, m), _loc(ceiling, m)) for m in ("pxap", "pointing_mask")
+                        for kind, floor, ceiling in (("cbam", "random", "ceiling"), ("cam", "cam_random", "cam_ceiling"))),
+    figure_bounds_label="dotted: floor (random maps of the map's grid); dash-dot: ceiling (the mask pooled to the grid)",
     chance_metrics=(("pxap", "PxAP", 1.0, 1), ("maxboxacc", "MaxBoxAccV2", 1.0, 1),
                     ("pointing_mask", "pointing", 1.0, 3), ("energy_box", "energy in box", 1.0, 3)),
 )
@@ -232,6 +238,8 @@ FAITHFULNESS = Family(
               "probability areas and least-first ablation: summary.csv; definitions: docs/metrics.md."),
     caption="Faithfulness of channel weights and spatial maps by gate",
     figure_level=(0.0, "0: no better than a random order"),
+    figure_bounds=((_faith("channel_advantage_acc"), _faith("channel_randomised_advantage_acc"), None),),
+    figure_bounds_label="dotted: floor (the same network re-initialised)",
 )
 #: The metric families of a report, in the order of its tables; the first is the summary table.
 FAMILIES: tuple[Family, ...] = (ATTENTION, LOCALISATION, FAITHFULNESS)

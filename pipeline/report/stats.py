@@ -297,6 +297,8 @@ class GroupStats:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     class_weights: dict[str, np.ndarray] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)  # figure metric -> its chance level, mean over runs
+    #: figure metric -> (floor, ceiling), each the mean over runs (NaN where not measured)
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: curve family (channel, deletion, insertion) -> gate -> ``faithfulness_curves``' arrays
     faithfulness: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
 
@@ -346,6 +348,12 @@ def group_stats(name: str, members: list[Record], epoch_metrics, families: tuple
             levels = [r.metrics[reference] for r in members if np.isfinite(r.metrics.get(reference, np.nan))]
             if levels:
                 g.chance[metric] = float(np.mean(levels))
+        for metric, floor, ceiling in family.figure_bounds:
+            levels = [float(np.mean(found)) if (found := [r.metrics[k] for r in members
+                                                            if np.isfinite(r.metrics.get(k, np.nan))]) else np.nan
+                      for k in (floor, ceiling)]
+            if np.isfinite(levels).any():
+                g.bounds[metric] = (levels[0], levels[1])
     for gate, runs in g.gates.items():
         g.values[gate] = {m: [r.metrics.get(m, np.nan) for r in runs] for m in metrics}
         g.intervals[gate] = {m: interval(v) for m, v in g.values[gate].items()}

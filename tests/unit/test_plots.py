@@ -168,3 +168,24 @@ def test_a_single_row_puts_its_colour_bar_below_and_its_label_inside_the_figure(
     heatmap, bar = heat.axes
     assert bar.get_xlabel() == "weight / gate's mean weight" and inside(heat, bar)
     assert bar.get_position().y1 < heatmap.get_position().y0
+
+
+def test_floor_and_ceiling_lines_sit_at_the_given_levels_and_are_named():
+    values = {"sigmoid": {"loc/cbam_pxap": [0.04, 0.2, 0.05]}, "softmax": {"loc/cbam_pxap": [0.03, 0.03, 0.04]}}
+    axes = {"loc/cbam_pxap": Axis("CBAM map PxAP", 0.0, 100.0, 100.0)}
+    fig = plots.plot_gate_metrics(values, {}, axes, bounds={"loc/cbam_pxap": (0.045, 0.805)},
+                                  bounds_label="dotted: floor (random maps); dash-dot: ceiling (pooled mask)")
+    panel = next(ax for ax in fig.axes if ax.get_visible())
+    lines = {ln.get_linestyle(): ln.get_xdata()[0] for ln in panel.get_lines() if len(set(ln.get_xdata())) == 1
+             and ln.get_marker() in ("None", "", None)}
+    assert lines[":"] == pytest.approx(4.5) and lines["-."] == pytest.approx(80.5)  # drawn in the axis' scale
+    assert "dotted: floor (random maps); dash-dot: ceiling (pooled mask)" in fig._suptitle.get_text().replace("\n", " ")
+    # a floor without a ceiling (channel ablation): one line, and no ceiling drawn
+    fig = plots.plot_gate_metrics(values, {}, axes, bounds={"loc/cbam_pxap": (0.0, np.nan)}, bounds_label="dotted: floor")
+    panel = next(ax for ax in fig.axes if ax.get_visible())
+    styles = [ln.get_linestyle() for ln in panel.get_lines() if ln.get_marker() in ("None", "", None)
+              and len(set(ln.get_xdata())) == 1]
+    assert styles == [":"]
+    # none given: nothing named
+    fig = plots.plot_gate_metrics(values, {}, axes)
+    assert "floor" not in fig._suptitle.get_text()

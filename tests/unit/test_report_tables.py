@@ -260,6 +260,21 @@ def test_faithfulness_family_curves_over_seeds_and_figure(tmp_path):
     assert all((tmp_path / p).stat().st_size > 10_000 for p in written)
 
 
+def test_figure_floors_and_ceilings_are_the_runs_means_and_absent_where_unmeasured():
+    from pipeline.report.stats import group_stats
+
+    loc = {"loc/cbam_pxap": 0.1, "loc/random_pxap": 0.04, "loc/ceiling_pxap": 0.80}
+    records = [result("sigmoid", 0, test_acc=90.0, **loc),
+               result("sigmoid", 1, test_acc=91.0, **{**loc, "loc/random_pxap": 0.05, "loc/ceiling_pxap": 0.81}),
+               result("softmax", 0, test_acc=92.0, **{"faith/channel_advantage_acc": 40.0,
+                                                      "faith/channel_randomised_advantage_acc": 0.0})]
+    g = group_stats("middle", records, ())
+    assert g.bounds["loc/cbam_pxap"] == pytest.approx((0.045, 0.805))  # mean over the runs that measured it
+    floor, ceiling = g.bounds["faith/channel_advantage_acc"]
+    assert floor == 0.0 and np.isnan(ceiling)  # channel ablation has a floor and no ceiling
+    assert "loc/cam_pxap" not in g.bounds  # no run measured the CAM's grid
+
+
 def test_designs_and_backbones_are_never_pooled_and_the_baseline_joins_each_design():
     from pipeline.report.schema import with_design_defaults
     from pipeline.report.stats import figure_groups, varying_keys
