@@ -48,7 +48,10 @@ def expected_cell(values: np.ndarray, scale: float, decimals: int) -> str:
     mean = values.mean()
     if values.size < 2:
         return f"{mean * scale:.{decimals}f}"
-    low, high = stats.t.interval(0.95, values.size - 1, loc=mean, scale=stats.sem(values))
+    sem = stats.sem(values)
+    if sem == 0:  # every seed the same: the interval t · s / √n is 0 wide (scipy returns NaN bounds)
+        return f"{mean * scale:.{decimals}f} ± {0.0:.{decimals}f}"
+    low, high = stats.t.interval(0.95, values.size - 1, loc=mean, scale=sem)
     return f"{mean * scale:.{decimals}f} ± {(high - mean) * scale:.{decimals}f}"
 
 
@@ -84,14 +87,14 @@ def check_tables(text: str, runs: pd.DataFrame) -> int:
 def test_the_checker_recomputes_a_table_it_is_given():
     runs = pd.DataFrame({"activation": ["sigmoid"] * 3 + ["softmax"] * 2, "gate_norm": ["none"] * 3 + ["mean_one"] * 2,
                          "seed": [0, 1, 2, 0, 1], "test_acc": [90.0, 91.0, 92.5, 88.0, np.nan],
-                         "gini": [0.3, 0.31, 0.35, 0.5, 0.52]})
+                         "gini": [0.3, 0.31, 0.35, 0.5, 0.52], "sparsity": [0.0] * 5})
     def half(values):  # closed form: t(0.975, n - 1) s / sqrt(n)
         return stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
 
-    page = ("## Summary\n\n| gate | seeds | test acc. (%) | Gini |\n|:--|--:|--:|--:|\n"
-            f"| sigmoid | 3 | 91.2 ± {half([90.0, 91.0, 92.5]):.1f} | 0.320 ± {half([0.3, 0.31, 0.35]):.3f} |\n"
-            "| softmax · mean_one | 2 | 88.0 | 0.510 ± 0.127 |\n")
-    assert check_tables(page, runs) == 4
+    page = ("## Summary\n\n| gate | seeds | test acc. (%) | Gini | sparsity (%) |\n|:--|--:|--:|--:|--:|\n"
+            f"| sigmoid | 3 | 91.2 ± {half([90.0, 91.0, 92.5]):.1f} | 0.320 ± {half([0.3, 0.31, 0.35]):.3f} | 0.0 ± 0.0 |\n"
+            "| softmax · mean_one | 2 | 88.0 | 0.510 ± 0.127 | 0.0 ± 0.0 |\n")
+    assert check_tables(page, runs) == 6
     with pytest.raises(AssertionError, match="Summary / sigmoid / test acc"):
         check_tables(page.replace("91.2 ±", "91.3 ±"), runs)
 
