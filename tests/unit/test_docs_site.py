@@ -20,7 +20,7 @@ def test_the_site_builds_strictly_with_every_page_and_the_api_reference(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     site = tmp_path / "site"
     for page in ("getting-started", "concepts", "how-to-sweep", "metrics-shape", "metrics-localisation",
-                 "metrics-faithfulness", "metrics-statistics", "performance", "api/metrics", "api/config"):
+                 "metrics-faithfulness", "metrics-statistics", "results", "performance", "api/metrics", "api/config"):
         assert (site / page / "index.html").is_file(), page
     api = (site / "api" / "metrics" / "index.html").read_text()
     assert "pipeline.metrics.gini" in api and "Hurley" in (site / "metrics-shape" / "index.html").read_text()
