@@ -109,7 +109,8 @@ def group_figures(g: GroupStats, reference: str, families: tuple[Family, ...] = 
     classes = next((r.classes for gate in g.class_weights for r in g.gates[gate]), [])
     figures = {
         f"weights_{name}": plots.plot_weight_distributions(
-            g.weights, f"Channel attention weights, {what} ({counted(g.runs_with_attention, 'run')})")
+            g.weights, f"Channel attention weights, {what} ({counted(g.runs_with_attention, 'run')})",
+            times_c=all(r.config.get("gate_norm") == "mean_one" for r in g.members))  # weights already × C
         if g.weights else None,
     }
     for i, family in enumerate(families):  # the first family's figure keeps the name metrics_<group>

@@ -85,12 +85,15 @@ def _sample(w: np.ndarray, rng) -> np.ndarray:
     return rng.choice(w, KDE_MAX_SAMPLES, replace=False) if w.size > KDE_MAX_SAMPLES else w
 
 
-def plot_weight_distributions(weights_by_gate: dict[str, np.ndarray], title: str = "Channel attention weights") -> Figure:
+def plot_weight_distributions(weights_by_gate: dict[str, np.ndarray], title: str = "Channel attention weights",
+                              times_c: bool = False) -> Figure:
     """Density of each gate's channel weights, one panel per gate family, each on its own support:
     bounded gates on [0, 1] (KDE reflected at both bounds); sum-to-one gates as weight × C on a
     log axis (1 = the uniform weight 1/C whatever C is; trained ones span decades, from near-zero
     to near-one-hot); swish on a linear axis of its own. Exact zeros are a point mass, not a
-    density: their share is given in the legend and the curve is the non-zero weights'."""
+    density: their share is given in the legend and the curve is the non-zero weights'.
+    ``times_c``: the sum-to-one gates' weights are already × C (``gate_norm=mean_one``), so they
+    are drawn as they are rather than multiplied by C again."""
     families = [f for f in FAMILIES if any(gate_family(g) == f for g in weights_by_gate)]
     fig, axes = plt.subplots(1, max(len(families), 1), figsize=(PAGE_WIDTH_IN, 2.5), squeeze=False,
                              constrained_layout=True)
@@ -101,7 +104,7 @@ def plot_weight_distributions(weights_by_gate: dict[str, np.ndarray], title: str
         samples, zeros = {}, {}
         for gate in gates:
             w = np.asarray(weights_by_gate[gate], dtype=np.float64)
-            w = _sample(w * w.shape[-1] if family == "sum_to_one" and w.ndim > 1 else w, rng)
+            w = _sample(w * w.shape[-1] if family == "sum_to_one" and w.ndim > 1 and not times_c else w, rng)
             zeros[gate] = float(np.mean(w == 0)) if w.size and family != "unbounded" else 0.0
             if family != "unbounded":
                 w = w[w != 0]

@@ -42,6 +42,9 @@ def test_weight_distributions_one_panel_per_gate_family_on_each_support():
     grid, density = sigmoid.get_xdata(), sigmoid.get_ydata()
     assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=0.03)
     assert density[0] == pytest.approx(1.0, abs=0.2) and density[-1] == pytest.approx(1.0, abs=0.2)
+    # gate_norm mean_one: the weights are already × C (uniform = 1), so they are not multiplied again
+    fig = plots.plot_weight_distributions({"softmax": np.ones((50, 512))}, times_c=True)
+    assert "constant 1" in labelled_lines(fig.axes[0])[0].get_label()
 
 
 def test_gate_metric_panels_have_fixed_ranges_and_drop_constant_metrics():
