@@ -338,6 +338,13 @@ def faithfulness_curves(curves: list, family: str, metric: str = "accuracy") -> 
             "random_std": random.std(axis=0, ddof=1) if len(draws) > 1 else np.zeros(len(xs[0]))}
 
 
+def mean_logged(members: list[Record], key: str | None) -> float:
+    """The mean of metric ``key`` over the runs that logged a finite value; NaN where none did
+    (or ``key`` is None: a level the family does not have)."""
+    found = [r.metrics[key] for r in members if key is not None and np.isfinite(r.metrics.get(key, np.nan))]
+    return float(np.mean(found)) if found else float("nan")
+
+
 def group_stats(name: str, members: list[Record], epoch_metrics, families: tuple[Family, ...] = FAMILIES) -> GroupStats:
     """The ``GroupStats`` of a figure group; ``epoch_metrics``: the per-epoch attention
     metrics drawn (``attention/<m>`` of the train runs)."""
@@ -345,15 +352,12 @@ def group_stats(name: str, members: list[Record], epoch_metrics, families: tuple
     g = GroupStats(name, members, by_gate(members))
     for family in families:
         for metric, reference in family.figure_chance:
-            levels = [r.metrics[reference] for r in members if np.isfinite(r.metrics.get(reference, np.nan))]
-            if levels:
-                g.chance[metric] = float(np.mean(levels))
+            if np.isfinite(level := mean_logged(members, reference)):
+                g.chance[metric] = level
         for metric, floor, ceiling in family.figure_bounds:
-            levels = [float(np.mean(found)) if (found := [r.metrics[k] for r in members
-                                                            if np.isfinite(r.metrics.get(k, np.nan))]) else np.nan
-                      for k in (floor, ceiling)]
+            levels = (mean_logged(members, floor), mean_logged(members, ceiling))
             if np.isfinite(levels).any():
-                g.bounds[metric] = (levels[0], levels[1])
+                g.bounds[metric] = levels
     for gate, runs in g.gates.items():
         g.values[gate] = {m: [r.metrics.get(m, np.nan) for r in runs] for m in metrics}
         g.intervals[gate] = {m: interval(v) for m, v in g.values[gate].items()}
