@@ -144,19 +144,19 @@ def run_compute_metrics(config: MetricsConfig, probed: Probed | None = None,
                        if k in CARRIED_METRICS or k.startswith(FAITHFULNESS_PREFIX)})
         logged.update({f"{LOCALISATION_PREFIX}{kind}_{name}": value for kind, scores in localised.items()
                        for name, value in scores.items()})
-        # the CBAM map and the CAM, each between the floor (random maps) and the ceiling (the pooled
-        # mask) of its own grid
-        from pipeline.localisation import normalised_scores
+        if localised:  # the CBAM map and the CAM, each between the floor (random maps) and the ceiling
+            # (the pooled mask) of its own grid
+            from pipeline.localisation import NORMALISED_BOUNDS, normalised_scores
 
-        for kind in ("cbam", "cam"):
-            normalised = normalised_scores(localised, of=kind) if localised else {}
-            logged.update({f"{LOCALISATION_PREFIX}{kind}_{name}_normalised": v for name, v in normalised.items()
-                           if math.isfinite(v)})
-            undefined = sorted(name for name, v in normalised.items() if not math.isfinite(v))
-            if undefined:
-                log.warning("localisation: the %s's normalised %s undefined: its ceiling does not exceed its floor "
-                            "(a grid too coarse to localise)", "CBAM map" if kind == "cbam" else "CAM",
-                            ", ".join(undefined))
+            for kind in NORMALISED_BOUNDS:
+                normalised = normalised_scores(localised, of=kind)  # {} without the map or its bounds
+                logged.update({f"{LOCALISATION_PREFIX}{kind}_{name}_normalised": v for name, v in normalised.items()
+                               if math.isfinite(v)})
+                undefined = sorted(name for name, v in normalised.items() if not math.isfinite(v))
+                if undefined:
+                    log.warning("localisation: the %s's normalised %s undefined: its ceiling does not exceed its "
+                                "floor (a grid too coarse to localise)", "CBAM map" if kind == "cbam" else "CAM",
+                                ", ".join(undefined))
         mlflow.log_metrics(logged)
 
         per_image = pd.DataFrame({"image_index": meta["indices"], "label": labels, **values})
